@@ -1,0 +1,91 @@
+"""The engine's errors, split by what the caller does next.
+
+EngineError
+├── ConfigError            a setting or a flow that cannot work: stop at start, exit 2
+│   └── FlowError          flows that do not validate; carries every Problem found
+├── StoreUnavailable       the store cannot record now: answer 503 so the provider retries
+├── StoreRejected          this write can never be recorded (bad data, a bug): give it up
+├── DeliveryError          a send that did not succeed; carries the provider's code
+│   ├── RetryableDelivery  back off and send the same message again
+│   └── PermanentDelivery  record the failure on the message and move on
+└── ActorStopped           the contact's actor stopped before it could answer an ask
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class EngineError(Exception):
+    """Base class of every error the engine raises on purpose."""
+
+
+class ConfigError(EngineError):
+    """A configuration that cannot work; the process stops at start with this one line."""
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One mistake in a flow file, at its exact place."""
+
+    file: str
+    line: int
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}: {self.message}"
+
+
+class FlowError(ConfigError):
+    """One or more flows do not validate."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = problems
+        first = problems[0] if problems else "no problems"
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        super().__init__(f"invalid flow: {first}{more}")
+
+
+class StoreUnavailable(EngineError):
+    """The store could not record a write; nothing in that write was accepted."""
+
+
+class StoreRejected(EngineError):
+    """The store refused this write for what it holds, not for its own state: retrying the
+    same write cannot help. The caller records the failure and moves on."""
+
+
+class DeliveryError(EngineError):
+    """A send failed; `code` is the provider's error code when it gave one."""
+
+    def __init__(self, message: str, *, code: int | None = None, status: int | None = None):
+        super().__init__(message)
+        self.code = code
+        self.status = status
+
+
+class RetryableDelivery(DeliveryError):
+    """The provider may accept the same message later (rate limits, 5xx, timeouts)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: int | None = None,
+        status: int | None = None,
+        retry_after: float | None = None,
+        maybe_sent: bool = False,
+    ):
+        super().__init__(message, code=code, status=status)
+        self.retry_after = retry_after
+        # True when the provider may have received the message (a timeout or a connection
+        # lost after sending): sending it again may show it twice.
+        self.maybe_sent = maybe_sent
+
+
+class PermanentDelivery(DeliveryError):
+    """The provider will never accept this message as it is (bad recipient, window, token)."""
+
+
+class ActorStopped(EngineError):
+    """The actor stopped with this request still in its mailbox."""

@@ -1,0 +1,259 @@
+"""Settings: one frozen object built from an environment mapping, never read at import time.
+
+Every value is checked here, so that a configuration that cannot work stops the process at start
+with one line naming the variable and the problem. Connectivity (a Postgres that is down, an
+unwritable SQLite path, a flow that does not validate) is checked later by the composition root,
+which owns the I/O.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
+
+from .errors import ConfigError
+
+DEFAULT_GRAPH_API = "https://graph.facebook.com/v25.0"
+SENDERS = ("console", "whatsapp", "twilio")
+
+
+class Secret:
+    """A value that must never be printed: `repr` and `str` mask it."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('**********')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+@dataclass(frozen=True, slots=True)
+class Database:
+    """Where the durable state lives: an SQLite file or a Postgres DSN."""
+
+    kind: Literal["sqlite", "postgres"]
+    path: Path | None = None  # sqlite
+    dsn: Secret | None = None  # postgres (may hold a password)
+
+    def describe(self) -> str:
+        if self.kind == "sqlite":
+            return f"sqlite file {self.path}"
+        assert self.dsn is not None
+        parts = urlsplit(self.dsn.reveal())
+        return f"postgres at {parts.hostname or 'localhost'}:{parts.port or 5432}{parts.path}"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    host: str = "0.0.0.0"
+    port: int = 8080
+    database: Database = field(
+        default_factory=lambda: Database("sqlite", path=Path("var/engine.sqlite3"))
+    )
+    redis_url: Secret | None = None
+    flows_dir: Path = Path("flows")
+    entry_flow: str = "support"
+    handoff_ttl: float = 24 * 3600.0
+    sender: str = "console"
+    whatsapp_verify_token: Secret | None = None
+    whatsapp_app_secret: Secret | None = None
+    whatsapp_access_token: Secret | None = None
+    whatsapp_phone_number_id: str | None = None
+    whatsapp_api_url: str = DEFAULT_GRAPH_API
+    admin_token: Secret | None = None
+    # Tuning, with defaults that suit one small container.
+    max_actors: int = 10_000
+    send_concurrency: int = 32
+    max_backlog: int = 50_000
+    sqlite_synchronous: str = "NORMAL"
+    dedupe_ttl: float = 8 * 86400.0
+    journal_retention: float = 86400.0
+    log_level: str = "INFO"
+
+    def secrets(self) -> list[str]:
+        """Every secret value, and the passwords inside URLs, for the log redactor."""
+        found = [
+            s.reveal()
+            for s in (
+                self.whatsapp_access_token,
+                self.whatsapp_app_secret,
+                self.whatsapp_verify_token,
+                self.admin_token,
+            )
+            if s is not None
+        ]
+        for url in (self.redis_url, self.database.dsn):
+            if url is not None:
+                found.append(url.reveal())
+                password = urlsplit(url.reveal()).password
+                if password:
+                    found.append(password)
+        return found
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> Settings:
+        """Build settings from `environ`; raise ConfigError naming the first bad variable."""
+        env = {k: v.strip() for k, v in environ.items() if v.strip() != ""}
+        access_token = _secret(env, "WHATSAPP_ACCESS_TOKEN")
+        sender = env.get("SENDER", "whatsapp" if access_token else "console").lower()
+        if sender not in SENDERS:
+            raise ConfigError(f"SENDER={sender!r} is unknown; use one of {', '.join(SENDERS)}")
+        if sender == "twilio":
+            raise ConfigError(
+                "SENDER=twilio: the Twilio channel is not available in this version; "
+                "use console or whatsapp"
+            )
+        if sender == "whatsapp" and access_token is None:
+            raise ConfigError("SENDER=whatsapp needs WHATSAPP_ACCESS_TOKEN")
+        api_url = env.get("WHATSAPP_API_URL", DEFAULT_GRAPH_API).rstrip("/")
+        _check_http_url("WHATSAPP_API_URL", api_url)
+        synchronous = env.get("SQLITE_SYNCHRONOUS", "NORMAL").upper()
+        if synchronous not in ("NORMAL", "FULL"):
+            raise ConfigError(f"SQLITE_SYNCHRONOUS={synchronous!r}: use NORMAL or FULL")
+        level = env.get("LOG_LEVEL", "INFO").upper()
+        if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            raise ConfigError(f"LOG_LEVEL={level!r}: use DEBUG, INFO, WARNING or ERROR")
+        entry_flow = env.get("ENTRY_FLOW", "support")
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", entry_flow):
+            raise ConfigError(f"ENTRY_FLOW={entry_flow!r} is not a flow name")
+        return cls(
+            host=env.get("HOST", "0.0.0.0"),
+            port=_int(env, "PORT", 8080, low=0, high=65535),
+            database=parse_database_url(env.get("DATABASE_URL", "sqlite:///var/engine.sqlite3")),
+            redis_url=_redis(env),
+            flows_dir=Path(env.get("FLOWS_DIR", "flows")),
+            entry_flow=entry_flow,
+            handoff_ttl=_duration(env, "HANDOFF_TTL", "24h"),
+            sender=sender,
+            whatsapp_verify_token=_secret(env, "WHATSAPP_VERIFY_TOKEN"),
+            whatsapp_app_secret=_secret(env, "WHATSAPP_APP_SECRET"),
+            whatsapp_access_token=access_token,
+            whatsapp_phone_number_id=env.get("WHATSAPP_PHONE_NUMBER_ID"),
+            whatsapp_api_url=api_url,
+            admin_token=_secret(env, "ADMIN_TOKEN"),
+            max_actors=_int(env, "MAX_ACTORS", 10_000, low=1),
+            send_concurrency=_int(env, "SEND_CONCURRENCY", 32, low=1, high=1024),
+            max_backlog=_int(env, "MAX_BACKLOG", 50_000, low=1),
+            sqlite_synchronous=synchronous,
+            dedupe_ttl=_duration(env, "DEDUPE_TTL", "8d"),
+            journal_retention=_duration(env, "JOURNAL_RETENTION", "24h"),
+            log_level=level,
+        )
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(text: str) -> float:
+    """'24h', '90s', '1h30m', '1.5d' or plain seconds -> seconds. Raises ValueError."""
+    text = text.strip().lower()
+    if re.fullmatch(r"\d+(\.\d+)?", text):
+        return float(text)
+    pos, total = 0, 0.0
+    for m in _DURATION.finditer(text):
+        if m.start() != pos:
+            break
+        total += float(m.group(1)) * _UNIT[m.group(2)]
+        pos = m.end()
+    if pos != len(text) or pos == 0:
+        raise ValueError(f"{text!r} is not a duration like 30s, 15m, 24h or 7d")
+    return total
+
+
+def parse_database_url(url: str) -> Database:
+    """`sqlite:///relative/path`, `sqlite:////absolute/path` or `postgresql://...`."""
+    if url.startswith("sqlite:"):
+        if not url.startswith("sqlite:///") or len(url) == len("sqlite:///"):
+            raise ConfigError(
+                f"DATABASE_URL={url!r}: write sqlite:///relative/path or sqlite:////absolute/path"
+            )
+        return Database("sqlite", path=Path(url[len("sqlite:///") :]))
+    parts = urlsplit(url)
+    if parts.scheme in ("postgresql", "postgres"):
+        try:
+            parts.port  # noqa: B018 - raises ValueError on a malformed port
+        except ValueError as e:
+            raise ConfigError(f"DATABASE_URL: malformed port ({e})") from e
+        if not parts.hostname and "host=" not in parts.query:
+            raise ConfigError("DATABASE_URL: a postgresql:// URL needs a host")
+        return Database("postgres", dsn=Secret(url))
+    scheme = parts.scheme or "(none)"
+    raise ConfigError(
+        f"DATABASE_URL: unsupported scheme {scheme!r}; use sqlite:///path or postgresql://..."
+    )
+
+
+def _redis(env: Mapping[str, str]) -> Secret | None:
+    url = env.get("REDIS_URL")
+    if url is None:
+        return None
+    parts = urlsplit(url)
+    if parts.scheme not in ("redis", "rediss", "unix") or (
+        parts.scheme != "unix" and not parts.hostname
+    ):
+        raise ConfigError("REDIS_URL: expected redis://host:port/db (or rediss://, unix://)")
+    try:
+        parts.port  # noqa: B018
+    except ValueError as e:
+        raise ConfigError(f"REDIS_URL: malformed port ({e})") from e
+    return Secret(url)
+
+
+def _check_http_url(name: str, url: str) -> None:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"{name}={url!r} is not an http(s) URL")
+    try:
+        parts.port  # noqa: B018
+    except ValueError as e:
+        raise ConfigError(f"{name}: malformed port ({e})") from e
+
+
+def _secret(env: Mapping[str, str], name: str) -> Secret | None:
+    value = env.get(name)
+    return Secret(value) if value is not None else None
+
+
+def _int(
+    env: Mapping[str, str], name: str, default: int, *, low: int, high: int | None = None
+) -> int:
+    raw = env.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a whole number") from None
+    if value < low or (high is not None and value > high):
+        bounds = f"between {low} and {high}" if high is not None else f"at least {low}"
+        raise ConfigError(f"{name}={value} must be {bounds}")
+    return value
+
+
+def _duration(env: Mapping[str, str], name: str, default: str) -> float:
+    raw = env.get(name, default)
+    try:
+        value = parse_duration(raw)
+    except ValueError as e:
+        raise ConfigError(f"{name}: {e}") from None
+    if value <= 0:
+        raise ConfigError(f"{name}={raw!r} must be longer than zero")
+    return value

@@ -1,0 +1,70 @@
+"""Fixtures: the real Postgres and Redis.
+
+Tests that need Postgres or Redis read TEST_DATABASE_URL / TEST_REDIS_URL. When a service is
+unreachable they fail under CI=true and are skipped (with the reason) elsewhere.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+
+import asyncpg
+import pytest
+import redis.asyncio as redis
+
+TEST_DATABASE_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
+TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def unavailable(service: str, error: BaseException) -> None:
+    message = f"{service} is unreachable ({type(error).__name__}: {error})"
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(f"{message}; CI needs it")
+    pytest.skip(message)
+
+
+@pytest.fixture
+async def postgres_url() -> str:
+    try:
+        conn = await asyncpg.connect(TEST_DATABASE_URL, timeout=5)
+        await conn.close()
+    except (OSError, TimeoutError, asyncpg.PostgresError) as e:
+        unavailable(f"Postgres at {TEST_DATABASE_URL}", e)
+    return TEST_DATABASE_URL
+
+
+@pytest.fixture
+async def redis_url() -> str:
+    client = redis.from_url(TEST_REDIS_URL, socket_connect_timeout=3)
+    try:
+        await client.ping()
+    except (redis.RedisError, OSError) as e:
+        unavailable(f"Redis at {TEST_REDIS_URL}", e)
+    finally:
+        await client.aclose()
+    return TEST_REDIS_URL
+
+
+_exit_status: list[int] = [0]
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    _exit_status[0] = int(exitstatus)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """An unclosed SQLite connection keeps a non-daemon thread alive and would hang the run."""
+    leftovers = [
+        t
+        for t in threading.enumerate()
+        if t is not threading.main_thread() and t.is_alive() and not t.daemon
+    ]
+    if leftovers:
+        sys.stderr.write(
+            f"\n{len(leftovers)} thread(s) still running at exit (an unclosed store?): exiting anyway\n"
+        )
+        sys.stderr.flush()
+        sys.stdout.flush()
+        os._exit(_exit_status[0] or 1)

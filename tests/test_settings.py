@@ -1,0 +1,116 @@
+"""Settings.from_env: every variable parsed, every bad value named in one line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from engine.errors import ConfigError
+from engine.settings import Secret, Settings, parse_duration
+
+
+def test_defaults_need_no_credentials() -> None:
+    """With an empty environment the engine runs on SQLite with the console sender."""
+    s = Settings.from_env({})
+    assert (s.host, s.port) == ("0.0.0.0", 8080)
+    assert s.database.kind == "sqlite" and s.database.path == Path("var/engine.sqlite3")
+    assert s.sender == "console"
+    assert s.entry_flow == "support" and s.flows_dir == Path("flows")
+    assert s.handoff_ttl == 24 * 3600
+    assert s.redis_url is None and s.admin_token is None and s.whatsapp_app_secret is None
+    assert s.whatsapp_api_url.startswith("https://graph.facebook.com/v")
+
+
+def test_access_token_selects_the_whatsapp_sender() -> None:
+    """SENDER defaults to whatsapp once WHATSAPP_ACCESS_TOKEN is set."""
+    s = Settings.from_env({"WHATSAPP_ACCESS_TOKEN": "tok"})
+    assert s.sender == "whatsapp"
+    assert s.whatsapp_access_token == Secret("tok")
+
+
+@pytest.mark.parametrize(
+    ("url", "kind", "where"),
+    [
+        ("sqlite:///var/x.db", "sqlite", Path("var/x.db")),
+        ("sqlite:////tmp/abs.db", "sqlite", Path("/tmp/abs.db")),
+        ("postgresql://u:p@db:5432/app", "postgres", None),
+        ("postgres://db/app", "postgres", None),
+    ],
+)
+def test_database_urls(url: str, kind: str, where: Path | None) -> None:
+    """Relative and absolute SQLite paths, and Postgres DSNs, are understood."""
+    db = Settings.from_env({"DATABASE_URL": url}).database
+    assert db.kind == kind
+    assert db.path == where
+
+
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        ({"DATABASE_URL": "mysql://db/app"}, "unsupported scheme 'mysql'"),
+        ({"DATABASE_URL": "sqlite://relative.db"}, "sqlite:///relative/path"),
+        ({"DATABASE_URL": "postgresql://db:port/app"}, "malformed port"),
+        ({"SENDER": "telegram"}, "SENDER='telegram' is unknown"),
+        ({"SENDER": "whatsapp"}, "needs WHATSAPP_ACCESS_TOKEN"),
+        ({"SENDER": "twilio"}, "not available in this version"),
+        ({"PORT": "http"}, "PORT='http' is not a whole number"),
+        ({"PORT": "70000"}, "PORT=70000 must be between 0 and 65535"),
+        ({"HANDOFF_TTL": "soon"}, "HANDOFF_TTL"),
+        ({"HANDOFF_TTL": "0s"}, "must be longer than zero"),
+        ({"REDIS_URL": "localhost:6379"}, "REDIS_URL"),
+        ({"WHATSAPP_API_URL": "graph.facebook.com"}, "WHATSAPP_API_URL"),
+        ({"ENTRY_FLOW": "../etc"}, "ENTRY_FLOW"),
+        ({"SQLITE_SYNCHRONOUS": "OFF"}, "SQLITE_SYNCHRONOUS"),
+        ({"MAX_BACKLOG": "0"}, "MAX_BACKLOG=0 must be at least 1"),
+        ({"SEND_CONCURRENCY": "5000"}, "SEND_CONCURRENCY=5000 must be between 1 and 1024"),
+    ],
+)
+def test_bad_values_are_refused_with_the_variable_named(
+    environ: dict[str, str], message: str
+) -> None:
+    """A value that cannot work raises ConfigError naming the variable."""
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        Settings.from_env(environ)
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("90", 90),
+        ("90s", 90),
+        ("15m", 900),
+        ("24h", 86400),
+        ("7d", 604800),
+        ("1h30m", 5400),
+        ("250ms", 0.25),
+    ],
+)
+def test_durations(text: str, seconds: float) -> None:
+    """Durations read as designers write them."""
+    assert parse_duration(text) == seconds
+
+
+def test_secrets_never_print() -> None:
+    """Secret values are masked in repr and str, so a logged Settings shows no secret."""
+    s = Settings.from_env(
+        {"WHATSAPP_ACCESS_TOKEN": "EAAG-very-secret", "ADMIN_TOKEN": "adm-secret"}
+    )
+    assert "very-secret" not in repr(s) and "adm-secret" not in repr(s)
+    assert "very-secret" not in str(s.whatsapp_access_token)
+
+
+def test_passwords_inside_urls_are_known_secrets() -> None:
+    s = Settings.from_env(
+        {
+            "DATABASE_URL": "postgresql://app:hunter2@db/x",
+            "REDIS_URL": "redis://:r3dis@cache:6379/0",
+        }
+    )
+    assert {"hunter2", "r3dis"} <= set(s.secrets())
+
+
+def test_nothing_is_read_from_the_process_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only the mapping passed in counts."""
+    monkeypatch.setenv("PORT", "1234")
+    assert Settings.from_env({}).port == 8080
