@@ -1,0 +1,1 @@
+"""Adapters: HTTP, storage and provider implementations of the engine's ports."""
