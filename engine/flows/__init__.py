@@ -1,0 +1,75 @@
+"""Flows: the designer's YAML language, its validator and its compiled, shared state machines."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import FlowError, Problem
+from .machine import IDLE, Effects, Flow
+from .spec import FlowSpec, read_flow
+
+__all__ = ["IDLE", "Effects", "Flow", "FlowSpec", "Flows", "load_flows", "validate_path"]
+
+
+def flow_files(path: Path) -> list[Path]:
+    """A flow file, or every *.yaml directly inside a folder (sub-folders hold data and tests)."""
+    if path.is_dir():
+        return sorted(p for p in path.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
+    return [path]
+
+
+def validate_path(path: Path) -> list[Problem]:
+    """Every problem in the flows at `path`; an empty list means they are all valid."""
+    if not path.exists():
+        return [Problem(str(path), 0, "no such file or folder")]
+    files = flow_files(path)
+    if not files:
+        return [Problem(str(path), 0, "no flow files (*.yaml) here")]
+    problems: list[Problem] = []
+    for file in files:
+        spec, found = read_flow(file)
+        problems.extend(found)
+        if spec is not None:
+            try:
+                Flow(spec)
+            except Exception as e:  # the library refused what our checks let through
+                problems.append(Problem(str(file), 1, f"cannot build the state machine: {e}"))
+    return problems
+
+
+@dataclass(frozen=True, slots=True)
+class Flows:
+    """Every compiled flow by name, and the one new contacts start in."""
+
+    by_name: dict[str, Flow]
+    entry: str
+
+    def get(self, name: str) -> Flow | None:
+        return self.by_name.get(name)
+
+    @property
+    def entry_flow(self) -> Flow:
+        return self.by_name[self.entry]
+
+    @property
+    def live_instances(self) -> int:
+        return sum(f.live_instances for f in self.by_name.values())
+
+
+def load_flows(folder: Path, entry: str) -> Flows:
+    """Load and compile every flow in `folder`; raise FlowError listing every problem."""
+    if not folder.is_dir():
+        raise FlowError([Problem(str(folder), 0, "FLOWS_DIR is not a folder")])
+    problems: list[Problem] = []
+    flows: dict[str, Flow] = {}
+    for file in flow_files(folder):
+        spec, found = read_flow(file)
+        problems.extend(found)
+        if spec is not None:
+            flows[spec.name] = Flow(spec)
+    if not problems and entry not in flows:
+        problems.append(Problem(str(folder), 0, f"ENTRY_FLOW {entry!r}: no {entry}.yaml here"))
+    if problems:
+        raise FlowError(problems)
+    return Flows(flows, entry)

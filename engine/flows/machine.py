@@ -1,0 +1,334 @@
+"""Compiling a FlowSpec into a python-statemachine class, and stepping it.
+
+Each designer state becomes a `State` whose id is generated (`s0`, `s1`, ...) and whose value is
+the designer's name, so names like `send`, `model` or `ask name` cannot break the machine. Every
+waiting state gets the transitions of its branches, then the flow's `anywhere:` branches, then
+its re-prompt ladder; conditions and actions are plain closures that read the `Step` passed to
+`send()` and append effects to it. They never do I/O.
+
+A machine instance is expensive (milliseconds and ~170 KiB for a 20-state flow), so a `Flow`
+owns exactly one, shared by every conversation: before each `send()` the conversation's state
+is put on the instance's model, and afterwards read back. `send()` is synchronous, so two
+conversations can never interleave inside it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from statemachine.io import create_machine_class_from_definition
+
+from ..events import Message, choice_of
+from ..outbound import (
+    Button,
+    ButtonsMessage,
+    ListMessage,
+    OutMessage,
+    Row,
+    Section,
+    TextMessage,
+    fit,
+)
+from .spec import Branch, FlowSpec, Reprompt, Say, StateSpec, offered_says, prompt_of
+from .text import Faq, FaqEntry, Keywords, normalize, render, words
+
+IDLE = "_idle"  # the value of the machine's initial state; designer names cannot start with '_'
+MEDIA = frozenset({"image", "audio", "video", "document", "sticker"})
+REPLIES = frozenset({"button_reply", "list_reply", "template_button"})
+
+
+class ConversationView(Protocol):
+    """What a step may read and change of a conversation (the engine's record satisfies it)."""
+
+    state: str | None
+    slots: dict[str, str]
+    misses: int
+    name: str | None
+    phone: str | None
+
+
+@dataclass(slots=True)
+class Effects:
+    """What one step decided: messages to send, in order, and whether a person takes over."""
+
+    messages: list[OutMessage] = field(default_factory=list)
+    handoff: bool = False
+    reprompts: int = 0
+    split: int = 0
+    shortened: int = 0
+
+
+class Step:
+    """The argument every condition and action receives."""
+
+    __slots__ = ("choice", "convo", "effects", "faq_hit", "kind", "match", "norm", "padded", "raw")
+
+    def __init__(self, convo: Any, message: Message | None) -> None:
+        self.convo = convo
+        self.effects = Effects()
+        self.raw = message.text.strip() if message is not None else ""
+        self.norm = normalize(self.raw)
+        self.padded = words(self.raw) if self.raw else " "
+        self.choice = choice_of(message.content) if message is not None else None
+        self.kind = message.content.kind if message is not None else ""
+        self.match: Any = None
+        self.faq_hit: FaqEntry | None = None
+
+    def values(self) -> dict[str, str | None]:
+        c = self.convo
+        return {**c.slots, "name": c.name, "phone": c.phone, "text": self.raw}
+
+    def say(self, say: Say) -> None:
+        fitted = fit(build_message(say, self.values()))
+        self.effects.messages.extend(fitted.messages)
+        self.effects.split += fitted.split
+        self.effects.shortened += fitted.shortened
+
+
+def build_message(say: Say, values: dict[str, str | None]) -> OutMessage:
+    body = render(say.body, values)
+    if say.kind == "text":
+        return TextMessage(body)
+    header = render(say.header, values) if say.header else None
+    footer = render(say.footer, values) if say.footer else None
+    if say.kind == "buttons":
+        buttons = tuple(Button(i, render(t, values)) for i, t in say.buttons)
+        return ButtonsMessage(body, buttons, header, footer)
+    sections = tuple(
+        Section(
+            render(title, values) if title else None,
+            tuple(Row(i, render(t, values), render(d, values) if d else None) for i, t, d in rows),
+        )
+        for title, rows in say.sections
+    )
+    return ListMessage(body, render(say.list_button or "Options", values), sections, header, footer)
+
+
+class Cursor:
+    """The shared machine's model: the state and step of whichever conversation is stepping.
+
+    Callbacks read the step from here rather than from `send()` arguments, because eventless
+    transitions (`then:`) run without the event's arguments.
+    """
+
+    __slots__ = ("state", "step")
+
+    def __init__(self) -> None:
+        self.state: str | None = IDLE
+        self.step: Step = Step(None, None)
+
+
+class Flow:
+    """A compiled flow: its spec, its machine class and the one instance every contact shares."""
+
+    def __init__(self, spec: FlowSpec) -> None:
+        self.spec = spec
+        self.name = spec.name
+        self.version = spec.version
+        self._cursor = Cursor()
+        self.machine_class = compile_flow(spec, self._cursor)
+        self._instance: Any = None
+
+    @property
+    def live_instances(self) -> int:
+        return 0 if self._instance is None else 1
+
+    def has_state(self, state: str | None) -> bool:
+        return state is not None and state in self.spec.states
+
+    def ends(self, state: str | None) -> bool:
+        """True when the conversation is finished and the next message starts the flow again."""
+        return state is None or state not in self.spec.states or self.spec.states[state].end
+
+    def start(self, convo: ConversationView) -> Effects:
+        """Start (or restart) the flow: reset slots and enter the start state."""
+        convo.slots = dict(self.spec.slots)
+        convo.misses = 0
+        return self._send("start", convo, None, IDLE)
+
+    def handle(self, convo: ConversationView, message: Message) -> Effects:
+        """Feed one customer message to the state the conversation is in."""
+        return self._send("message", convo, message, convo.state)
+
+    def _send(
+        self, event: str, convo: ConversationView, message: Message | None, state: str | None
+    ) -> Effects:
+        step = Step(convo, message)
+        if self._instance is None:
+            self._instance = self.machine_class(model=self._cursor)
+        self._cursor.state = state
+        self._cursor.step = step
+        try:
+            self._instance.send(event)
+        except BaseException:
+            self._instance = None  # never reuse an instance left mid-step
+            raise
+        finally:
+            self._cursor.step = _NO_STEP
+        convo.state = self._cursor.state
+        return step.effects
+
+
+# --- compiling -------------------------------------------------------------------------------
+
+StepFn = Callable[[Step], Any]
+_NO_STEP = Step(None, None)
+
+
+def compile_flow(spec: FlowSpec, cursor: Cursor) -> Any:
+    """Build the machine class. Its callbacks are pure functions of the step found on `cursor`."""
+
+    def bind(fn: StepFn) -> Callable[[], Any]:
+        return lambda: fn(cursor.step)
+
+    ids = {name: f"s{i}" for i, name in enumerate(spec.states)}
+    states: dict[str, Any] = {
+        "s_idle": {"initial": True, "value": IDLE, "on": {"start": [{"target": ids[spec.start]}]}}
+    }
+    for name, state in spec.states.items():
+        definition: dict[str, Any] = {"value": name, "name": name, "enter": [bind(_enter(state))]}
+        if state.then:
+            definition["transitions"] = [{"target": ids[state.then]}]
+        if state.on:
+            definition["on"] = {"message": _transitions(spec, state, ids, bind)}
+        states[ids[name]] = definition
+    return create_machine_class_from_definition(
+        _class_name(spec.name),
+        states=states,
+        catch_errors_as_events=False,  # our callbacks' exceptions reach the engine, which recovers
+        validate_trap_states=False,  # end and handoff states wait for the engine to restart them
+    )
+
+
+def _class_name(flow: str) -> str:
+    return "Flow_" + "".join(c if c.isalnum() else "_" for c in flow)
+
+
+def _enter(state: StateSpec) -> StepFn:
+    says, sets, handoff = state.says, state.sets, state.handoff
+
+    def enter(step: Step) -> None:
+        step.convo.misses = 0
+        if sets:
+            values = step.values()
+            for slot, template in sets:
+                step.convo.slots[slot] = render(template, values)
+        for say in says:
+            step.say(say)
+        if handoff:
+            step.effects.handoff = True
+
+    return enter
+
+
+def _transitions(
+    spec: FlowSpec, state: StateSpec, ids: dict[str, str], bind: Callable[[StepFn], Any]
+) -> list[dict[str, Any]]:
+    """The state's branches, then the flow's anywhere: branches, then its re-prompt ladder."""
+    titles = {i: normalize(t) for say in offered_says(spec, state) for i, t in say.choices()}
+    out = []
+    for branch in (*state.on, *spec.anywhere):
+        out.append(
+            {
+                "target": ids[branch.go] if branch.go else None,
+                "cond": [bind(_condition(branch, titles, spec.faq))],
+                "on": [bind(_action(branch))],
+            }
+        )
+    ladder = state.otherwise or spec.otherwise
+    reprompt = bind(_reprompt(ladder, prompt_of(spec, state)))
+    if ladder[-1].go is not None:
+        last = len(ladder) - 1
+        exhausted = bind(lambda step: step.convo.misses >= last)
+        out.append({"target": ids[ladder[-1].go], "cond": [exhausted], "on": [reprompt]})
+    out.append({"target": None, "on": [reprompt]})
+    return out
+
+
+def _condition(branch: Branch, titles: dict[str, str], faq: Faq | None) -> StepFn:
+    when = branch.when
+    if when == "choice":
+        chosen = frozenset(branch.values)
+        typed = frozenset(titles[i] for i in branch.values if i in titles)
+
+        def choice(step: Step) -> bool:
+            if step.choice is not None:
+                return step.choice in chosen
+            return step.norm in typed  # the customer typed the button's title
+
+        return choice
+    if when == "text":
+        exact = frozenset(normalize(v) for v in branch.values)
+        return lambda step: step.norm in exact
+    if when == "keywords":
+        keywords = Keywords.of(branch.values)
+        return lambda step: keywords.count(step.padded) > 0
+    if when == "regex":
+        pattern = branch.pattern
+        assert pattern is not None
+
+        def regex(step: Step) -> bool:
+            step.match = pattern.search(step.raw)
+            return step.match is not None
+
+        return regex
+    if when == "kind":
+        return _kind_test(frozenset(branch.values))
+    assert when == "faq" and faq is not None
+
+    def faq_hit(step: Step) -> bool:
+        step.faq_hit = faq.answer(step.raw) if step.raw else None
+        return step.faq_hit is not None
+
+    return faq_hit
+
+
+def _kind_test(kinds: frozenset[str]) -> StepFn:
+    def kind(step: Step) -> bool:
+        k = step.kind
+        return (
+            "any" in kinds
+            or k in kinds
+            or ("media" in kinds and k in MEDIA)
+            or ("reply" in kinds and k in REPLIES)
+        )
+
+    return kind
+
+
+def _action(branch: Branch) -> StepFn:
+    save, sets, says, when = branch.save, branch.sets, branch.says, branch.when
+
+    def act(step: Step) -> None:
+        step.convo.misses = 0  # understood: the re-prompt ladder starts over
+        slots = step.convo.slots
+        if save:
+            slots[save] = step.raw
+        if when == "regex" and step.match is not None:
+            slots.update({k: v for k, v in step.match.groupdict().items() if v is not None})
+        if sets:
+            values = step.values()
+            for slot, template in sets:
+                slots[slot] = render(template, values)
+        if when == "faq" and step.faq_hit is not None:
+            step.say(Say(branch.line, "text", step.faq_hit.answer))
+        for say in says:
+            step.say(say)
+
+    return act
+
+
+def _reprompt(ladder: tuple[Reprompt, ...], prompt: tuple[Say, ...]) -> StepFn:
+    def reprompt(step: Step) -> None:
+        item = ladder[min(step.convo.misses, len(ladder) - 1)]
+        step.convo.misses += 1
+        step.effects.reprompts += 1
+        for say in item.says:
+            step.say(say)
+        if item.repeat and item.go is None:
+            for say in prompt:
+                step.say(say)
+
+    return reprompt

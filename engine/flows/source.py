@@ -1,0 +1,101 @@
+"""YAML for flow designers: line numbers kept, yes/no kept as words, duplicate keys caught.
+
+PyYAML's safe loader follows YAML 1.1, where `yes`, `no`, `on` and `off` are booleans; a flow
+with `{yes: ..., no: ...}` would silently lose keys. Here only `true`/`false` are booleans, every
+other scalar stays the text the designer wrote (numbers included: `100` stays "100"), and each
+mapping and list remembers the line of every key and item so problems point at `file:line`.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import yaml
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+
+class YMap(dict[str, Any]):
+    """A mapping that knows its own line and the line of each key (1-based)."""
+
+    line: int
+    key_lines: dict[str, int]
+
+    def line_of(self, key: str) -> int:
+        return self.key_lines.get(key, self.line)
+
+
+class YList(list[Any]):
+    line: int
+    item_lines: list[int]
+
+    def line_of(self, index: int) -> int:
+        return self.item_lines[index] if index < len(self.item_lines) else self.line
+
+
+class SourceError(Exception):
+    def __init__(self, line: int, message: str) -> None:
+        super().__init__(message)
+        self.line = line
+        self.message = message
+
+
+class _Resolver(yaml.SafeLoader):
+    pass
+
+
+# Drop YAML 1.1's yes/no/on/off booleans; keep only true/false.
+_Resolver.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Resolver.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+
+
+def load(text: str) -> tuple[Any, list[SourceError]]:
+    """Parse YAML text into YMap/YList/str/bool/None; duplicate keys are reported, not fatal."""
+    try:
+        node = yaml.compose(text, Loader=_Resolver)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+        line = mark.line + 1 if mark is not None else 1
+        problem = getattr(e, "problem", None) or str(e)
+        raise SourceError(line, f"YAML syntax error: {problem}") from e
+    problems: list[SourceError] = []
+    if node is None:
+        return None, problems
+    return _convert(node, problems), problems
+
+
+def _convert(node: Node, problems: list[SourceError]) -> Any:
+    if isinstance(node, ScalarNode):
+        if node.tag == "tag:yaml.org,2002:bool":
+            return node.value.lower() == "true"
+        if node.tag == "tag:yaml.org,2002:null":
+            return None
+        return node.value
+    if isinstance(node, SequenceNode):
+        out = YList(_convert(item, problems) for item in node.value)
+        out.line = node.start_mark.line + 1
+        out.item_lines = [item.start_mark.line + 1 for item in node.value]
+        return out
+    if isinstance(node, MappingNode):
+        mapping = YMap()
+        mapping.line = node.start_mark.line + 1
+        mapping.key_lines = {}
+        for key_node, value_node in node.value:
+            line = key_node.start_mark.line + 1
+            if not isinstance(key_node, ScalarNode):
+                problems.append(SourceError(line, "a key must be plain text"))
+                continue
+            key = key_node.value
+            if key in mapping:
+                first = mapping.key_lines[key]
+                problems.append(SourceError(line, f"duplicate key {key!r} (first at line {first})"))
+                continue
+            mapping[key] = _convert(value_node, problems)
+            mapping.key_lines[key] = line
+        return mapping
+    raise SourceError(node.start_mark.line + 1, f"unsupported YAML node {node.tag}")

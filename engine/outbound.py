@@ -1,0 +1,235 @@
+"""Outbound messages: what the engine says, provider-neutral, and WhatsApp's limits on it.
+
+`fit` makes a message that was filled in at run time respect the limits: long text is split
+into several messages (nothing is dropped), and titles that must stay short get an ellipsis.
+The flow validator checks the same limits (`LIMITS`) on the static text of a flow.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+LIMITS = {
+    "text": 4096,
+    "buttons": 3,
+    "button_title": 20,
+    "button_id": 256,
+    "button_body": 1024,
+    "list_body": 4096,
+    "list_button": 20,
+    "list_rows": 10,
+    "list_sections": 10,
+    "section_title": 24,
+    "row_title": 24,
+    "row_description": 72,
+    "row_id": 200,
+    "header": 60,
+    "footer": 60,
+}
+ELLIPSIS = "…"
+
+
+@dataclass(frozen=True, slots=True)
+class Button:
+    id: str
+    title: str
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    id: str
+    title: str
+    description: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Section:
+    title: str | None
+    rows: tuple[Row, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class TextMessage:
+    body: str
+
+
+@dataclass(frozen=True, slots=True)
+class ButtonsMessage:
+    body: str
+    buttons: tuple[Button, ...]
+    header: str | None = None
+    footer: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ListMessage:
+    body: str
+    button: str
+    sections: tuple[Section, ...]
+    header: str | None = None
+    footer: str | None = None
+
+
+OutMessage = TextMessage | ButtonsMessage | ListMessage
+
+
+def kind_of(message: OutMessage) -> str:
+    if isinstance(message, TextMessage):
+        return "text"
+    return "buttons" if isinstance(message, ButtonsMessage) else "list"
+
+
+def preview(message: OutMessage) -> str:
+    """The text a person reads in a transcript."""
+    return message.body
+
+
+def to_json(message: OutMessage) -> dict[str, Any]:
+    if isinstance(message, TextMessage):
+        return {"type": "text", "body": message.body}
+    if isinstance(message, ButtonsMessage):
+        return {
+            "type": "buttons",
+            "body": message.body,
+            "buttons": [{"id": b.id, "title": b.title} for b in message.buttons],
+            "header": message.header,
+            "footer": message.footer,
+        }
+    return {
+        "type": "list",
+        "body": message.body,
+        "button": message.button,
+        "sections": [
+            {
+                "title": s.title,
+                "rows": [
+                    {"id": r.id, "title": r.title, "description": r.description} for r in s.rows
+                ],
+            }
+            for s in message.sections
+        ],
+        "header": message.header,
+        "footer": message.footer,
+    }
+
+
+def from_json(data: dict[str, Any]) -> OutMessage:
+    kind = data["type"]
+    if kind == "text":
+        return TextMessage(data["body"])
+    if kind == "buttons":
+        return ButtonsMessage(
+            body=data["body"],
+            buttons=tuple(Button(b["id"], b["title"]) for b in data["buttons"]),
+            header=data.get("header"),
+            footer=data.get("footer"),
+        )
+    if kind == "list":
+        return ListMessage(
+            body=data["body"],
+            button=data["button"],
+            sections=tuple(
+                Section(
+                    s.get("title"),
+                    tuple(Row(r["id"], r["title"], r.get("description")) for r in s["rows"]),
+                )
+                for s in data["sections"]
+            ),
+            header=data.get("header"),
+            footer=data.get("footer"),
+        )
+    raise ValueError(f"unknown outbound message type {kind!r}")
+
+
+# --- fitting run-time text into the limits ---------------------------------------------------
+
+
+@dataclass(slots=True)
+class Fitted:
+    messages: list[OutMessage]
+    split: int = 0  # extra messages created by splitting long text
+    shortened: int = 0  # titles, headers or footers cut with an ellipsis
+
+
+def fit(message: OutMessage) -> Fitted:
+    """Split long text and shorten long titles so WhatsApp accepts `message`."""
+    out = Fitted(messages=[])
+    if isinstance(message, TextMessage):
+        parts = split_text(message.body, LIMITS["text"])
+        out.messages = [TextMessage(p) for p in parts]
+        out.split = len(parts) - 1
+        return out
+    limit = LIMITS["button_body"] if isinstance(message, ButtonsMessage) else LIMITS["list_body"]
+    parts = split_text(message.body, limit)
+    out.split = len(parts) - 1
+    out.messages = [TextMessage(p) for p in parts[:-1]]
+    head = _short(message.header, LIMITS["header"], out)
+    foot = _short(message.footer, LIMITS["footer"], out)
+    if isinstance(message, ButtonsMessage):
+        titles = _unique([_short(b.title, LIMITS["button_title"], out) for b in message.buttons])
+        buttons = tuple(replace(b, title=t) for b, t in zip(message.buttons, titles, strict=True))
+        out.messages.append(ButtonsMessage(parts[-1], buttons, head, foot))
+    else:
+        sections = []
+        for s in message.sections:
+            titles = _unique([_short(r.title, LIMITS["row_title"], out) for r in s.rows])
+            rows = tuple(
+                replace(
+                    r, title=t, description=_short(r.description, LIMITS["row_description"], out)
+                )
+                for r, t in zip(s.rows, titles, strict=True)
+            )
+            sections.append(Section(_short(s.title, LIMITS["section_title"], out), rows))
+        button = _short(message.button, LIMITS["list_button"], out) or "Options"
+        out.messages.append(ListMessage(parts[-1], button, tuple(sections), head, foot))
+    return out
+
+
+def split_text(text: str, limit: int) -> list[str]:
+    """Cut `text` into pieces of at most `limit` characters, at paragraph, line or word ends."""
+    if len(text) <= limit:
+        return [text]
+    parts: list[str] = []
+    rest = text
+    while len(rest) > limit:
+        window = rest[:limit]
+        cut = -1
+        for sep in ("\n\n", "\n", " "):
+            cut = window.rfind(sep)
+            if cut > limit // 2:
+                break
+        if cut <= limit // 2:
+            cut = limit  # no good place: cut mid-word rather than lose text
+        parts.append(rest[:cut].rstrip())
+        rest = rest[cut:].lstrip()
+    if rest:
+        parts.append(rest)
+    return parts
+
+
+def shorten(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + ELLIPSIS
+
+
+def _short(text: str | None, limit: int, out: Fitted) -> str | None:
+    if text is None or len(text) <= limit:
+        return text
+    out.shortened += 1
+    return shorten(text, limit)
+
+
+def _unique(titles: list[str | None]) -> list[str]:
+    """Titles must be unique within a message; shortening can make two equal."""
+    seen: set[str] = set()
+    result = []
+    for t in titles:
+        title = t or ""
+        n = 2
+        while title in seen:
+            suffix = f"{ELLIPSIS}{n}"
+            title = (t or "")[: max(0, len(t or "") - len(suffix))] + suffix
+            n += 1
+        seen.add(title)
+        result.append(title)
+    return result

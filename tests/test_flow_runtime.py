@@ -1,0 +1,297 @@
+"""Compiled flows behave as the designer wrote them, on one shared machine instance."""
+
+from __future__ import annotations
+
+import textwrap
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from engine.events import ButtonReply, Content, Customer, Image, ListReply, Location, Message, Text
+from engine.flows import Flow
+from engine.flows.spec import read_flow
+from engine.outbound import ButtonsMessage, ListMessage, TextMessage, split_text
+
+
+@dataclass
+class Convo:
+    state: str | None = None
+    slots: dict[str, str] = field(default_factory=dict)
+    misses: int = 0
+    name: str | None = "Ana"
+    phone: str | None = "15550001"
+
+
+def compile_text(tmp: Path, text: str, name: str = "shop") -> Flow:
+    path = tmp / f"{name}.yaml"
+    path.write_text(textwrap.dedent(text).lstrip("\n"))
+    spec, problems = read_flow(path)
+    assert problems == [], problems
+    assert spec is not None
+    return Flow(spec)
+
+
+def msg(content: Content | str) -> Message:
+    body = Text(content) if isinstance(content, str) else content
+    return Message("wamid.x", 1, Customer("n", phone="15550001", name="Ana"), body)
+
+
+def bodies(effects_messages: list[object]) -> list[str]:
+    return [m.body for m in effects_messages]  # type: ignore[attr-defined]
+
+
+SHOP = """
+start: welcome
+slots: {size: medium}
+anywhere:
+  - keywords: [agent, human]
+    go: human
+otherwise:
+  - say: "Sorry, {name|friend}?"
+    repeat: true
+  - say: "Last chance."
+  - say: "Getting a person."
+    go: human
+states:
+  welcome:
+    say:
+      text: "Hi {name|there}! Pizza?"
+      buttons:
+        - {id: yes, title: "Yes please"}
+        - {id: no, title: "No"}
+    then: menu
+  menu:
+    on:
+      - choice: yes
+        go: size
+      - choice: no
+        say: "Maybe later then."
+        go: bye
+      - text: [menu]
+        go: welcome
+  size:
+    say:
+      text: "Which size? (now {size})"
+      list:
+        button: Sizes
+        rows:
+          - {id: s, title: Small}
+          - {id: l, title: Large, description: "Feeds {size} people"}
+    on:
+      - choice: [s, l]
+        set: {size: "{text}"}
+        go: where
+      - regex: "(?P<count>[0-9]+) people"
+        say: "For {count}, take the large."
+    otherwise:
+      - "Pick a size from the list."
+  where:
+    say: "Send your location, or type your zip code."
+    on:
+      - kind: location
+        save: place
+        go: done
+      - regex: "^(?P<zip>[0-9]{5})$"
+        go: done
+      - kind: media
+        say: "Nice picture, but I need a location."
+  done:
+    say: "Order: {size} pizza to {place|you}. Zip: {zip|none}. Thanks {name}!"
+    end: true
+  human:
+    say: "A person will answer you here."
+    handoff: true
+  bye:
+    say: "Bye!"
+    end: true
+"""
+
+
+def test_start_greets_and_follows_then(tmp_path: Path) -> None:
+    """Starting enters the start state, says its messages and moves on through then:."""
+    flow = compile_text(tmp_path, SHOP)
+    c = Convo()
+    effects = flow.start(c)
+    assert c.state == "menu" and c.slots == {"size": "medium"}
+    (greeting,) = effects.messages
+    assert isinstance(greeting, ButtonsMessage) and greeting.body == "Hi Ana! Pizza?"
+    assert [(b.id, b.title) for b in greeting.buttons] == [("yes", "Yes please"), ("no", "No")]
+
+
+def test_choice_by_tap_or_by_typing_the_title(tmp_path: Path) -> None:
+    """A tapped button id matches; so does typing the button's title, in any case."""
+    flow = compile_text(tmp_path, SHOP)
+    tapped, typed = Convo(), Convo()
+    flow.start(tapped)
+    flow.start(typed)
+    flow.handle(tapped, msg(ButtonReply("yes", "Yes please")))
+    flow.handle(typed, msg("  YES PLEASE!  "))
+    assert tapped.state == typed.state == "size"
+
+
+def test_list_choice_sets_slot_from_the_tapped_title(tmp_path: Path) -> None:
+    flow = compile_text(tmp_path, SHOP)
+    c = Convo(state="size")
+    effects = flow.handle(c, msg(ListReply("l", "Large")))
+    assert c.state == "where" and c.slots["size"] == "Large"
+    assert bodies(effects.messages) == ["Send your location, or type your zip code."]
+
+
+def test_list_rows_are_filled_from_slots(tmp_path: Path) -> None:
+    flow = compile_text(tmp_path, SHOP)
+    c = Convo()
+    flow.start(c)
+    effects = flow.handle(c, msg(ButtonReply("yes", "Yes please")))
+    (menu,) = effects.messages
+    assert isinstance(menu, ListMessage) and menu.body == "Which size? (now medium)"
+    assert menu.sections[0].rows[1].description == "Feeds medium people"
+
+
+def test_regex_groups_become_slots_and_branches_may_stay(tmp_path: Path) -> None:
+    """A branch without go: answers and keeps the state (no re-entry, no re-prompt)."""
+    flow = compile_text(tmp_path, SHOP)
+    c = Convo(state="size")
+    effects = flow.handle(c, msg("we are 12 people"))
+    assert c.state == "size" and c.slots["count"] == "12"
+    assert bodies(effects.messages) == ["For 12, take the large."]
+
+
+def test_kinds_and_save(tmp_path: Path) -> None:
+    """kind: branches match message kinds; save: keeps the text (a place's name)."""
+    flow = compile_text(tmp_path, SHOP)
+    c = Convo(state="where", slots={"size": "Large"})
+    picture = flow.handle(c, msg(Image(media_id="1")))
+    assert c.state == "where" and bodies(picture.messages) == [
+        "Nice picture, but I need a location."
+    ]
+    done = flow.handle(c, msg(Location(1.0, 2.0, name="Quarry Road 12")))
+    assert c.state == "done"
+    assert bodies(done.messages) == ["Order: Large pizza to Quarry Road 12. Zip: none. Thanks Ana!"]
+
+
+def test_template_defaults_fill_missing_values(tmp_path: Path) -> None:
+    flow = compile_text(tmp_path, SHOP)
+    c = Convo(state="where", slots={"size": "Small"}, name=None)
+    effects = flow.handle(c, msg("10115"))
+    assert bodies(effects.messages) == ["Order: Small pizza to you. Zip: 10115. Thanks !"]
+
+
+def test_reprompt_ladder_is_counted_and_ends_in_its_target(tmp_path: Path) -> None:
+    """Unexpected input climbs the ladder; repeat: re-shows the prompt (the buttons of welcome)."""
+    flow = compile_text(tmp_path, SHOP)
+    c = Convo()
+    flow.start(c)
+    first = flow.handle(c, msg("pineapple"))
+    assert c.misses == 1 and c.state == "menu"
+    assert bodies(first.messages) == ["Sorry, Ana?", "Hi Ana! Pizza?"] and first.reprompts == 1
+    assert isinstance(first.messages[1], ButtonsMessage)
+    second = flow.handle(c, msg("pineapple"))
+    assert bodies(second.messages) == ["Last chance."] and c.misses == 2
+    third = flow.handle(c, msg("pineapple"))
+    assert c.state == "human" and third.handoff
+    assert bodies(third.messages) == ["Getting a person.", "A person will answer you here."]
+
+
+def test_state_ladder_overrides_the_flow_default_and_repeats_its_last_step(tmp_path: Path) -> None:
+    flow = compile_text(tmp_path, SHOP)
+    c = Convo(state="size")
+    for _ in range(3):
+        effects = flow.handle(c, msg("huge"))
+        assert bodies(effects.messages) == ["Pick a size from the list."]
+    assert c.state == "size" and c.misses == 3
+
+
+def test_entering_a_state_resets_the_miss_count(tmp_path: Path) -> None:
+    flow = compile_text(tmp_path, SHOP)
+    c = Convo()
+    flow.start(c)
+    flow.handle(c, msg("pineapple"))
+    flow.handle(c, msg("pineapple"))
+    flow.handle(c, msg("menu"))
+    assert c.state == "menu" and c.misses == 0
+
+
+def test_anywhere_branches_apply_in_every_waiting_state(tmp_path: Path) -> None:
+    flow = compile_text(tmp_path, SHOP)
+    for state in ("menu", "size", "where"):
+        c = Convo(state=state)
+        effects = flow.handle(c, msg("can I talk to a human please"))
+        assert c.state == "human" and effects.handoff, state
+
+
+def test_end_and_handoff_states(tmp_path: Path) -> None:
+    flow = compile_text(tmp_path, SHOP)
+    c = Convo()
+    flow.start(c)
+    flow.handle(c, msg(ButtonReply("no", "No")))
+    assert c.state == "bye" and flow.ends(c.state)
+    assert not flow.ends("menu") and flow.ends(None) and flow.ends("a state that was removed")
+
+
+def test_run_time_text_that_breaks_limits_is_split_or_shortened(tmp_path: Path) -> None:
+    """Text filled from slots is split (text) or cut with an ellipsis (titles), never dropped."""
+    flow = compile_text(
+        tmp_path,
+        """
+        start: show
+        slots: {long: "", title: ""}
+        states:
+          show:
+            say:
+              - "{long}"
+              - text: "{long}"
+                buttons: [{id: go, title: "{title}"}]
+            on:
+              - choice: go
+                go: show
+        """,
+    )
+    words = " ".join(f"word{i}" for i in range(1500))  # ~10k characters
+    c = Convo(slots={"long": words, "title": "A much longer title than twenty"})
+    c.state = None
+    effects = flow._send("start", c, None, "_idle")
+    texts = [m for m in effects.messages if isinstance(m, TextMessage)]
+    buttons = [m for m in effects.messages if isinstance(m, ButtonsMessage)]
+    assert all(len(m.body) <= 4096 for m in texts)
+    pieces = len(split_text(words, 4096))
+    assert pieces == 4
+    assert " ".join(m.body for m in texts[:pieces]) == words  # the first text loses nothing
+    assert len(buttons) == 1 and len(buttons[0].body) <= 1024
+    assert (
+        buttons[0].buttons[0].title == "A much longer title…"
+        and len(buttons[0].buttons[0].title) == 20
+    )
+    assert effects.split == (pieces - 1) + len(split_text(words, 1024)) - 1
+    assert effects.shortened == 1
+
+
+def test_one_machine_instance_serves_every_conversation(tmp_path: Path) -> None:
+    """Interleaved conversations keep their own states on the same live instance."""
+    flow = compile_text(tmp_path, SHOP)
+    convos = [Convo() for _ in range(50)]
+    for c in convos:
+        flow.start(c)
+    for i, c in enumerate(convos):
+        if i % 2:
+            flow.handle(c, msg(ButtonReply("yes", "Yes please")))
+    for i, c in enumerate(convos):
+        assert c.state == ("size" if i % 2 else "menu")
+    assert flow.live_instances == 1
+
+
+def test_a_failing_step_leaves_no_half_used_instance(tmp_path: Path) -> None:
+    """If a callback raises, the exception reaches the caller and the instance is rebuilt."""
+    flow = compile_text(tmp_path, SHOP)
+
+    class Exploding(dict[str, str]):
+        def __setitem__(self, key: str, value: str) -> None:
+            raise RuntimeError("disk full")
+
+    c = Convo(state="size", slots=Exploding())
+    with pytest.raises(RuntimeError, match="disk full"):
+        flow.handle(c, msg(ListReply("l", "Large")))
+    assert c.state == "size" and flow.live_instances == 0
+    ok = Convo(state="size")
+    flow.handle(ok, msg(ListReply("s", "Small")))
+    assert ok.state == "where" and flow.live_instances == 1

@@ -1,0 +1,378 @@
+"""`flows validate` reports every problem at its exact file:line (seeded mistakes)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from engine.flows import load_flows, validate_path
+from engine.flows.source import load
+from engine.flows.spec import read_flow
+from tests.support import ROOT
+
+
+def write(tmp: Path, text: str, name: str = "shop.yaml") -> Path:
+    path = tmp / name
+    path.write_text(textwrap.dedent(text).lstrip("\n"))
+    return path
+
+
+def problems(tmp: Path, text: str) -> list[tuple[int, str]]:
+    path = write(tmp, text)
+    return [(p.line, p.message) for p in validate_path(path)]
+
+
+GOOD = """
+start: hello
+states:
+  hello:
+    say: Hi!
+    then: ask
+  ask:
+    say:
+      text: Pick one
+      buttons: [Yes, No]
+    on:
+      - choice: yes
+        go: bye
+      - choice: no
+        go: hello
+  bye:
+    say: Bye
+    end: true
+"""
+
+
+def test_a_good_flow_has_no_problems(tmp_path: Path) -> None:
+    assert problems(tmp_path, GOOD) == []
+
+
+def test_shipped_flows_are_valid() -> None:
+    """Every file in flows/ loads and validates; the CLI agrees and exits 0."""
+    assert validate_path(ROOT / "flows") == []
+    flows = load_flows(ROOT / "flows", "support")
+    assert "support" in flows.by_name
+    result = subprocess.run(
+        [sys.executable, "-m", "engine", "flows", "validate", str(ROOT / "flows")],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_yaml_yes_and_no_stay_words() -> None:
+    """YAML 1.1 would read yes/no/on/off as booleans and silently merge keys; we keep words."""
+    doc, issues = load("yes: a\nno: b\non: c\noff: d\nreal: true\n")
+    assert issues == []
+    assert doc == {"yes": "a", "no": "b", "on": "c", "off": "d", "real": True}
+    assert load("n: 100\nf: 1.50\n")[0] == {"n": "100", "f": "1.50"}
+
+
+SEEDED = [
+    (
+        "unknown target",
+        """
+        start: hello
+        states:
+          hello:
+            say: Hi
+            on:
+              - text: start
+                go: menu
+              - text: menu
+                go: meun
+          menu:
+            say: The menu
+            end: true
+        """,
+        [(9, "go to unknown state 'meun' (did you mean 'menu'?)")],
+    ),
+    (
+        "unreachable state",
+        """
+        start: hello
+        states:
+          hello:
+            say: Hi
+            end: true
+          lost:
+            say: nobody comes here
+            end: true
+        """,
+        [(6, "state 'lost' is unreachable from start 'hello'")],
+    ),
+    (
+        "duplicate state and typo'd key",
+        """
+        start: hello
+        states:
+          hello:
+            say: Hi
+            end: true
+          hello:
+            sya: Hi again
+            end: true
+        """,
+        [(6, "duplicate key 'hello' (first at line 3)")],
+    ),
+    (
+        "unknown key",
+        """
+        start: hello
+        states:
+          hello:
+            sya: Hi
+            end: true
+        """,
+        [(4, "unknown key 'sya' in state 'hello' (did you mean 'say'?)")],
+    ),
+    (
+        "four buttons and a long title",
+        """
+        start: pick
+        states:
+          pick:
+            say:
+              text: Choose
+              buttons: [One, Two, Three, A title that is far too long]
+            on:
+              - choice: one
+                go: pick
+        """,
+        [
+            (6, "4 buttons: WhatsApp allows at most 3 (use list: for more)"),
+            (6, "button title is 28 characters; WhatsApp allows 20"),
+        ],
+    ),
+    (
+        "list limits",
+        """
+        start: pick
+        states:
+          pick:
+            say:
+              text: Choose
+              header: "<H>"
+              list:
+                button: Open the catalogue now
+                rows:
+                  - {id: a, title: "A row title longer than 24", description: "<D>"}
+                  - b
+                  - c
+                  - d
+                  - e
+                  - f
+                  - g
+                  - h
+                  - i
+                  - j
+                  - k
+            on:
+              - choice: a
+                go: pick
+        """.replace("<H>", "H" * 61).replace("<D>", "D" * 73),
+        [
+            (6, "header is 61 characters; WhatsApp allows 60"),
+            (7, "11 list rows: WhatsApp allows at most 10 in all"),
+            (8, "list button is 22 characters; WhatsApp allows 20"),
+            (10, "row title is 26 characters; WhatsApp allows 24"),
+            (10, "row description is 73 characters; WhatsApp allows 72"),
+        ],
+    ),
+    (
+        "text and button body too long",
+        """
+        start: a
+        states:
+          a:
+            say: "<X>"
+            then: b
+          b:
+            say:
+              text: "<Y>"
+              buttons: [Ok]
+            on:
+              - choice: ok
+                go: a
+        """.replace("<X>", "x" * 4097).replace("<Y>", "y" * 1025),
+        [
+            (4, "text is 4097 characters; WhatsApp allows 4096"),
+            (8, "text with buttons is 1025 characters; WhatsApp allows 1024"),
+        ],
+    ),
+    (
+        "then loop never waits",
+        """
+        start: a
+        states:
+          a:
+            say: one
+            then: b
+          b:
+            say: two
+            then: a
+        """,
+        [(5, "then: loop a -> b -> a never waits for the customer")],
+    ),
+    (
+        "choice not offered, bad regex, unknown placeholder",
+        """
+        start: ask
+        states:
+          ask:
+            say:
+              text: "Hello {nmae}"
+              buttons: [Yes]
+            on:
+              - choice: maybe
+                go: ask
+              - regex: "([0-9]+"
+                go: ask
+        """,
+        [
+            (5, "unknown placeholder {nmae}: no step sets a slot by that name"),
+            (8, "choice 'maybe' is not a button or row of state 'ask' (it offers: yes)"),
+            (10, "regex: invalid pattern: missing ), unterminated subpattern at position 0"),
+        ],
+    ),
+    (
+        "stray braces",
+        """
+        start: a
+        states:
+          a:
+            say: "Total {amount|{zero}} and } then {{literal}}"
+            end: true
+        """,
+        [
+            (
+                4,
+                "text: stray brace; write {{ or }} for a literal brace, {slot} or {slot|default} for a value",
+            ),
+            (4, "unknown placeholder {zero}: no step sets a slot by that name"),
+        ],
+    ),
+    (
+        "state mode and bad names",
+        """
+        start: _secret
+        states:
+          _secret:
+            say: hi
+          ok:
+            say: hi
+            end: true
+            then: _secret
+        """,
+        [
+            (3, "state name '_secret': names may not be empty or start with '_'"),
+            (
+                3,
+                "state '_secret' needs exactly one of on:, then:, handoff: true or end: true (has none)",
+            ),
+            (
+                5,
+                "state 'ok' needs exactly one of on:, then:, handoff: true or end: true (has then and end)",
+            ),
+            (5, "state 'ok' is unreachable from start '_secret'"),
+        ],
+    ),
+    (
+        "re-prompt ladder: go only last, target must exist",
+        """
+        start: ask
+        states:
+          ask:
+            say: Type a number
+            on:
+              - regex: "^(?P<n>[0-9]+)$"
+                go: ask
+            otherwise:
+              - say: Numbers only please
+                go: ask
+              - say: Last try
+                go: human
+        """,
+        [
+            (10, "otherwise: only the last re-prompt may have go:"),
+            (12, "go to unknown state 'human'"),
+        ],
+    ),
+    (
+        "yaml syntax",
+        """
+        start: a
+        states:
+          a:
+            say: [unclosed
+        """,
+        [(5, "YAML syntax error: expected ',' or ']', but got '<stream end>'")],
+    ),
+]
+
+
+@pytest.mark.parametrize(("case", "text", "expected"), SEEDED, ids=[c[0] for c in SEEDED])
+def test_seeded_mistakes_are_reported_at_their_line(
+    tmp_path: Path, case: str, text: str, expected: list[tuple[int, str]]
+) -> None:
+    assert sorted(problems(tmp_path, text)) == sorted(expected)
+
+
+def test_cli_prints_file_line_message_and_exits_1(tmp_path: Path) -> None:
+    """The CLI output is `file:line: message`, one per problem."""
+    path = write(tmp_path, SEEDED[0][1])
+    result = subprocess.run(
+        [sys.executable, "-m", "engine", "flows", "validate", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert result.returncode == 1
+    assert result.stdout.splitlines() == [
+        f"{path}:9: go to unknown state 'meun' (did you mean 'menu'?)"
+    ]
+
+
+def test_faq_file_problems_point_into_the_faq_file(tmp_path: Path) -> None:
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "faq.yaml").write_text(
+        "- question: Hours?\n  keywords: hours\n  answer: 9 to 5\n"
+    )
+    write(
+        tmp_path,
+        "start: a\nfaq: data/faq.yaml\nstates:\n  a:\n    say: Ask\n    on:\n      - faq: true\n        go: a\n",
+    )
+    found = validate_path(tmp_path / "shop.yaml")
+    assert [(Path(p.file).name, p.line, p.message) for p in found] == [
+        ("faq.yaml", 2, "keywords: a non-empty list of words or phrases")
+    ]
+
+
+def test_names_that_would_break_a_state_machine_are_mapped(tmp_path: Path) -> None:
+    """States called send, model or 'ask name' are fine: the machine never sees those names."""
+    text = """
+    start: send
+    states:
+      send:
+        say: Hi
+        then: model
+      model:
+        say: "What's your name?"
+        then: ask name
+      ask name:
+        on:
+          - kind: text
+            save: who
+            go: configuration
+      configuration:
+        say: "Nice to meet you, {who}"
+        end: true
+    """
+    path = write(tmp_path, text)
+    spec, found = read_flow(path)
+    assert found == [] and spec is not None
