@@ -1,13 +1,29 @@
-"""The command line: `python -m engine flows validate [PATH]`."""
+"""The command line: `python -m engine flows validate [PATH]` and `python -m engine chat`.
+
+`chat` runs the real engine (actors, flows, committer, delivery) with an in-memory store and a
+sender that prints to the terminal; a number picks a button or list row of the last message.
+"""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import sys
+import time
+import uuid
 from pathlib import Path
+from typing import TextIO
 
-from .flows import validate_path
+from .engine import Engine, EngineConfig
+from .errors import FlowError
+from .events import ButtonReply, Content, Customer, ListReply, Message, Text
+from .flows import load_flows, validate_path
+from .memstore import MemoryStore
+from .outbound import ButtonsMessage, ListMessage
+from .ports import Outgoing
+
+CHAT_NUMBER = "chat"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,8 +37,21 @@ def main(argv: list[str] | None = None) -> int:
     validate.add_argument(
         "path", nargs="?", help="a flow file or folder (default: $FLOWS_DIR or flows)"
     )
+    chat = commands.add_parser("chat", help="talk to a flow in the terminal")
+    chat.add_argument("--flow", help="the flow to start in (default: $ENTRY_FLOW or support)")
+    chat.add_argument(
+        "--contact", default="15550000001", help="your phone digits (default 15550000001)"
+    )
+    chat.add_argument("--name", default="Ana", help="your WhatsApp profile name")
+    chat.add_argument("--flows-dir", help="where flows live (default: $FLOWS_DIR or flows)")
     args = parser.parse_args(argv)
-    return validate_command(Path(args.path or os.environ.get("FLOWS_DIR", "flows")))
+    flows_dir = os.environ.get("FLOWS_DIR", "flows")
+    if args.command == "flows":
+        return validate_command(Path(args.path or flows_dir))
+    entry = args.flow or os.environ.get("ENTRY_FLOW", "support")
+    return asyncio.run(
+        chat_command(Path(args.flows_dir or flows_dir), entry, args.contact, args.name)
+    )
 
 
 def validate_command(path: Path) -> int:
@@ -34,3 +63,125 @@ def validate_command(path: Path) -> int:
         return 1
     print(f"ok: {path} is valid")
     return 0
+
+
+class ChatSender:
+    """Prints the bot's messages and remembers the options of the last one, numbered."""
+
+    def __init__(self, out: TextIO) -> None:
+        self._out = out
+        self.options: list[tuple[str, str, str]] = []  # (kind, id, title)
+        self.sent = 0
+
+    async def send(self, out: Outgoing) -> str:
+        m = out.message
+        self.sent += 1
+        lines = m.body.splitlines() or [""]
+        if isinstance(m, ButtonsMessage | ListMessage) and m.header:
+            lines.insert(0, f"*{m.header}*")
+        options: list[tuple[str, str, str]] = []
+        if isinstance(m, ButtonsMessage):
+            options = [("button", b.id, b.title) for b in m.buttons]
+        elif isinstance(m, ListMessage):
+            options = [("row", r.id, r.title) for s in m.sections for r in s.rows]
+        if options:
+            self.options = options
+            lines.extend(f"  {i}) {title}" for i, (_k, _id, title) in enumerate(options, start=1))
+        print("bot > " + "\n      ".join(lines), file=self._out, flush=True)
+        return f"chat.{out.id}"
+
+    def content(self, line: str) -> Content:
+        text = line.strip()
+        if text.isdigit() and 1 <= int(text) <= len(self.options):
+            kind, ident, title = self.options[int(text) - 1]
+            return ButtonReply(ident, title) if kind == "button" else ListReply(ident, title)
+        return Text(line)
+
+
+async def chat_command(flows_dir: Path, entry: str, phone: str, name: str) -> int:
+    try:
+        flows = load_flows(flows_dir, entry)
+    except FlowError as e:
+        for p in e.problems:
+            print(p, file=sys.stderr)
+        return 1
+    out = sys.stdout
+    sender = ChatSender(out)
+    engine = Engine(
+        store=MemoryStore(), sender=sender, flows=flows, config=EngineConfig(send_concurrency=1)
+    )
+    await engine.start()
+    interactive = sys.stdin.isatty()
+    print(
+        f"Talking to flow {entry!r} as +{phone}. A number picks an option; "
+        "/state shows the conversation, /agent TEXT replies as a person, /release hands back,"
+        " /quit ends.",
+        file=out,
+    )
+    loop = asyncio.get_running_loop()
+    customer = Customer(number=CHAT_NUMBER, phone=phone, name=name)
+    run = uuid.uuid4().hex[:8]
+    count = 0
+    try:
+        while True:
+            if interactive:
+                print("you > ", end="", file=out, flush=True)
+            line = await loop.run_in_executor(None, sys.stdin.readline)
+            if not line or line.strip() == "/quit":
+                break
+            line = line.rstrip("\n")
+            key = engine.directory.lookup(CHAT_NUMBER, phone)
+            if line.startswith("/"):
+                await _command(engine, key, line, out)
+                continue
+            if not line.strip():
+                continue
+            count += 1
+            before = sender.sent
+            message = Message(
+                id=f"chat.{run}.{count}",
+                timestamp=int(time.time()),
+                customer=customer,
+                content=sender.content(line),
+            )
+            await engine.ingest([message])
+            await _settle(engine)
+            if sender.sent == before:
+                print(
+                    "      (the bot stays silent: a person holds this conversation;"
+                    " /release hands it back)",
+                    file=out,
+                )
+    finally:
+        await engine.close()
+    return 0
+
+
+async def _settle(engine: Engine) -> None:
+    await engine.actors.wait_idle()
+    await engine.delivery.wait_empty()
+
+
+async def _command(engine: Engine, key: str | None, line: str, out: TextIO) -> None:
+    command, _, arg = line.partition(" ")
+    if key is None:
+        print("      (say something first)", file=out)
+        return
+    if command == "/state":
+        view = await engine.view(key, limit=0)
+        print(
+            f"      flow={view['flow']} state={view['state']} handoff={view['handoff']}"
+            f" slots={view['slots']}",
+            file=out,
+        )
+    elif command == "/agent" and arg.strip():
+        await engine.agent_reply(key, arg.strip())
+        await _settle(engine)
+    elif command == "/release":
+        await engine.release(key)
+        print(
+            "      (the bot has the conversation again; your next message starts the flow)",
+            file=out,
+        )
+    else:
+        print("      commands: /state, /agent TEXT, /release, /quit", file=out)

@@ -1,4 +1,4 @@
-"""Fixtures: the real Postgres and Redis.
+"""Fixtures: a fake Graph API, an engine app wired to it, and the real Postgres and Redis.
 
 Tests that need Postgres or Redis read TEST_DATABASE_URL / TEST_REDIS_URL. When a service is
 unreachable they fail under CI=true and are skipped (with the reason) elsewhere.
@@ -9,10 +9,20 @@ from __future__ import annotations
 import os
 import sys
 import threading
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
 import redis.asyncio as redis
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from engine.settings import Settings
+from server import create_app
+from tests.fakes.graph import FakeGraph
+from tests.support import ADMIN, NUMBER, ROOT, SECRET, TOKEN, VERIFY
 
 TEST_DATABASE_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
 TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -45,6 +55,54 @@ async def redis_url() -> str:
     finally:
         await client.aclose()
     return TEST_REDIS_URL
+
+
+@pytest.fixture
+async def graph() -> AsyncIterator[tuple[FakeGraph, str]]:
+    """A fake Graph API on loopback and its base URL."""
+    fake = FakeGraph()
+    server = TestServer(fake.app())
+    await server.start_server()
+    try:
+        yield fake, str(server.make_url("/v25.0")).rstrip("/")
+    finally:
+        await server.close()
+
+
+@pytest.fixture
+def env(tmp_path: Path, graph: tuple[FakeGraph, str]) -> dict[str, str]:
+    """Settings for an engine on an SQLite file in tmp_path that sends through the fake."""
+    _fake, url = graph
+    return {
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'engine.sqlite3'}",
+        "FLOWS_DIR": str(ROOT / "flows"),
+        "WHATSAPP_APP_SECRET": SECRET,
+        "WHATSAPP_VERIFY_TOKEN": VERIFY,
+        "WHATSAPP_ACCESS_TOKEN": TOKEN,
+        "WHATSAPP_PHONE_NUMBER_ID": NUMBER,
+        "WHATSAPP_API_URL": url,
+        "ADMIN_TOKEN": ADMIN,
+    }
+
+
+AppFactory = Callable[..., Any]
+
+
+@pytest.fixture
+async def start_app() -> AsyncIterator[AppFactory]:
+    """start_app(env, clock=...) -> a test client of a running engine app; closed at the end."""
+    clients: list[TestClient[Any, Any]] = []
+
+    async def start(environ: dict[str, str], **kwargs: Any) -> TestClient[Any, Any]:
+        app: web.Application = create_app(Settings.from_env(environ), **kwargs)
+        client: TestClient[Any, Any] = TestClient(TestServer(app))
+        await client.start_server()
+        clients.append(client)
+        return client
+
+    yield start
+    for client in reversed(clients):
+        await client.close()
 
 
 _exit_status: list[int] = [0]

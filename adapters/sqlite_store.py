@@ -1,0 +1,521 @@
+"""The embedded store: one SQLite file in WAL mode, through aiosqlite.
+
+Two connections: the writer runs the committer's batches, each one `BEGIN IMMEDIATE` transaction
+with a fixed handful of statements however many writes it carries (multi-row inserts with
+RETURNING for dedupe and the journal); the reader serves activation and the API without queuing
+behind writes (WAL lets readers and the writer work at once).
+
+`synchronous=NORMAL` (the default) survives kill -9 but may lose the last transactions on power
+loss; `SQLITE_SYNCHRONOUS=FULL` survives both at the cost measured in bench/README.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from engine.errors import ConfigError, StoreRejected, StoreUnavailable
+from engine.ports import (
+    JSON,
+    Accept,
+    Accepted,
+    Alias,
+    Commit,
+    ConversationRow,
+    Delivered,
+    JournalEntry,
+    MessageRow,
+    Op,
+    Pruned,
+    StatusWrite,
+)
+from engine.records import STATUS_RANK
+
+MIGRATIONS: list[str] = [
+    # 1: the first schema
+    """
+    CREATE TABLE dedupe (key TEXT PRIMARY KEY, at REAL NOT NULL) WITHOUT ROWID;
+    CREATE INDEX dedupe_at ON dedupe (at);
+    CREATE TABLE journal (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        contact TEXT NOT NULL,
+        event_id TEXT NOT NULL,
+        event TEXT NOT NULL,
+        at REAL NOT NULL
+    );
+    CREATE INDEX journal_at ON journal (at);
+    CREATE TABLE aliases (
+        number TEXT NOT NULL, alias TEXT NOT NULL, key TEXT NOT NULL, PRIMARY KEY (number, alias)
+    ) WITHOUT ROWID;
+    CREATE INDEX aliases_alias ON aliases (alias);
+    CREATE TABLE conversations (
+        key TEXT PRIMARY KEY,
+        number TEXT NOT NULL,
+        flow TEXT NOT NULL,
+        state TEXT,
+        handoff INTEGER NOT NULL,
+        updated_at REAL NOT NULL,
+        last_seq INTEGER NOT NULL,
+        snapshot TEXT NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX conversations_updated ON conversations (updated_at);
+    CREATE TABLE messages (
+        n INTEGER PRIMARY KEY AUTOINCREMENT,
+        id TEXT NOT NULL UNIQUE,
+        contact TEXT NOT NULL,
+        direction TEXT NOT NULL,
+        number TEXT NOT NULL,
+        type TEXT NOT NULL,
+        text TEXT NOT NULL,
+        status TEXT NOT NULL,
+        rank INTEGER NOT NULL,
+        at REAL NOT NULL,
+        provider_id TEXT,
+        payload TEXT,
+        error_code INTEGER,
+        error_title TEXT
+    );
+    CREATE INDEX messages_contact ON messages (contact, n);
+    CREATE INDEX messages_provider ON messages (provider_id);
+    CREATE INDEX messages_outbox ON messages (n) WHERE status = 'pending';
+    CREATE TABLE statuses (
+        provider_id TEXT NOT NULL,
+        status TEXT NOT NULL,
+        rank INTEGER NOT NULL,
+        at REAL NOT NULL,
+        error_code INTEGER,
+        error_title TEXT,
+        PRIMARY KEY (provider_id, status)
+    ) WITHOUT ROWID;
+    CREATE INDEX statuses_at ON statuses (at);
+    CREATE TABLE raw_events (
+        n INTEGER PRIMARY KEY AUTOINCREMENT,
+        kind TEXT NOT NULL,
+        payload TEXT NOT NULL,
+        at REAL NOT NULL
+    );
+    CREATE INDEX raw_events_at ON raw_events (at);
+    """,
+]
+
+CHUNK = 500  # rows per multi-row statement (SQLite allows 32766 parameters)
+
+# Errors caused by what a write holds, not by the state of the database: retrying cannot help.
+REJECTED = (
+    sqlite3.IntegrityError,
+    sqlite3.DataError,
+    sqlite3.InterfaceError,
+    UnicodeError,
+    TypeError,
+    OverflowError,
+)
+
+APPLY_STATUSES = """
+UPDATE messages SET
+    status = best.status,
+    rank = best.rank,
+    error_code = COALESCE(best.error_code, messages.error_code),
+    error_title = COALESCE(best.error_title, messages.error_title)
+FROM (
+    SELECT s.provider_id, s.status, s.rank, s.error_code, s.error_title FROM statuses s
+    WHERE s.provider_id IN (SELECT value FROM json_each(?))
+      AND s.rank = (SELECT MAX(rank) FROM statuses t WHERE t.provider_id = s.provider_id)
+) AS best
+WHERE messages.provider_id = best.provider_id AND messages.direction = 'out'
+  AND messages.rank < best.rank
+"""
+
+
+class SqliteStore:
+    def __init__(self, path: Path, *, synchronous: str = "NORMAL") -> None:
+        self.path = path
+        self.synchronous = synchronous
+        self.commits = 0
+        self._w: aiosqlite.Connection | None = None
+        self._r: aiosqlite.Connection | None = None
+        self._lock = asyncio.Lock()
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._w = await self._connect()
+            await self._migrate(self._w)
+            self._r = await self._connect()
+        except (OSError, sqlite3.Error) as e:
+            await self.close()
+            raise ConfigError(f"DATABASE_URL: cannot use SQLite file {self.path}: {e}") from e
+
+    async def _connect(self) -> aiosqlite.Connection:
+        conn = await aiosqlite.connect(self.path, isolation_level=None)
+        await conn.execute("PRAGMA journal_mode=WAL")
+        await conn.execute(f"PRAGMA synchronous={self.synchronous}")
+        await conn.execute("PRAGMA busy_timeout=5000")
+        await conn.execute("PRAGMA temp_store=MEMORY")
+        return conn
+
+    async def _migrate(self, conn: aiosqlite.Connection) -> None:
+        await conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        rows = await conn.execute_fetchall("SELECT MAX(version) FROM schema_version")
+        current = next(iter(rows))[0] or 0
+        if current > len(MIGRATIONS):
+            raise ConfigError(
+                f"DATABASE_URL: {self.path} has schema version {current}, newer than this "
+                f"engine's {len(MIGRATIONS)}; upgrade the engine"
+            )
+        for version, script in enumerate(MIGRATIONS[current:], start=current + 1):
+            await conn.executescript(
+                f"BEGIN IMMEDIATE; {script}; INSERT INTO schema_version VALUES ({version}); COMMIT;"
+            )
+
+    async def close(self) -> None:
+        for conn in (self._r, self._w):
+            if conn is not None:
+                await conn.close()
+        self._r = self._w = None
+
+    async def ping(self) -> None:
+        await self.reader.execute_fetchall("SELECT 1")
+
+    @property
+    def writer(self) -> aiosqlite.Connection:
+        if self._w is None:
+            raise sqlite3.ProgrammingError("store is closed")
+        return self._w
+
+    @property
+    def reader(self) -> aiosqlite.Connection:
+        if self._r is None:
+            raise sqlite3.ProgrammingError("store is closed")
+        return self._r
+
+    # --- writes --------------------------------------------------------------------------------
+
+    async def write(self, ops: Sequence[Op]) -> list[Accepted | None]:
+        async with self._lock:
+            conn = self.writer
+            await conn.execute("BEGIN IMMEDIATE")
+            try:
+                results = await self._apply(conn, ops)
+                await conn.execute("COMMIT")
+            except BaseException as e:
+                await conn.execute("ROLLBACK")
+                if isinstance(e, REJECTED):
+                    raise StoreRejected(f"{type(e).__name__}: {e}") from e
+                raise
+            self.commits += 1
+            return results
+
+    async def _apply(self, conn: aiosqlite.Connection, ops: Sequence[Op]) -> list[Accepted | None]:
+        accepts = [op for op in ops if isinstance(op, Accept)]
+        commits = [op for op in ops if isinstance(op, Commit)]
+        delivered = [op for op in ops if isinstance(op, Delivered)]
+        touched: set[str] = set()
+        results: dict[int, Accepted] = {}
+        if accepts:
+            results = await self._accept(conn, accepts, touched)
+        if commits:
+            await self._commit(conn, commits)
+        if delivered:
+            await self._delivered(conn, delivered, touched)
+        if touched:
+            await conn.execute(APPLY_STATUSES, (json.dumps(sorted(touched)),))
+        return [results.get(id(op)) if isinstance(op, Accept) else None for op in ops]
+
+    async def _accept(
+        self, conn: aiosqlite.Connection, accepts: list[Accept], touched: set[str]
+    ) -> dict[int, Accepted]:
+        entries = [(op, e) for op in accepts for e in op.journal]
+        new_keys = await _insert_returning(
+            conn,
+            "INSERT INTO dedupe (key, at) VALUES {} ON CONFLICT DO NOTHING RETURNING key",
+            [(e.event_id, e.at) for _op, e in entries],
+            2,
+        )
+        fresh: list[tuple[Accept, JournalEntry]] = []
+        duplicates: dict[int, int] = {}
+        for op, e in entries:
+            if e.event_id in new_keys:
+                new_keys.discard(e.event_id)  # a second copy in the same batch is a duplicate
+                fresh.append((op, e))
+            else:
+                duplicates[id(op)] = duplicates.get(id(op), 0) + 1
+        seqs: dict[str, int] = {}
+        for chunk in _chunks(fresh, CHUNK):
+            rows = await conn.execute_fetchall(
+                "INSERT INTO journal (contact, event_id, event, at) VALUES "
+                + ",".join(["(?,?,?,?)"] * len(chunk))
+                + " RETURNING seq, event_id",
+                [v for _op, e in chunk for v in (e.contact, e.event_id, json.dumps(e.event), e.at)],
+            )
+            seqs.update({event_id: seq for seq, event_id in rows})
+        statuses = [(op, s) for op in accepts for s in op.statuses]
+        new_statuses = await _insert_returning(
+            conn,
+            "INSERT INTO statuses (provider_id, status, rank, at, error_code, error_title)"
+            " VALUES {}"
+            " ON CONFLICT DO NOTHING RETURNING provider_id || char(0) || status",
+            [
+                (s.provider_id, s.status, s.rank, s.at, s.error_code, s.error_title)
+                for _op, s in statuses
+            ],
+            6,
+        )
+        raw = [(r.kind, json.dumps(r.payload), r.at) for op in accepts for r in op.raw]
+        if raw:
+            await conn.executemany("INSERT INTO raw_events (kind, payload, at) VALUES (?,?,?)", raw)
+        aliases = [(a.number, a.alias, a.key) for op in accepts for a in op.aliases]
+        if aliases:
+            await conn.executemany(
+                "INSERT INTO aliases (number, alias, key) VALUES (?,?,?)"
+                " ON CONFLICT (number, alias) DO UPDATE SET key = excluded.key",
+                aliases,
+            )
+        results = {}
+        for op in accepts:
+            mine = [(seqs[e.event_id], e) for o, e in fresh if o is op]
+            seen: list[StatusWrite] = []
+            dup_statuses = 0
+            for o, s in statuses:
+                if o is not op:
+                    continue
+                key = f"{s.provider_id}\0{s.status}"
+                if key in new_statuses:
+                    new_statuses.discard(key)
+                    seen.append(s)
+                    touched.add(s.provider_id)
+                else:
+                    dup_statuses += 1
+            results[id(op)] = Accepted(
+                entries=sorted(mine, key=lambda x: x[0]),
+                duplicate_messages=duplicates.get(id(op), 0),
+                new_statuses=seen,
+                duplicate_statuses=dup_statuses,
+            )
+        return results
+
+    async def _commit(self, conn: aiosqlite.Connection, commits: list[Commit]) -> None:
+        await conn.executemany(
+            "INSERT INTO conversations"
+            " (key, number, flow, state, handoff, updated_at, last_seq, snapshot)"
+            " VALUES (?,?,?,?,?,?,?,?) ON CONFLICT (key) DO UPDATE SET number = excluded.number,"
+            " flow = excluded.flow, state = excluded.state, handoff = excluded.handoff,"
+            " updated_at = excluded.updated_at, last_seq = excluded.last_seq,"
+            " snapshot = excluded.snapshot",
+            [
+                (
+                    c.key,
+                    c.number,
+                    c.flow,
+                    c.state,
+                    int(c.handoff),
+                    c.updated_at,
+                    int(c.snapshot.get("last_seq") or 0),
+                    json.dumps(c.snapshot),
+                )
+                for c in (op.conversation for op in commits)
+            ],
+        )
+        rows = [m for op in commits for m in op.messages]
+        if rows:
+            await conn.executemany(
+                "INSERT INTO messages (id, contact, direction, number, type, text, status, rank,"
+                " at,"
+                " provider_id, payload, error_code, error_title) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
+                " ON CONFLICT (id) DO NOTHING",
+                [_message_values(m) for m in rows],
+            )
+
+    async def _delivered(
+        self, conn: aiosqlite.Connection, delivered: list[Delivered], touched: set[str]
+    ) -> None:
+        await conn.executemany(
+            "UPDATE messages SET status = ?, rank = ?, provider_id = COALESCE(?, provider_id),"
+            " error_code = ?, error_title = ?, at = at WHERE id = ? AND rank < ?",
+            [
+                (
+                    d.status,
+                    STATUS_RANK[d.status],
+                    d.provider_id,
+                    d.error_code,
+                    d.error_title,
+                    d.id,
+                    STATUS_RANK[d.status],
+                )
+                for d in delivered
+            ],
+        )
+        touched.update(d.provider_id for d in delivered if d.provider_id)
+
+    # --- reads ---------------------------------------------------------------------------------
+
+    async def aliases(self) -> list[Alias]:
+        rows = await self.reader.execute_fetchall("SELECT number, alias, key FROM aliases")
+        return [Alias(*r) for r in rows]
+
+    async def conversation(self, key: str) -> ConversationRow | None:
+        try:
+            rows = list(
+                await self.reader.execute_fetchall(
+                    "SELECT key, number, flow, state, handoff, updated_at, snapshot"
+                    " FROM conversations WHERE key = ?",
+                    (key,),
+                )
+            )
+        except (sqlite3.OperationalError, sqlite3.ProgrammingError, ValueError) as e:
+            raise StoreUnavailable(f"cannot read conversation: {e}") from e
+        return _conversation(rows[0]) if rows else None
+
+    async def unhandled(self) -> list[tuple[int, str, JSON]]:
+        rows = await self.reader.execute_fetchall(
+            "SELECT j.seq, j.contact, j.event FROM journal j"
+            " LEFT JOIN conversations c ON c.key = j.contact"
+            " WHERE j.seq > COALESCE(c.last_seq, 0) ORDER BY j.seq"
+        )
+        return [(seq, contact, json.loads(event)) for seq, contact, event in rows]
+
+    async def outbox(self) -> list[MessageRow]:
+        rows = await self.reader.execute_fetchall(
+            f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE status = 'pending' ORDER BY n"
+        )
+        return [_message(r) for r in rows]
+
+    async def transcript(self, key: str, limit: int) -> list[MessageRow]:
+        rows = await self.reader.execute_fetchall(
+            f"SELECT * FROM (SELECT n, {_MESSAGE_COLUMNS} FROM messages WHERE contact = ?"
+            " ORDER BY n DESC LIMIT ?) ORDER BY n",
+            (key, limit),
+        )
+        return [_message(r[1:]) for r in rows]
+
+    async def conversations(
+        self, *, state: str | None, handoff: bool | None, limit: int
+    ) -> list[ConversationRow]:
+        where: list[str] = []
+        args: list[Any] = []
+        if state is not None:
+            where.append("state = ?")
+            args.append(state)
+        if handoff is not None:
+            where.append("handoff = ?")
+            args.append(int(handoff))
+        sql = "SELECT key, number, flow, state, handoff, updated_at, snapshot FROM conversations"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY updated_at DESC LIMIT ?"
+        rows = await self.reader.execute_fetchall(sql, (*args, limit))
+        return [_conversation(r) for r in rows]
+
+    async def contacts(self, alias: str, number: str | None) -> list[str]:
+        if number is None:
+            rows = await self.reader.execute_fetchall(
+                "SELECT key FROM aliases WHERE alias = ?", (alias,)
+            )
+        else:
+            rows = await self.reader.execute_fetchall(
+                "SELECT key FROM aliases WHERE alias = ? AND number = ?", (alias, number)
+            )
+        return sorted({r[0] for r in rows})
+
+    async def prune(self, *, dedupe_before: float, journal_before: float) -> Pruned:
+        async with self._lock:
+            conn = self.writer
+            counts: list[int] = []
+            for sql, arg in (
+                ("DELETE FROM dedupe WHERE at < ?", dedupe_before),
+                (
+                    "DELETE FROM journal WHERE at < ? AND seq <= COALESCE("
+                    "(SELECT last_seq FROM conversations c WHERE c.key = journal.contact), 0)",
+                    journal_before,
+                ),
+                ("DELETE FROM statuses WHERE at < ?", dedupe_before),
+                ("DELETE FROM raw_events WHERE at < ?", dedupe_before),
+            ):
+                cursor = await conn.execute(sql, (arg,))
+                counts.append(cursor.rowcount)
+            return Pruned(*counts)
+
+
+_MESSAGE_COLUMNS = (
+    "id, contact, direction, number, type, text, status, at, provider_id, payload,"
+    " error_code, error_title"
+)
+
+
+def _message_values(m: MessageRow) -> tuple[Any, ...]:
+    return (
+        m.id,
+        m.contact,
+        m.direction,
+        m.number,
+        m.type,
+        m.text,
+        m.status,
+        STATUS_RANK.get(m.status, 0),
+        m.at,
+        m.provider_id,
+        m.payload,
+        m.error_code,
+        m.error_title,
+    )
+
+
+def _message(r: Iterable[Any]) -> MessageRow:
+    (
+        id_,
+        contact,
+        direction,
+        number,
+        type_,
+        text,
+        status,
+        at,
+        provider_id,
+        payload,
+        code,
+        title,
+    ) = r
+    return MessageRow(
+        id=id_,
+        contact=contact,
+        direction=direction,
+        number=number,
+        type=type_,
+        text=text,
+        status=status,
+        at=at,
+        provider_id=provider_id,
+        payload=payload,
+        error_code=code,
+        error_title=title,
+    )
+
+
+def _conversation(r: Iterable[Any]) -> ConversationRow:
+    key, number, flow, state, handoff, updated_at, snapshot = r
+    return ConversationRow(
+        key, number, flow, state, bool(handoff), updated_at, json.loads(snapshot)
+    )
+
+
+async def _insert_returning(
+    conn: aiosqlite.Connection, sql: str, rows: list[tuple[Any, ...]], width: int
+) -> set[Any]:
+    found: set[Any] = set()
+    for chunk in _chunks(rows, CHUNK):
+        values = ",".join(["(" + ",".join("?" * width) + ")"] * len(chunk))
+        result = await conn.execute_fetchall(sql.format(values), [v for row in chunk for v in row])
+        found.update(r[0] for r in result)
+    return found
+
+
+def _chunks(items: list[Any], size: int) -> Iterable[list[Any]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]

@@ -1,0 +1,241 @@
+"""HTTP: the Meta webhook, the admin/agent API, health and metrics.
+
+Webhook handlers only verify, translate and hand over: the body is checked against its
+signature, parsed into events, recorded by the engine (one group commit), and answered. No flow
+step, LLM call or send ever runs inside a request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+from prometheus_async.aio.web import server_stats
+
+from engine.engine import Ambiguous, Engine, NotFound
+from engine.errors import ActorStopped, StoreRejected, StoreUnavailable
+from engine.events import scrub
+from engine.settings import Secret
+
+from .meta import parse_body, verify_signature
+
+log = logging.getLogger(__name__)
+
+MAX_BODY = 4 * 1024 * 1024  # Meta sends up to 3 MB; aiohttp's default limit is 1 MiB
+MAX_AGENT_TEXT = 16 * 4096
+
+
+@dataclass(frozen=True, slots=True)
+class WebConfig:
+    verify_token: Secret | None
+    app_secret: Secret | None
+    admin_token: Secret | None
+
+
+class Health:
+    """Readiness probes, one per dependency, each a coroutine that raises when it is down."""
+
+    def __init__(self) -> None:
+        self.checks: dict[str, Callable[[], Awaitable[Any]]] = {}
+
+
+ENGINE = web.AppKey("engine", Engine)
+CONFIG = web.AppKey("web_config", WebConfig)
+HEALTH = web.AppKey("health", Health)
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/webhooks/whatsapp", whatsapp_verify)
+    app.router.add_post("/webhooks/whatsapp", whatsapp_post)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", server_stats)
+    app.router.add_get("/api/conversations", api_list)
+    app.router.add_get("/api/conversations/{contact}", api_show)
+    app.router.add_post("/api/conversations/{contact}/messages", api_reply)
+    app.router.add_post("/api/conversations/{contact}/release", api_release)
+    app.middlewares.append(admin_auth)
+
+
+# --- Meta webhook ----------------------------------------------------------------------------
+
+
+async def whatsapp_verify(request: web.Request) -> web.Response:
+    expected = request.app[CONFIG].verify_token
+    q = request.query
+    token = q.get("hub.verify_token", "")
+    challenge = q.get("hub.challenge", "")
+    if (
+        expected is not None
+        and q.get("hub.mode") == "subscribe"
+        and challenge
+        and hmac.compare_digest(token.encode(), expected.reveal().encode())
+    ):
+        return web.Response(text=challenge, content_type="text/plain")
+    return web.Response(status=403, text="verification failed", content_type="text/plain")
+
+
+async def whatsapp_post(request: web.Request) -> web.Response:
+    engine = request.app[ENGINE]
+    secret = request.app[CONFIG].app_secret
+    count = engine.metrics.webhook_requests.inc
+    body = await request.read()
+    if secret is None:
+        count("meta", "refused")
+        return _text(403, "WHATSAPP_APP_SECRET is not set: webhooks are refused")
+    verdict = verify_signature(
+        secret.reveal().encode(), body, request.headers.get("X-Hub-Signature-256")
+    )
+    if verdict != "ok":
+        count("meta", f"signature_{verdict}")
+        return _text(401 if verdict == "missing" else 403, f"signature {verdict}")
+    if not engine.accepting:
+        count("meta", "unavailable")
+        return _text(503, "not accepting (starting or stopping)", retry_after=5)
+    if engine.overloaded:
+        # Meta keeps retrying for days; holding the work there beats growing without bound here.
+        count("meta", "overloaded")
+        log.warning("backlog of %d over MAX_BACKLOG: webhook refused with 503", engine.backlog)
+        return _text(503, "backlog full, retry later", retry_after=30)
+    parsed = parse_body(body)
+    for bad in parsed.malformed:
+        engine.metrics.malformed.inc()
+        log.warning("malformed webhook item at %s: %s", bad.where, bad.reason)
+    try:
+        await engine.ingest(parsed.events)
+    except StoreUnavailable as e:
+        count("meta", "unavailable")
+        log.error("webhook not accepted: %s", e)
+        return _text(503, "cannot record events now", retry_after=5)
+    count("meta", "accepted")
+    return _text(200, "OK")
+
+
+def _text(status: int, text: str, retry_after: int | None = None) -> web.Response:
+    headers = {"Retry-After": str(retry_after)} if retry_after else None
+    return web.Response(status=status, text=text, content_type="text/plain", headers=headers)
+
+
+# --- health ----------------------------------------------------------------------------------
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    report: dict[str, Any] = {}
+    ok = True
+    for name, check in request.app[HEALTH].checks.items():
+        try:
+            await asyncio.wait_for(check(), timeout=2.0)
+            report[name] = "ok"
+        except Exception as e:
+            ok = False
+            report[name] = f"down: {type(e).__name__}: {e}"[:200]
+    accepting = request.app[ENGINE].accepting
+    report["accepting"] = accepting
+    return web.json_response(report, status=200 if ok and accepting else 503)
+
+
+# --- admin and agent API ---------------------------------------------------------------------
+
+
+@web.middleware
+async def admin_auth(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    if not request.path.startswith("/api/"):
+        return await handler(request)
+    token = request.app[CONFIG].admin_token
+    if token is None:
+        return _error(403, "the admin API is disabled: set ADMIN_TOKEN")
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(
+        given.strip().encode(), token.reveal().encode()
+    ):
+        return _error(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
+    return await handler(request)
+
+
+def _error(
+    status: int, message: str, headers: dict[str, str] | None = None, **extra: Any
+) -> web.Response:
+    return web.json_response({"error": message, **extra}, status=status, headers=headers)
+
+
+async def api_list(request: web.Request) -> web.Response:
+    q = request.query
+    handoff = None
+    if "handoff" in q:
+        if q["handoff"].lower() not in ("true", "false", "1", "0"):
+            return _error(400, "handoff must be true or false")
+        handoff = q["handoff"].lower() in ("true", "1")
+    try:
+        limit = min(max(int(q.get("limit", "100")), 1), 1000)
+    except ValueError:
+        return _error(400, "limit must be a whole number")
+    rows = await request.app[ENGINE].listing(state=q.get("state"), handoff=handoff, limit=limit)
+    return web.json_response({"conversations": rows})
+
+
+async def _find(request: web.Request) -> str | web.Response:
+    try:
+        return await request.app[ENGINE].find(
+            request.match_info["contact"].lstrip("+"), request.query.get("number")
+        )
+    except NotFound:
+        return _error(404, "no conversation with this contact")
+    except Ambiguous as e:
+        return _error(
+            409, "several business numbers talk to this contact: add ?number=", numbers=e.numbers
+        )
+
+
+async def api_show(request: web.Request) -> web.Response:
+    key = await _find(request)
+    if isinstance(key, web.Response):
+        return key
+    try:
+        limit = min(max(int(request.query.get("limit", "200")), 1), 5000)
+    except ValueError:
+        return _error(400, "limit must be a whole number")
+    return web.json_response(await request.app[ENGINE].view(key, limit))
+
+
+async def api_reply(request: web.Request) -> web.Response:
+    key = await _find(request)
+    if isinstance(key, web.Response):
+        return key
+    try:
+        data = await request.json()
+    except (ValueError, UnicodeDecodeError):
+        return _error(400, 'send JSON like {"text": "..."}')
+    text = data.get("text") if isinstance(data, dict) else None
+    if not isinstance(text, str) or not text.strip():
+        return _error(400, "text must be a non-empty string")
+    if len(text) > MAX_AGENT_TEXT:
+        return _error(413, f"text longer than {MAX_AGENT_TEXT} characters")
+    try:
+        result = await request.app[ENGINE].agent_reply(key, scrub(text))
+    except ActorStopped:
+        return _error(503, "the engine is stopping; try again")
+    except StoreRejected as e:
+        return _error(422, f"the message could not be stored: {e}")
+    return web.json_response(result)
+
+
+async def api_release(request: web.Request) -> web.Response:
+    key = await _find(request)
+    if isinstance(key, web.Response):
+        return key
+    try:
+        result = await request.app[ENGINE].release(key)
+    except ActorStopped:
+        return _error(503, "the engine is stopping; try again")
+    return web.json_response(result)

@@ -1,0 +1,99 @@
+"""Group commit: every write in the engine goes through one task that batches them.
+
+Whatever is waiting when the store finishes a transaction becomes the next transaction, so N
+concurrent webhooks and actor steps cost far fewer than N commits, with no timer and no added
+latency when the engine is idle. Each write may carry a follow-up (`then`) that runs right after
+its commit, in commit order, inside this task: that is how accepted events reach their actors in
+journal order even when the HTTP request that brought them has gone away.
+
+If a batch fails, its writes are retried one by one, so a single write the store rejects costs
+only itself: that write gets StoreRejected, and writes that fail because the store is down get
+StoreUnavailable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from .errors import StoreRejected, StoreUnavailable
+from .metrics import Metrics
+from .ports import Accepted, Op, Store
+
+log = logging.getLogger(__name__)
+
+Then = Callable[[Any], None]
+
+
+class Committer:
+    def __init__(self, store: Store, metrics: Metrics, *, max_ops: int = 1000) -> None:
+        self._store = store
+        self._metrics = metrics
+        self._max_ops = max_ops
+        self._pending: list[tuple[Op, asyncio.Future[Any], Then | None]] = []
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="committer")
+
+    async def submit(self, op: Op, then: Then | None = None) -> Accepted | None:
+        """Record `op`; return once it is durable. Raises StoreUnavailable if it could not be."""
+        if self._closing or self._task is None:
+            raise StoreUnavailable("the store is closed")
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending.append((op, future, then))
+        self._wake.set()
+        result: Accepted | None = await future
+        return result
+
+    async def close(self) -> None:
+        """Commit what is queued, then stop taking writes."""
+        self._closing = True
+        self._wake.set()
+        if self._task is not None:
+            await self._task
+            self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._pending:
+                batch = self._pending[: self._max_ops]
+                del self._pending[: self._max_ops]
+                await self._commit(batch)
+            if self._closing:
+                return
+
+    async def _commit(self, batch: list[tuple[Op, asyncio.Future[Any], Then | None]]) -> None:
+        started = time.perf_counter()
+        try:
+            results = await self._store.write([op for op, _f, _t in batch])
+        except Exception as e:
+            if len(batch) == 1:
+                log.error("store write failed: %s", e)
+                future = batch[0][1]
+                if not future.done():
+                    error = e if isinstance(e, StoreRejected) else StoreUnavailable(str(e))
+                    future.set_exception(error)
+                return
+            log.warning("a batch of %d writes failed (%s); retrying them one by one", len(batch), e)
+            for item in batch:
+                await self._commit([item])
+            return
+        self._metrics.commits.inc()
+        self._metrics.commit_ops.inc(by=len(batch))
+        self._metrics.commit_time.observe(time.perf_counter() - started)
+        for (_op, future, then), result in zip(batch, results, strict=True):
+            if then is not None:
+                try:
+                    then(result)
+                except Exception:
+                    log.exception("follow-up of a committed write failed")
+            if not future.done():
+                future.set_result(result)

@@ -1,0 +1,363 @@
+"""What a contact's actor does with each message in its mailbox.
+
+For a customer message: activate the conversation (from its snapshot, migrating it if its flow
+changed), decide whether the bot speaks (not for reactions, system notices, edits, deletions, nor
+while a person holds the conversation), step the flow, then commit the snapshot, the journal
+mark, the transcript line and the replies in one write, and hand the replies to delivery.
+
+A step that raises never stops the actor: the conversation gets an apology and a fresh start of
+its flow; if that fails again it goes to a person, who sees it in the handoff list.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from .actors import Actor
+from .committer import Committer
+from .delivery import Delivery
+from .errors import StoreUnavailable
+from .events import Message, System, scrub
+from .flows import Effects, Flow, Flows
+from .logs import mask
+from .metrics import Metrics
+from .outbound import OutMessage, TextMessage, fit, kind_of, preview, to_json
+from .ports import Commit, ConversationRow, MessageRow, Store
+from .records import Conversation
+
+log = logging.getLogger(__name__)
+
+APOLOGY = "Sorry, something went wrong on our side. Let's start again."
+HANDOFF_APOLOGY = "Sorry, something went wrong on our side. A member of our team will reply here."
+
+
+@dataclass(slots=True)
+class Deliver:
+    """A journaled customer message for the contact's flow."""
+
+    seq: int
+    message: Message
+    reply: asyncio.Future[Any] | None = None
+    fresh: bool = False  # the directory met this contact just now: nothing is stored for it
+
+
+@dataclass(slots=True)
+class AgentReply:
+    """A person's reply from the agent API; it puts the conversation in their hands."""
+
+    request_id: str
+    text: str
+    reply: asyncio.Future[Any] | None = field(default=None)
+
+
+@dataclass(slots=True)
+class Release:
+    """Hand the conversation back to the bot."""
+
+    reply: asyncio.Future[Any] | None = field(default=None)
+
+
+class ConversationBehaviour:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        committer: Committer,
+        delivery: Delivery,
+        flows: Flows,
+        metrics: Metrics,
+        clock: Callable[[], float],
+        handoff_ttl: float,
+    ) -> None:
+        self._store = store
+        self._committer = committer
+        self._delivery = delivery
+        self._flows = flows
+        self._metrics = metrics
+        self._clock = clock
+        self._ttl = handoff_ttl
+
+    async def receive(self, actor: Actor, message: Any) -> None:
+        if isinstance(message, Deliver):
+            try:
+                await self._deliver(actor, message)
+            except Exception as e:  # a rejected write or a bug outside the flow step
+                await self._record_failure(actor, message, e)
+        elif isinstance(message, AgentReply):
+            try:
+                await self._agent_reply(actor, message)
+            except Exception:
+                actor.state = None  # memory may hold a hand-off that was never stored
+                raise
+        elif isinstance(message, Release):
+            await self._release(actor, message)
+        else:
+            raise TypeError(f"unexpected mailbox message {message!r}")
+
+    # --- customer messages -----------------------------------------------------------------
+
+    async def _deliver(self, actor: Actor, item: Deliver) -> None:
+        started = time.perf_counter()
+        message = item.message
+        convo = await self._activate(actor, message, stored=not item.fresh)
+        if item.seq <= convo.last_seq:
+            return  # already covered by the snapshot (a replay overlapping live traffic)
+        now = self._clock()
+        self._learn_identity(convo, message)
+        effects = Effects()
+        if not message.answerable:
+            outcome = "silent"
+        elif convo.held(now):
+            outcome = "held"
+        else:
+            if convo.handoff_until is not None:  # the person's time ran out: the bot takes over
+                convo.handoff_until = None
+                convo.state = None
+                self._metrics.releases.inc("expired")
+            effects = self._step(convo, message, now)
+            outcome = "answered"
+        if message.answerable:
+            convo.last_in_at = now
+        convo.last_seq = item.seq
+        replies = self._outbound(convo, f"r:{message.id}", effects.messages, now)
+        await self._commit(convo, [_inbound(convo, message, "received"), *replies], now)
+        self._metrics.handled.inc(outcome)
+        self._metrics.handling.observe(time.perf_counter() - started)
+
+    async def _record_failure(self, actor: Actor, item: Deliver, error: Exception) -> None:
+        """The event could not be handled. Forget what memory holds (the stored snapshot is the
+        truth), then record the message as failed and move the journal mark past it, so it is
+        visible in the transcript instead of lost silently."""
+        log.error(
+            "message %s for %s could not be handled: %r",
+            item.message.id,
+            mask(actor.key),
+            error,
+            exc_info=error,
+        )
+        self._metrics.handled.inc("failed")
+        actor.state = None
+        try:
+            convo = await self._activate(actor, item.message)
+            if item.seq > convo.last_seq:
+                convo.last_seq = item.seq
+                await self._commit(convo, [_inbound(convo, item.message, "failed")], self._clock())
+        except Exception:
+            log.exception("could not record the failure of %s either", item.message.id)
+            actor.state = None
+
+    def _learn_identity(self, convo: Conversation, message: Message) -> None:
+        customer = message.customer
+        convo.name = customer.name or convo.name
+        convo.user_id = customer.user_id or convo.user_id
+        convo.phone = customer.phone or convo.phone
+        content = message.content
+        if isinstance(content, System) and content.new_phone:
+            convo.phone = content.new_phone
+        if isinstance(content, System) and content.new_user_id:
+            convo.user_id = content.new_user_id
+
+    def _step(self, convo: Conversation, message: Message, now: float) -> Effects:
+        flow = self._flow_of(convo)
+        before = (convo.state, dict(convo.slots), convo.misses)
+        try:
+            effects = flow.start(convo) if flow.ends(convo.state) else flow.handle(convo, message)
+            convo.failures = 0
+        except Exception:
+            convo.state, convo.slots, convo.misses = before
+            self._metrics.flow_errors.inc(flow.name)
+            convo.failures += 1
+            log.exception(
+                "flow %s failed in state %r for %s (failure %d in a row)",
+                flow.name,
+                convo.state,
+                mask(convo.key),
+                convo.failures,
+            )
+            effects = self._recover(convo, flow)
+        self._account(flow, effects)
+        if effects.handoff:
+            convo.handoff_until = now + self._ttl
+            self._metrics.handoffs.inc("error" if convo.failures else "flow")
+        return effects
+
+    def _recover(self, convo: Conversation, flow: Flow) -> Effects:
+        """Apology and a fresh start; if the flow fails again, a person takes over."""
+        if convo.failures < 2:
+            try:
+                fresh = flow.start(convo)
+                fresh.messages.insert(0, TextMessage(APOLOGY))
+                return fresh
+            except Exception:
+                log.exception("flow %s cannot even start for %s", flow.name, mask(convo.key))
+        convo.state = None
+        return Effects(messages=[TextMessage(HANDOFF_APOLOGY)], handoff=True)
+
+    def _account(self, flow: Flow, effects: Effects) -> None:
+        if effects.reprompts:
+            self._metrics.reprompts.inc(flow.name, by=effects.reprompts)
+        if effects.split:
+            self._metrics.fitted.inc("split", by=effects.split)
+        if effects.shortened:
+            self._metrics.fitted.inc("shortened", by=effects.shortened)
+        if effects.split or effects.shortened:
+            log.info(
+                "flow %s: run-time text broke a WhatsApp limit (%d split, %d shortened)",
+                flow.name,
+                effects.split,
+                effects.shortened,
+            )
+
+    # --- the agent API ---------------------------------------------------------------------
+
+    async def _agent_reply(self, actor: Actor, item: AgentReply) -> None:
+        convo = await self._activate(actor, None)
+        now = self._clock()
+        if not convo.held(now):
+            self._metrics.handoffs.inc("agent")
+        # A person who is answering keeps the conversation for another full HANDOFF_TTL.
+        convo.handoff_until = now + self._ttl
+        fitted = fit(TextMessage(item.text))
+        rows = self._outbound(convo, f"a:{item.request_id}", fitted.messages, now)
+        await self._commit(convo, rows, now)
+        _answer(item.reply, {"ids": [r.id for r in rows], "handoff": True})
+
+    async def _release(self, actor: Actor, item: Release) -> None:
+        convo = await self._activate(actor, None)
+        now = self._clock()
+        if convo.handoff_until is not None:
+            convo.handoff_until = None
+            convo.state = None  # the next customer message starts the flow afresh
+            self._metrics.releases.inc("agent")
+            await self._commit(convo, [], now)
+        _answer(item.reply, {"handoff": False})
+
+    # --- activation, commit ----------------------------------------------------------------
+
+    async def _activate(
+        self, actor: Actor, message: Message | None, stored: bool = True
+    ) -> Conversation:
+        convo: Conversation | None = actor.state
+        if convo is not None:
+            return convo
+        row = await _retrying(lambda: self._store.conversation(actor.key)) if stored else None
+        if row is not None:
+            try:
+                convo = Conversation.from_snapshot(actor.key, row.snapshot)
+            except (ValueError, KeyError, TypeError) as e:
+                log.error("unreadable snapshot for %s (%s); starting afresh", mask(actor.key), e)
+        if convo is None:
+            number = message.customer.number if message else actor.key.split(":", 1)[0]
+            entry = self._flows.entry_flow
+            convo = Conversation(
+                key=actor.key, number=number, flow=entry.name, flow_version=entry.version
+            )
+        self._flow_of(convo)
+        actor.state = convo
+        return convo
+
+    def _flow_of(self, convo: Conversation) -> Flow:
+        """The conversation's flow; a removed or changed flow is handled deliberately here."""
+        flow = self._flows.get(convo.flow)
+        if flow is None:
+            log.warning(
+                "flow %r is gone; %s restarts in %s", convo.flow, mask(convo.key), self._flows.entry
+            )
+            flow = self._flows.entry_flow
+            convo.flow, convo.flow_version, convo.state = flow.name, flow.version, None
+            self._metrics.restarts.inc()
+        elif convo.flow_version != flow.version:
+            if convo.state is not None and not flow.has_state(convo.state):
+                log.info(
+                    "flow %s changed and has no state %r; %s restarts",
+                    flow.name,
+                    convo.state,
+                    mask(convo.key),
+                )
+                convo.state = None
+                self._metrics.restarts.inc()
+            convo.flow_version = flow.version
+        return flow
+
+    def _outbound(
+        self, convo: Conversation, cause: str, messages: list[OutMessage], now: float
+    ) -> list[MessageRow]:
+        """Outbox rows with ids derived from their cause, so a replay cannot send them twice."""
+        return [
+            MessageRow(
+                id=f"{cause}:{i}",
+                contact=convo.key,
+                direction="out",
+                number=convo.number,
+                type=kind_of(m),
+                text=preview(m),
+                status="pending",
+                at=now,
+                payload=json.dumps(
+                    {"message": to_json(m), "phone": convo.phone, "user_id": convo.user_id},
+                    separators=(",", ":"),
+                ),
+            )
+            for i, m in enumerate(messages)
+        ]
+
+    async def _commit(self, convo: Conversation, messages: list[MessageRow], now: float) -> None:
+        convo.updated_at = now
+        op = Commit(
+            ConversationRow(
+                key=convo.key,
+                number=convo.number,
+                flow=convo.flow,
+                state=convo.state,
+                handoff=convo.held(now),
+                updated_at=now,
+                snapshot=convo.snapshot(),
+            ),
+            messages,
+        )
+        # While the store is down the contact waits rather than skip ahead: its events stay in
+        # order. A write the store rejects (StoreRejected) is not retried.
+        await _retrying(lambda: self._committer.submit(op))
+        outbound = [m for m in messages if m.direction == "out"]
+        if outbound:
+            self._delivery.enqueue(outbound)
+
+
+T = TypeVar("T")
+
+
+async def _retrying(attempt: Callable[[], Awaitable[T]]) -> T:
+    """Run a store call until it works, backing off while the store is unavailable."""
+    delay = 0.05
+    while True:
+        try:
+            return await attempt()
+        except StoreUnavailable as e:
+            log.error("store unavailable (%s); retrying in %.2fs", e, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+def _inbound(convo: Conversation, message: Message, status: str) -> MessageRow:
+    return MessageRow(
+        id=message.id,
+        contact=convo.key,
+        direction="in",
+        number=convo.number,
+        type=message.content.kind,
+        text=scrub(message.text),
+        status=status,
+        at=float(message.timestamp),
+        provider_id=message.id,
+    )
+
+
+def _answer(reply: asyncio.Future[Any] | None, value: Any) -> None:
+    if reply is not None and not reply.done():
+        reply.set_result(value)

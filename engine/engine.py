@@ -1,0 +1,398 @@
+"""The engine: one object that accepts events, runs conversations and sends replies.
+
+    ingest(events) -> directory (who is this?) -> committer: journal + dedupe, one transaction
+                   -> after the commit, in journal order: actors.tell(contact, Deliver)
+    actor          -> flow step -> committer: snapshot + mark + transcript + outbox
+                   -> delivery: provider API, in order per contact -> committer: result
+    start()        -> replays what a crash left: unsent outbox first, then unhandled journal
+
+`route` is the one place that maps an event to its actor, so moving contacts across processes
+later changes one function.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime as dt
+import logging
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .actors import ActorSystem
+from .committer import Committer
+from .conversation import AgentReply, ConversationBehaviour, Deliver, Release
+from .delivery import Delivery
+from .directory import Directory
+from .errors import StoreRejected, StoreUnavailable
+from .events import (
+    Event,
+    Message,
+    OtherUpdate,
+    ProviderErrors,
+    StatusUpdate,
+    System,
+    decode,
+    encode,
+)
+from .flows import Flows
+from .metrics import Metrics
+from .ports import Accept, Accepted, Alias, JournalEntry, RawWrite, Sender, StatusWrite, Store
+from .records import STATUS_RANK
+
+log = logging.getLogger(__name__)
+
+PRUNE_EVERY = 3600.0
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    handoff_ttl: float = 24 * 3600.0
+    max_actors: int = 10_000
+    send_concurrency: int = 32
+    max_backlog: int = 50_000  # events and replies waiting in memory before intake says 503
+    dedupe_ttl: float = 8 * 86400.0
+    journal_retention: float = 86400.0
+
+
+class NotFound(Exception):
+    pass
+
+
+class Ambiguous(Exception):
+    def __init__(self, keys: list[str]) -> None:
+        super().__init__("several business numbers know this contact")
+        self.numbers = sorted(k.split(":", 1)[0] for k in keys)
+
+
+class Engine:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        sender: Sender,
+        flows: Flows,
+        metrics: Metrics | None = None,
+        config: EngineConfig | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.flows = flows
+        self.metrics = metrics or Metrics()
+        self.config = config or EngineConfig()
+        self.clock = clock
+        self.directory = Directory()
+        self.committer = Committer(store, self.metrics)
+        self.delivery = Delivery(
+            sender,
+            self.committer,
+            self.metrics,
+            clock=clock,
+            concurrency=self.config.send_concurrency,
+        )
+        self.actors = ActorSystem(
+            ConversationBehaviour(
+                store=store,
+                committer=self.committer,
+                delivery=self.delivery,
+                flows=flows,
+                metrics=self.metrics,
+                clock=clock,
+                handoff_ttl=self.config.handoff_ttl,
+            ),
+            max_resident=self.config.max_actors,
+        )
+        self.accepting = False
+        self._pruner: asyncio.Task[None] | None = None
+        m = self.metrics
+        m.resident.read = lambda: float(self.actors.resident)
+        m.mailbox.read = lambda: float(self.actors.depth)
+        m.outbox.read = lambda: float(self.delivery.pending)
+        m.machines.read = lambda: float(self.flows.live_instances)
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Load identities, then resume what a crash left: unsent replies, unhandled events."""
+        self.directory.load(await self.store.aliases())
+        self.committer.start()
+        outbox = await self.store.outbox()
+        self.delivery.enqueue(outbox)
+        unhandled = await self.store.unhandled()
+        for seq, contact, data in unhandled:
+            try:
+                message = decode(data)
+            except (KeyError, TypeError, ValueError) as e:
+                log.error("journal entry %d cannot be read (%s); skipped", seq, e)
+                continue
+            self.route(contact, Deliver(seq, message))
+        if outbox or unhandled:
+            log.info(
+                "resuming: %d replies to send, %d events to handle", len(outbox), len(unhandled)
+            )
+        self.delivery.start()
+        self._pruner = asyncio.create_task(self._prune_forever(), name="pruner")
+        self.accepting = True
+
+    async def drain(self, seconds: float) -> bool:
+        """Stop intake, finish mailboxes and the outbox within `seconds`; True if all done."""
+        self.accepting = False
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        try:
+            await asyncio.wait_for(self.actors.wait_idle(), max(0.0, deadline - loop.time() - 1.0))
+            await asyncio.wait_for(
+                self.delivery.wait_empty(), max(0.0, deadline - loop.time() - 1.0)
+            )
+            return True
+        except TimeoutError:
+            return False
+
+    async def close(self, grace: float = 1.0) -> None:
+        self.accepting = False
+        if self._pruner is not None:
+            self._pruner.cancel()
+            await asyncio.gather(self._pruner, return_exceptions=True)
+        await self.delivery.stop(grace)
+        await self.actors.stop()
+        await self.committer.close()
+
+    # --- intake ----------------------------------------------------------------------------
+
+    @property
+    def backlog(self) -> int:
+        """Work waiting in memory: events in mailboxes and replies in the outbox."""
+        return self.actors.depth + self.delivery.pending
+
+    @property
+    def overloaded(self) -> bool:
+        """True while the backlog is over its bound: intake answers 503 until it drains."""
+        return self.backlog > self.config.max_backlog
+
+    def route(self, contact: str, item: Deliver) -> None:
+        """The one place an event meets its actor."""
+        self.actors.tell(contact, item)
+
+    async def ingest(self, events: Sequence[Event]) -> Accepted:
+        """Record `events` durably (duplicates dropped); raise StoreUnavailable if that fails.
+
+        If the store refuses the write for what it holds, the events are recorded one by one and
+        only those it still refuses are dropped (logged, counted as malformed)."""
+        try:
+            return await self._ingest(events)
+        except StoreRejected as e:
+            if len(events) == 1:
+                self.metrics.malformed.inc()
+                log.error("the store refuses an event (%s); dropped", e)
+                return Accepted()
+        log.error(
+            "the store refuses part of a webhook; recording its %d events one by one", len(events)
+        )
+        parts = [await self.ingest([event]) for event in events]
+        return Accepted(
+            entries=[entry for p in parts for entry in p.entries],
+            duplicate_messages=sum(p.duplicate_messages for p in parts),
+            new_statuses=[s for p in parts for s in p.new_statuses],
+            duplicate_statuses=sum(p.duplicate_statuses for p in parts),
+        )
+
+    async def _ingest(self, events: Sequence[Event]) -> Accepted:
+        op, messages, new_contacts = self._prepare(events)
+
+        def dispatch(result: Any) -> None:
+            assert isinstance(result, Accepted)
+            for seq, entry in result.entries:
+                fresh = entry.contact in new_contacts
+                self.route(entry.contact, Deliver(seq, messages[entry.event_id], fresh=fresh))
+            if result.duplicate_messages:
+                self.metrics.duplicates.inc("message", by=result.duplicate_messages)
+            if result.duplicate_statuses:
+                self.metrics.duplicates.inc("status", by=result.duplicate_statuses)
+            for s in result.new_statuses:
+                self.metrics.statuses.inc(s.status)
+
+        try:
+            accepted = await self.committer.submit(op, then=dispatch)
+        except (StoreUnavailable, StoreRejected):
+            self.directory.forget(list(op.aliases))
+            raise
+        self.directory.committed(list(op.aliases))
+        assert accepted is not None
+        return accepted
+
+    def _prepare(self, events: Sequence[Event]) -> tuple[Accept, dict[str, Message], set[str]]:
+        """One Accept for a webhook's events: contacts resolved, statuses ranked, the rest raw."""
+        now = self.clock()
+        journal: list[JournalEntry] = []
+        statuses: list[StatusWrite] = []
+        raw: list[RawWrite] = []
+        links: list[Alias] = []
+        messages: dict[str, Message] = {}
+        new_contacts: set[str] = set()
+        for event in events:
+            if isinstance(event, Message):
+                self.metrics.events.inc(f"message.{event.content.kind}")
+                if event.id in messages:
+                    self.metrics.duplicates.inc("message")
+                    continue
+                key, new_links, fresh = self.directory.resolve(event.customer)
+                links.extend(new_links)
+                if fresh:
+                    new_contacts.add(key)
+                if isinstance(event.content, System):  # a changed number or user id: same contact
+                    for new_id in (event.content.new_phone, event.content.new_user_id):
+                        link = (
+                            self.directory.link(event.customer.number, new_id, key)
+                            if new_id
+                            else None
+                        )
+                        links.extend([link] if link else [])
+                messages[event.id] = event
+                journal.append(JournalEntry(key, event.id, encode(event), now))
+            elif isinstance(event, StatusUpdate):
+                self.metrics.events.inc(f"status.{event.status}")
+                statuses.append(_status_write(event, now))
+            elif isinstance(event, ProviderErrors):
+                self.metrics.events.inc("errors")
+                for e in event.errors:
+                    self.metrics.provider_errors.inc(str(e.code))
+                    log.warning(
+                        "provider error on %s: %s %s (%s)", event.number, e.code, e.title, e.details
+                    )
+                raw.append(RawWrite("errors", [dataclasses.asdict(e) for e in event.errors], now))
+            elif isinstance(event, OtherUpdate):
+                self.metrics.events.inc(f"field.{event.field}")
+                raw.append(RawWrite(f"field:{event.field}", event.value, now))
+        return Accept(journal, statuses, raw, links), messages, new_contacts
+
+    # --- the agent API ---------------------------------------------------------------------
+
+    async def find(self, contact: str, number: str | None) -> str:
+        """The key of the conversation a customer id names; NotFound or Ambiguous otherwise."""
+        if number is not None:
+            key = self.directory.lookup(number, contact)
+            keys = [key] if key else []
+        else:
+            keys = await self.store.contacts(contact, None)
+        if not keys:
+            raise NotFound(contact)
+        if len(set(keys)) > 1:
+            raise Ambiguous(keys)
+        if await self.store.conversation(keys[0]) is None:
+            raise NotFound(contact)
+        return keys[0]
+
+    async def agent_reply(self, key: str, text: str) -> Any:
+        reply = asyncio.get_running_loop().create_future()
+        return await self.actors.ask(key, AgentReply(uuid.uuid4().hex, text, reply))
+
+    async def release(self, key: str) -> Any:
+        return await self.actors.ask(key, Release(asyncio.get_running_loop().create_future()))
+
+    async def view(self, key: str, limit: int = 200) -> dict[str, Any]:
+        row = await self.store.conversation(key)
+        if row is None:
+            raise NotFound(key)
+        snap = row.snapshot
+        messages = await self.store.transcript(key, limit)
+        customer = snap.get("phone") or snap.get("user_id")
+        return {
+            "contact": customer,
+            "key": key,
+            "number": row.number,
+            "user_id": snap.get("user_id"),
+            "phone": snap.get("phone"),
+            "name": snap.get("name"),
+            "flow": row.flow,
+            "state": row.state,
+            "slots": snap.get("slots") or {},
+            "handoff": row.handoff and (snap.get("handoff_until") or 0) > self.clock(),
+            "handoff_until": iso(snap.get("handoff_until")),
+            "last_activity": iso(row.updated_at),
+            "messages": [
+                {
+                    "direction": m.direction,
+                    "id": m.provider_id,
+                    "ref": m.id,
+                    "type": m.type,
+                    "text": m.text,
+                    "status": m.status,
+                    "error": {"code": m.error_code, "title": m.error_title}
+                    if m.error_code or m.error_title
+                    else None,
+                    "at": iso(m.at),
+                }
+                for m in messages
+            ],
+        }
+
+    async def listing(
+        self, *, state: str | None, handoff: bool | None, limit: int
+    ) -> list[dict[str, Any]]:
+        rows = await self.store.conversations(state=state, handoff=handoff, limit=limit)
+        now = self.clock()
+        out = []
+        for row in rows:
+            snap = row.snapshot
+            held = row.handoff and (snap.get("handoff_until") or 0) > now
+            if handoff is not None and held != handoff:
+                continue  # the stored flag outlived its TTL
+            out.append(
+                {
+                    "contact": snap.get("phone") or snap.get("user_id"),
+                    "key": row.key,
+                    "number": row.number,
+                    "name": snap.get("name"),
+                    "flow": row.flow,
+                    "state": row.state,
+                    "handoff": held,
+                    "last_activity": iso(row.updated_at),
+                }
+            )
+        return out
+
+    # --- housekeeping ----------------------------------------------------------------------
+
+    async def prune(self) -> None:
+        now = self.clock()
+        pruned = await self.store.prune(
+            dedupe_before=now - self.config.dedupe_ttl,
+            journal_before=now - self.config.journal_retention,
+        )
+        counts = dataclasses.asdict(pruned)
+        if any(counts.values()):
+            log.info("pruned %s", counts)
+
+    async def _prune_forever(self) -> None:
+        while True:
+            try:
+                await self.prune()
+            except Exception as e:
+                log.error("pruning failed: %s", e)
+            await asyncio.sleep(PRUNE_EVERY)
+
+
+def _error(code: int | None, title: str | None) -> dict[str, Any] | None:
+    return {"code": code, "title": title} if code or title else None
+
+
+def _status_write(event: StatusUpdate, now: float) -> StatusWrite:
+    error = event.errors[0] if event.errors else None
+    return StatusWrite(
+        provider_id=event.id,
+        status=event.status,
+        rank=STATUS_RANK.get(event.status, 0),
+        at=now,
+        error_code=error.code if error else None,
+        error_title=error.title if error else None,
+    )
+
+
+def iso(ts: float | None) -> str | None:
+    """Unix seconds as ISO-8601 in UTC."""
+    if ts is None:
+        return None
+    return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat().replace("+00:00", "Z")

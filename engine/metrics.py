@@ -1,0 +1,138 @@
+"""The engine's counters, gauges and histograms, kept as plain numbers.
+
+The core cannot import a metrics library, and the per-message path should not pay for locks:
+these are dict increments. An adapter (`adapters.prometheus`) reads them at scrape time.
+"""
+
+from __future__ import annotations
+
+import bisect
+import gc
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+Labels = tuple[str, ...]
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+@dataclass(slots=True)
+class Counter:
+    name: str
+    help: str
+    labelnames: Labels = ()
+    values: dict[Labels, float] = field(default_factory=dict)
+
+    def inc(self, *labels: str, by: float = 1.0) -> None:
+        self.values[labels] = self.values.get(labels, 0.0) + by
+
+    def get(self, *labels: str) -> float:
+        return self.values.get(labels, 0.0)
+
+    def total(self) -> float:
+        return sum(self.values.values())
+
+
+@dataclass(slots=True)
+class Gauge:
+    name: str
+    help: str
+    read: Callable[[], float] = lambda: 0.0
+
+
+@dataclass(slots=True)
+class Histogram:
+    name: str
+    help: str
+    buckets: tuple[float, ...] = LATENCY_BUCKETS
+    counts: list[int] = field(default_factory=list)
+    sum: float = 0.0
+    count: int = 0
+    max: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.counts = [0] * (len(self.buckets) + 1)
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.buckets, value)] += 1
+        self.sum += value
+        self.count += 1
+        self.max = max(self.max, value)
+
+
+class Metrics:
+    """Every metric the engine keeps. Gauges read live values through functions set at wiring."""
+
+    def __init__(self) -> None:
+        self.webhook_requests = Counter(
+            "engine_webhook_requests",
+            "Webhook requests by provider and result",
+            ("provider", "result"),
+        )
+        self.events = Counter("engine_events", "Webhook items received, by type", ("type",))
+        self.duplicates = Counter(
+            "engine_duplicate_events",
+            "Items already accepted earlier (retries, re-batches)",
+            ("type",),
+        )
+        self.malformed = Counter("engine_malformed_items", "Webhook items that could not be read")
+        self.handled = Counter(
+            "engine_events_handled", "Events handled by actors, by outcome", ("outcome",)
+        )
+        self.handling = Histogram(
+            "engine_event_handling_seconds", "Time to handle one event, commit included"
+        )
+        self.flow_errors = Counter(
+            "engine_flow_errors", "Conversation steps that raised", ("flow",)
+        )
+        self.reprompts = Counter("engine_reprompts", "Re-prompts for unexpected input", ("flow",))
+        self.fitted = Counter(
+            "engine_text_fitted", "Run-time text that broke a WhatsApp limit", ("how",)
+        )
+        self.handoffs = Counter("engine_handoffs", "Conversations handed to a person", ("reason",))
+        self.releases = Counter("engine_handoff_releases", "Conversations handed back", ("reason",))
+        self.restarts = Counter(
+            "engine_snapshot_restarts", "Conversations restarted because their flow changed"
+        )
+        self.outbound = Counter(
+            "engine_outbound_messages", "Send attempts by result and error code", ("result", "code")
+        )
+        self.statuses = Counter("engine_message_statuses", "Status webhooks applied", ("status",))
+        self.provider_errors = Counter(
+            "engine_provider_errors", "Account-level error webhooks", ("code",)
+        )
+        self.commits = Counter("engine_store_commits", "Store transactions (group commits)")
+        self.commit_ops = Counter("engine_store_commit_ops", "Writes carried by those transactions")
+        self.commit_time = Histogram("engine_store_commit_seconds", "Time of one group commit")
+        self.gc_pause = Histogram("engine_gc_pause_seconds", "Garbage-collector pauses")
+        self.resident = Gauge("engine_actors_resident", "Contact actors in memory")
+        self.machines = Gauge("engine_machines_live", "Live python-statemachine instances")
+        self.mailbox = Gauge("engine_mailbox_depth", "Events waiting in all mailboxes")
+        self.outbox = Gauge("engine_outbox_pending", "Messages waiting to be sent")
+
+    def all(self) -> list[Counter | Gauge | Histogram]:
+        return [v for v in vars(self).values() if isinstance(v, Counter | Gauge | Histogram)]
+
+
+class GcTimer:
+    """Records every garbage-collector pause into a histogram (install once per process)."""
+
+    def __init__(self, histogram: Histogram) -> None:
+        self.histogram = histogram
+        self._started = 0.0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        elif self._started:
+            self.histogram.observe(time.perf_counter() - self._started)
+            self._started = 0.0
+
+    def install(self) -> None:
+        if self not in gc.callbacks:
+            gc.callbacks.append(self)
+
+    def uninstall(self) -> None:
+        if self in gc.callbacks:
+            gc.callbacks.remove(self)

@@ -1,0 +1,191 @@
+"""Ports: what the engine needs from storage and delivery, as Protocols.
+
+Adapters satisfy them structurally. Writes reach the store only as batches of the three
+operations below, each batch one transaction (see `engine.committer`):
+
+- `Accept`: a webhook's events (journal entries, statuses, raw updates, new contact links);
+  duplicates are dropped by provider id.
+- `Commit`: one handled event: the conversation snapshot with its journal mark, the inbound
+  message for the transcript and the replies (the outbox), together.
+- `Delivered`: what the provider answered to one send.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from .outbound import OutMessage
+
+JSON = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Alias:
+    """A customer id (user id or phone digits) on a business number, linked to a contact."""
+
+    number: str
+    alias: str
+    key: str
+
+
+@dataclass(frozen=True, slots=True)
+class JournalEntry:
+    contact: str
+    event_id: str  # provider message id: the dedupe key
+    event: JSON  # engine.events.encode(message)
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class StatusWrite:
+    provider_id: str
+    status: str
+    rank: int
+    at: float
+    error_code: int | None = None
+    error_title: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RawWrite:
+    """An update kept as it came (other webhook fields, account errors)."""
+
+    kind: str
+    payload: Any
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Accept:
+    journal: Sequence[JournalEntry] = ()
+    statuses: Sequence[StatusWrite] = ()
+    raw: Sequence[RawWrite] = ()
+    aliases: Sequence[Alias] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """The journal entries that were new, with their sequence numbers, in journal order."""
+
+    entries: list[tuple[int, JournalEntry]] = field(default_factory=list)
+    duplicate_messages: int = 0
+    new_statuses: list[StatusWrite] = field(default_factory=list)
+    duplicate_statuses: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class MessageRow:
+    """One line of a transcript. Outbound rows still 'pending' are the outbox."""
+
+    id: str  # inbound: provider id; outbound: our deterministic id
+    contact: str
+    direction: str  # in | out
+    number: str
+    type: str
+    text: str
+    status: str
+    at: float
+    provider_id: str | None = None
+    payload: str | None = None  # outbound: JSON of the message and recipient, for the sender
+    error_code: int | None = None
+    error_title: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationRow:
+    key: str
+    number: str
+    flow: str
+    state: str | None
+    handoff: bool
+    updated_at: float
+    snapshot: JSON
+
+
+@dataclass(frozen=True, slots=True)
+class Commit:
+    conversation: ConversationRow
+    messages: Sequence[MessageRow] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Delivered:
+    id: str
+    status: str  # accepted | failed
+    at: float
+    provider_id: str | None = None
+    error_code: int | None = None
+    error_title: str | None = None
+
+
+Op = Accept | Commit | Delivered
+
+
+@dataclass(frozen=True, slots=True)
+class Pruned:
+    dedupe: int = 0
+    journal: int = 0
+    statuses: int = 0
+    raw: int = 0
+
+
+class Store(Protocol):
+    """Durable state. Every `write` is one transaction: all of it is recorded, or none."""
+
+    commits: int
+
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def ping(self) -> None: ...
+
+    async def write(self, ops: Sequence[Op]) -> list[Accepted | None]:
+        """Apply `ops` in one transaction; one result per op (Accepted for Accept, else None)."""
+        ...
+
+    async def aliases(self) -> list[Alias]: ...
+
+    async def conversation(self, key: str) -> ConversationRow | None: ...
+
+    async def unhandled(self) -> list[tuple[int, str, JSON]]:
+        """Journal entries no snapshot covers yet, as (seq, contact, event), in journal order."""
+        ...
+
+    async def outbox(self) -> list[MessageRow]:
+        """Outbound messages not yet accepted by the provider, in the order they were made."""
+        ...
+
+    async def transcript(self, key: str, limit: int) -> list[MessageRow]:
+        """A conversation's last `limit` messages, oldest first."""
+        ...
+
+    async def conversations(
+        self, *, state: str | None, handoff: bool | None, limit: int
+    ) -> list[ConversationRow]: ...
+
+    async def contacts(self, alias: str, number: str | None) -> list[str]:
+        """Keys of the contacts known by `alias` (on `number` when given)."""
+        ...
+
+    async def prune(self, *, dedupe_before: float, journal_before: float) -> Pruned: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """One message to send, with everything the sender needs."""
+
+    id: str
+    contact: str
+    number: str  # the business number it leaves from
+    phone: str | None  # digits, no '+'
+    user_id: str | None
+    message: OutMessage
+
+
+class Sender(Protocol):
+    async def send(self, out: Outgoing) -> str:
+        """Send and return the provider's message id; raise DeliveryError subclasses on failure."""
+        ...

@@ -1,0 +1,96 @@
+"""The per-contact record (the flow machine's model) and its versioned JSON snapshot.
+
+A conversation is a few hundred bytes: which flow and state, the slots, the re-prompt count,
+who holds it (bot or person) and the journal mark (`last_seq`). It is all a contact needs to
+resume after a restart; no machine object is ever stored.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+SNAPSHOT_VERSION = 1
+
+# A message's status only moves up this ladder; `failed` is terminal.
+STATUS_RANK = {
+    "received": 0,
+    "pending": 0,
+    "accepted": 1,
+    "sent": 2,
+    "delivered": 3,
+    "read": 4,
+    "played": 5,
+    "failed": 9,
+}
+
+
+def contact_key(number: str, alias: str) -> str:
+    """A contact's stable key: the business number and the first id it was seen with."""
+    return f"{number}:{alias}"
+
+
+@dataclass(slots=True)
+class Conversation:
+    key: str
+    number: str
+    user_id: str | None = None
+    phone: str | None = None
+    name: str | None = None
+    flow: str = ""
+    flow_version: str = ""
+    state: str | None = None  # None: not started; the next message starts the flow
+    slots: dict[str, str] = field(default_factory=dict)
+    misses: int = 0
+    handoff_until: float | None = None  # a person holds the conversation until then
+    failures: int = 0  # consecutive steps that raised
+    last_seq: int = 0  # the last journal entry this snapshot covers
+    last_in_at: float | None = None  # the customer's last message
+    updated_at: float = 0.0
+
+    def held(self, now: float) -> bool:
+        return self.handoff_until is not None and now < self.handoff_until
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "v": SNAPSHOT_VERSION,
+            "number": self.number,
+            "user_id": self.user_id,
+            "phone": self.phone,
+            "name": self.name,
+            "flow": self.flow,
+            "flow_version": self.flow_version,
+            "state": self.state,
+            "slots": self.slots,
+            "misses": self.misses,
+            "handoff_until": self.handoff_until,
+            "failures": self.failures,
+            "last_seq": self.last_seq,
+            "last_in_at": self.last_in_at,
+            "updated_at": self.updated_at,
+        }
+
+    @classmethod
+    def from_snapshot(cls, key: str, data: dict[str, Any]) -> Conversation:
+        version = data.get("v")
+        if version != SNAPSHOT_VERSION:
+            # Only one version exists; a future one migrates older shapes here, field by field.
+            raise ValueError(f"snapshot of {key} has unknown version {version!r}")
+        slots = data.get("slots") or {}
+        return cls(
+            key=key,
+            number=str(data["number"]),
+            user_id=data.get("user_id"),
+            phone=data.get("phone"),
+            name=data.get("name"),
+            flow=str(data.get("flow") or ""),
+            flow_version=str(data.get("flow_version") or ""),
+            state=data.get("state"),
+            slots={str(k): str(v) for k, v in slots.items()},
+            misses=int(data.get("misses") or 0),
+            handoff_until=data.get("handoff_until"),
+            failures=int(data.get("failures") or 0),
+            last_seq=int(data.get("last_seq") or 0),
+            last_in_at=data.get("last_in_at"),
+            updated_at=float(data.get("updated_at") or 0.0),
+        )

@@ -1,0 +1,207 @@
+"""The main job: `python server.py` serves webhooks, the admin API, health and metrics on :8080.
+
+This is the composition root, the only module that imports both the engine and its adapters.
+Everything is built from `Settings.from_env(os.environ)`; a configuration that cannot work
+(a bad URL, a Postgres or Redis that is down, a flow that does not validate, an unwritable
+SQLite path, a port in use) stops the process with one line on stderr and exit code 2.
+
+SIGTERM (and Ctrl-C) stops intake (`/readyz` and webhooks answer 503), drains the mailboxes
+and the outbox, and exits within 10 seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack
+from typing import Any
+
+import aiohttp
+import asyncpg
+import redis.asyncio as redis
+from aiohttp import web
+
+from adapters.console import ConsoleSender
+from adapters.prometheus import EngineCollector
+from adapters.sqlite_store import SqliteStore
+from adapters.web import CONFIG, ENGINE, HEALTH, MAX_BODY, Health, WebConfig, add_routes
+from adapters.whatsapp import CloudApiSender
+from engine.engine import Engine, EngineConfig
+from engine.errors import ConfigError
+from engine.flows import load_flows
+from engine.logs import setup_logging
+from engine.metrics import GcTimer, Metrics
+from engine.ports import Sender, Store
+from engine.settings import Database, Settings
+
+log = logging.getLogger("server")
+
+DRAIN_SECONDS = 7.0  # of the 10 s budget: mailboxes and outbox
+STOP_GRACE = 1.0  # sends under way may finish
+
+
+def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) -> web.Application:
+    app = web.Application(client_max_size=MAX_BODY)
+    app[CONFIG] = WebConfig(
+        verify_token=settings.whatsapp_verify_token,
+        app_secret=settings.whatsapp_app_secret,
+        admin_token=settings.admin_token,
+    )
+    app[HEALTH] = Health()
+
+    async def engine_ctx(app: web.Application) -> AsyncIterator[None]:
+        async with AsyncExitStack() as stack:
+            flows = load_flows(settings.flows_dir, settings.entry_flow)
+            store = await open_store(settings.database)
+            stack.push_async_callback(store.close)
+            app[HEALTH].checks["store"] = store.ping
+            await stack.enter_async_context(_redis(settings, app[HEALTH]))
+            session = await stack.enter_async_context(aiohttp.ClientSession())
+            metrics = Metrics()
+            engine = Engine(
+                store=store,
+                sender=make_sender(settings, session),
+                flows=flows,
+                metrics=metrics,
+                config=EngineConfig(
+                    handoff_ttl=settings.handoff_ttl,
+                    max_actors=settings.max_actors,
+                    send_concurrency=settings.send_concurrency,
+                    max_backlog=settings.max_backlog,
+                    dedupe_ttl=settings.dedupe_ttl,
+                    journal_retention=settings.journal_retention,
+                ),
+                clock=clock,
+            )
+            app[ENGINE] = engine
+            collector = EngineCollector(metrics)
+            collector.register()
+            stack.callback(collector.unregister)
+            gc_timer = GcTimer(metrics.gc_pause)
+            gc_timer.install()
+            stack.callback(gc_timer.uninstall)
+            stack.push_async_callback(engine.close, STOP_GRACE)
+            await engine.start()
+            # Modules, flows and machines built at start live as long as the process: move them
+            # out of the collector's sight so full collections only walk what can die.
+            gc.collect()
+            gc.freeze()
+            if settings.whatsapp_app_secret is None:
+                log.warning("WHATSAPP_APP_SECRET is not set: every Meta webhook will be refused")
+            yield
+
+    app.cleanup_ctx.append(engine_ctx)
+    add_routes(app)
+    return app
+
+
+async def open_store(database: Database) -> Store:
+    if database.kind == "sqlite":
+        assert database.path is not None
+        store = SqliteStore(database.path)
+        await store.open()
+        return store
+    assert database.dsn is not None
+    try:
+        conn = await asyncpg.connect(database.dsn.reveal(), timeout=5)
+        await conn.close()
+    except (TimeoutError, OSError, asyncpg.PostgresError) as e:
+        raise ConfigError(f"DATABASE_URL: cannot reach {database.describe()}: {e}") from e
+    raise ConfigError(
+        f"DATABASE_URL: {database.describe()} is reachable, but this version stores its state in "
+        "SQLite only; use sqlite:///path"
+    )
+
+
+class _redis:
+    """Redis, when REDIS_URL is set: checked at start and by /readyz."""
+
+    def __init__(self, settings: Settings, health: Health) -> None:
+        self._url = settings.redis_url
+        self._health = health
+        self._client: Any = None
+
+    async def __aenter__(self) -> None:
+        if self._url is None:
+            return
+        self._client = redis.from_url(
+            self._url.reveal(), socket_connect_timeout=3, socket_timeout=3
+        )
+        try:
+            await self._client.ping()
+        except (redis.RedisError, OSError) as e:
+            await self._client.aclose()
+            raise ConfigError(f"REDIS_URL: cannot reach Redis: {e}") from e
+        self._health.checks["redis"] = self._client.ping
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+
+
+def make_sender(settings: Settings, session: aiohttp.ClientSession) -> Sender:
+    if settings.sender == "whatsapp":
+        assert settings.whatsapp_access_token is not None
+        return CloudApiSender(session, settings.whatsapp_api_url, settings.whatsapp_access_token)
+    return ConsoleSender()
+
+
+async def serve(settings: Settings) -> int:
+    app = create_app(settings)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1.0)
+    try:
+        await runner.setup()
+    except ConfigError as e:
+        print(f"engine: {e}", file=sys.stderr)
+        return 2
+    site = web.TCPSite(runner, settings.host, settings.port)
+    try:
+        await site.start()
+    except OSError as e:
+        print(
+            f"engine: cannot listen on {settings.host}:{settings.port}: {e.strerror or e}",
+            file=sys.stderr,
+        )
+        await runner.cleanup()
+        return 2
+    log.info(
+        "listening on %s:%d (%s, sender %s, entry flow %s)",
+        settings.host,
+        settings.port,
+        settings.database.describe(),
+        settings.sender,
+        settings.entry_flow,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    started = time.monotonic()
+    log.info("stopping: intake closed, draining mailboxes and the outbox")
+    drained = await app[ENGINE].drain(DRAIN_SECONDS)
+    if not drained:
+        log.warning("drain timed out; what is left resumes at the next start")
+    await runner.cleanup()
+    log.info("stopped in %.1fs", time.monotonic() - started)
+    return 0
+
+
+def main() -> int:
+    try:
+        settings = Settings.from_env(os.environ)
+    except ConfigError as e:
+        print(f"engine: {e}", file=sys.stderr)
+        return 2
+    setup_logging(settings.log_level, settings.secrets())
+    return asyncio.run(serve(settings))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

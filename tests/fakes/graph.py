@@ -1,0 +1,107 @@
+"""A fake WhatsApp Cloud API (Graph API) on loopback.
+
+It answers `POST /{version}/{phone_number_id}/messages` as Meta does, records every request
+(number, body, Authorization header), and can be scripted to answer errors: a queue of
+(status, body) answers consumed by the next requests. Run as a process
+(`python -m tests.fakes.graph --port P --log FILE`) it appends one JSON line per request to FILE,
+so a test can read what was sent even after the engine that sent it was killed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+from aiohttp import web
+
+
+def meta_error(code: int, message: str = "error", status: int = 400) -> tuple[int, dict[str, Any]]:
+    return status, {
+        "error": {
+            "message": f"(#{code}) {message}",
+            "type": "OAuthException",
+            "code": code,
+            "error_data": {"messaging_product": "whatsapp", "details": message},
+            "fbtrace_id": "Az8or2yhqkZfEZ-_4Qn_Bam",
+        }
+    }
+
+
+@dataclass
+class FakeGraph:
+    log: TextIO | None = None
+    latency: float = 0.0
+    keep: bool = True  # keep every request in memory (a long benchmark would not)
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    script: deque[tuple[int, Any]] = field(default_factory=deque)
+    _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+
+    def answer_next(self, *answers: tuple[int, Any]) -> None:
+        """Queue answers for the next requests; after them, requests succeed again."""
+        self.script.extend(answers)
+
+    def sent(self) -> list[dict[str, Any]]:
+        """The bodies of the requests that were answered with a message id."""
+        return [r["body"] for r in self.requests if r["wamid"]]
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_post("/{version}/{number}/messages", self.handle)
+        return app
+
+    async def handle(self, request: web.Request) -> web.Response:
+        """Decide and record at receipt (a real provider keeps a message it has received, even
+        if the client stops waiting), then answer after `latency`."""
+        body = await request.json()
+        now = time.time()
+        record: dict[str, Any] = {
+            "number": request.match_info["number"],
+            "version": request.match_info["version"],
+            "auth": request.headers.get("Authorization"),
+            "body": body,
+            "received": now,  # the provider has the message from here on
+            "at": now,  # updated when the answer leaves
+            "wamid": None,
+        }
+        if self.script:
+            status, data = self.script.popleft()
+        else:
+            record["wamid"] = wamid = f"wamid.fake.{next(self._ids)}"
+            status = 200
+            to = body.get("to") or body.get("recipient")
+            data = {
+                "messaging_product": "whatsapp",
+                "contacts": [{"input": to, "wa_id": str(to).lstrip("+")}],
+                "messages": [{"id": wamid}],
+            }
+        record["status"] = status
+        if self.keep:
+            self.requests.append(record)
+        if self.log is not None:
+            self.log.write(json.dumps(record) + "\n")
+            self.log.flush()
+        if self.latency:
+            await asyncio.sleep(self.latency)
+            record["at"] = time.time()
+        return web.json_response(data, status=status)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--log", help="append one JSON line per request here")
+    parser.add_argument("--latency", type=float, default=0.0)
+    args = parser.parse_args()
+    log = open(args.log, "a", encoding="utf-8") if args.log else None  # noqa: SIM115
+    fake = FakeGraph(log=log, latency=args.latency, keep=bool(args.log))
+    web.run_app(fake.app(), host="127.0.0.1", port=args.port, print=None, access_log=None)
+
+
+if __name__ == "__main__":
+    main()

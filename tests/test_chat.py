@@ -1,0 +1,67 @@
+"""`python -m engine chat` talks to the real engine in a terminal."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from tests.support import ROOT
+
+
+def chat(lines: list[str], *args: str) -> str:
+    result = subprocess.run(
+        [sys.executable, "-m", "engine", "chat", *args],
+        input="\n".join(lines) + "\n",
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_a_scripted_conversation() -> None:
+    """Greeting, a numbered button, an FAQ answer, a handoff with an agent, release."""
+    out = chat(
+        [
+            "hello",
+            "1",
+            "do you deliver on saturday?",
+            "/state",
+            "3",
+            "are you there?",
+            "/agent Hi, this is Maria.",
+            "/release",
+            "hi",
+            "/quit",
+        ],
+        "--contact",
+        "15550001111",
+        "--name",
+        "Bea",
+    )
+    assert "bot > Hi Bea! Welcome to Acme Supplies." in out
+    assert "1) Ask a question" in out
+    assert "bot > Sure, what would you like to know?" in out
+    assert "bot > We deliver within 50 km of the depot" in out
+    assert "flow=support state=more handoff=False" in out
+    assert "bot > I'm passing you to a member of our team." in out
+    assert "(the bot stays silent: a person holds this conversation;" in out
+    assert "bot > Hi, this is Maria." in out
+    assert out.count("Welcome to Acme Supplies") == 2  # the flow starts again after release
+
+
+def test_chat_refuses_a_folder_without_the_flow() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "engine", "chat", "--flows-dir", str(ROOT / "tests")],
+        input="/quit\n",
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=30,
+    )
+    assert result.returncode == 1
+    assert (
+        result.stderr.strip() == f"{ROOT / 'tests'}:0: ENTRY_FLOW 'support': no support.yaml here"
+    )

@@ -1,0 +1,130 @@
+"""A configuration that cannot work stops `python server.py` at start: exit 2, one clear line."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.support import ROOT
+
+
+def run_server(environ: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "PORT": "0",
+        "FLOWS_DIR": str(ROOT / "flows"),
+        **environ,
+    }
+    return subprocess.run(
+        [sys.executable, str(ROOT / "server.py")],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+def broken_flows(tmp: Path) -> Path:
+    folder = tmp / "flows"
+    folder.mkdir()
+    (folder / "support.yaml").write_text(
+        "start: hello\nstates:\n  hello:\n    say: hi\n    then: nowhere\n"
+    )
+    return folder
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+CASES = [
+    ("bad database URL", {"DATABASE_URL": "mysql://db/app"}, "DATABASE_URL: unsupported scheme"),
+    ("unknown sender", {"SENDER": "pigeon"}, "SENDER='pigeon' is unknown"),
+    (
+        "whatsapp sender without token",
+        {"SENDER": "whatsapp"},
+        "SENDER=whatsapp needs WHATSAPP_ACCESS_TOKEN",
+    ),
+    (
+        "unreachable Postgres",
+        {"DATABASE_URL": f"postgresql://postgres@127.0.0.1:{free_port()}/test"},
+        "DATABASE_URL: cannot reach postgres at 127.0.0.1",
+    ),
+    (
+        "unreachable Redis",
+        {"REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"},
+        "REDIS_URL: cannot reach Redis",
+    ),
+    ("invalid flow", {"FLOWS_DIR": "<broken>"}, "support.yaml:5: go to unknown state 'nowhere'"),
+    (
+        "missing entry flow",
+        {"ENTRY_FLOW": "ordering"},
+        "ENTRY_FLOW 'ordering': no ordering.yaml here",
+    ),
+    (
+        "unwritable SQLite path",
+        {"DATABASE_URL": "sqlite:///<file>/engine.sqlite3"},
+        "cannot use SQLite file",
+    ),
+    (
+        "unwritable /proc path",
+        {"DATABASE_URL": "sqlite:////proc/engine/engine.sqlite3"},
+        "cannot use SQLite file",
+    ),
+    ("bad handoff TTL", {"HANDOFF_TTL": "forever"}, "HANDOFF_TTL"),
+]
+
+
+@pytest.mark.parametrize(("case", "environ", "expected"), CASES, ids=[c[0] for c in CASES])
+def test_bad_configuration_exits_2_with_one_line(
+    tmp_path: Path, case: str, environ: dict[str, str], expected: str
+) -> None:
+    """The process stops before serving, says what and where in one line, and exits 2."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    resolved = {
+        k: v.replace("<broken>", str(broken_flows(tmp_path)) if v == "<broken>" else v).replace(
+            "<file>", str(blocker)
+        )
+        for k, v in environ.items()
+    }
+    result = run_server(
+        {"DATABASE_URL": f"sqlite:///{tmp_path / 'ok.sqlite3'}", **resolved}, tmp_path
+    )
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2, result.stderr
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("engine: ") and expected in lines[0], lines[0]
+
+
+def test_port_in_use_exits_2(tmp_path: Path) -> None:
+    """A port another process holds is a configuration that cannot work."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        result = run_server(
+            {
+                "HOST": "127.0.0.1",
+                "PORT": str(port),
+                "DATABASE_URL": f"sqlite:///{tmp_path / 'x.sqlite3'}",
+            },
+            tmp_path,
+        )
+    assert result.returncode == 2
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
+
+
+def test_reachable_postgres_is_refused_honestly(tmp_path: Path, postgres_url: str) -> None:
+    """This version keeps state in SQLite; a working Postgres URL says so instead of pretending."""
+    result = run_server({"DATABASE_URL": postgres_url}, tmp_path)
+    assert result.returncode == 2
+    assert "stores its state in SQLite only" in result.stderr
