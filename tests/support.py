@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from adapters.meta import sign
+from engine.ports import Outgoing
 
 ROOT = Path(__file__).resolve().parent.parent
 PAYLOADS = Path(__file__).resolve().parent / "payloads" / "meta"
@@ -124,3 +125,17 @@ async def eventually(
         if loop.time() > deadline:
             raise AssertionError(f"condition not met within {timeout}s (last: {result!r})")
         await asyncio.sleep(interval)
+
+
+class Recorder:
+    """A sender that records what it was asked to send."""
+
+    def __init__(self) -> None:
+        self.sent: list[Outgoing] = []
+
+    async def send(self, out: Outgoing) -> str:
+        self.sent.append(out)
+        return f"wamid.{out.id}"
+
+    def texts(self, contact: str) -> list[str]:
+        return [o.message.body for o in self.sent if o.contact == contact]

@@ -17,23 +17,9 @@ from engine.flows import Flow, Flows, load_flows
 from engine.flows.machine import ConversationView, Effects
 from engine.memstore import MemoryStore
 from engine.outbound import TextMessage, to_json
-from engine.ports import Accept, Commit, ConversationRow, JournalEntry, MessageRow, Outgoing, Store
+from engine.ports import Accept, Commit, ConversationRow, JournalEntry, MessageRow, Store
 from engine.records import Conversation
-from tests.support import ROOT
-
-
-class Recorder:
-    """A sender that records what it was asked to send."""
-
-    def __init__(self) -> None:
-        self.sent: list[Outgoing] = []
-
-    async def send(self, out: Outgoing) -> str:
-        self.sent.append(out)
-        return f"wamid.{out.id}"
-
-    def texts(self, contact: str) -> list[str]:
-        return [o.message.body for o in self.sent if o.contact == contact]
+from tests.support import ROOT, Recorder
 
 
 class Exploding(Flow):

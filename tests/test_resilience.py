@@ -26,11 +26,11 @@ from engine.flows import load_flows
 from engine.memstore import MemoryStore
 from engine.metrics import Metrics
 from engine.outbound import TextMessage, to_json
-from engine.ports import Accept, Accepted, Commit, ConversationRow, MessageRow, Op, Outgoing
+from engine.ports import Accept, Accepted, Commit, ConversationRow, MessageRow, Op
 from engine.settings import Secret
 from tests.conftest import AppFactory
 from tests.fakes.graph import FakeGraph
-from tests.support import ADMIN, ROOT, eventually, signed, text
+from tests.support import ADMIN, ROOT, Recorder, eventually, signed, text
 
 # --- the parser never raises ------------------------------------------------------------------
 
@@ -179,15 +179,6 @@ class PickyStore(MemoryStore):
             self.unavailable_reads -= 1
             raise StoreUnavailable("disk I/O error")
         return await super().conversation(key)
-
-
-class Recorder:
-    def __init__(self) -> None:
-        self.sent: list[Outgoing] = []
-
-    async def send(self, out: Outgoing) -> str:
-        self.sent.append(out)
-        return f"wamid.{out.id}"
 
 
 def message(wamid: str, words: str, phone: str = "1") -> Message:
