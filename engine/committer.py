@@ -16,8 +16,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from .errors import StoreRejected, StoreUnavailable
 from .metrics import Metrics
@@ -26,6 +26,20 @@ from .ports import Accepted, Op, Store
 log = logging.getLogger(__name__)
 
 Then = Callable[[Any], None]
+T = TypeVar("T")
+
+
+async def retrying(attempt: Callable[[], Awaitable[T]]) -> T:
+    """Run a store call until it works, backing off while the store is unavailable. Callers wait
+    rather than skip ahead, so what they record stays in order; StoreRejected is not retried."""
+    delay = 0.05
+    while True:
+        try:
+            return await attempt()
+        except StoreUnavailable as e:
+            log.error("store unavailable (%s); retrying in %.2fs", e, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
 
 
 class Committer:

@@ -15,14 +15,13 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 from .actors import Actor
-from .committer import Committer
+from .committer import Committer, retrying
 from .delivery import Delivery
-from .errors import StoreUnavailable
 from .events import Message, System, scrub
 from .flows import Effects, Flow, Flows
 from .logs import mask
@@ -246,7 +245,7 @@ class ConversationBehaviour:
         convo: Conversation | None = actor.state
         if convo is not None:
             return convo
-        row = await _retrying(lambda: self._store.conversation(actor.key)) if stored else None
+        row = await retrying(lambda: self._store.conversation(actor.key)) if stored else None
         if row is not None:
             try:
                 convo = Conversation.from_snapshot(actor.key, row.snapshot)
@@ -323,25 +322,10 @@ class ConversationBehaviour:
         )
         # While the store is down the contact waits rather than skip ahead: its events stay in
         # order. A write the store rejects (StoreRejected) is not retried.
-        await _retrying(lambda: self._committer.submit(op))
+        await retrying(lambda: self._committer.submit(op))
         outbound = [m for m in messages if m.direction == "out"]
         if outbound:
             self._delivery.enqueue(outbound)
-
-
-T = TypeVar("T")
-
-
-async def _retrying(attempt: Callable[[], Awaitable[T]]) -> T:
-    """Run a store call until it works, backing off while the store is unavailable."""
-    delay = 0.05
-    while True:
-        try:
-            return await attempt()
-        except StoreUnavailable as e:
-            log.error("store unavailable (%s); retrying in %.2fs", e, delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
 
 
 def _inbound(convo: Conversation, message: Message, status: str) -> MessageRow:

@@ -21,8 +21,8 @@ import random
 from collections import deque
 from collections.abc import Callable
 
-from .committer import Committer
-from .errors import PermanentDelivery, RetryableDelivery, StoreUnavailable
+from .committer import Committer, retrying
+from .errors import PermanentDelivery, RetryableDelivery
 from .logs import mask
 from .metrics import Metrics
 from .outbound import from_json
@@ -210,12 +210,4 @@ class Delivery:
             op = Delivered(ident, "failed", self._clock(), error_code=failed, error_title=title)
             self._metrics.outbound.inc("failed", str(failed or ""))
             log.warning("message %s to %s failed: %s", ident, mask(contact), title)
-        delay = 0.05
-        while True:
-            try:
-                await self._committer.submit(op)
-                return
-            except StoreUnavailable as e:
-                log.error("cannot record the send of %s (%s); retrying", ident, e)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+        await retrying(lambda: self._committer.submit(op))

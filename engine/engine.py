@@ -40,7 +40,17 @@ from .events import (
 )
 from .flows import Flows
 from .metrics import Metrics
-from .ports import Accept, Accepted, Alias, JournalEntry, RawWrite, Sender, StatusWrite, Store
+from .ports import (
+    Accept,
+    Accepted,
+    Alias,
+    ConversationRow,
+    JournalEntry,
+    RawWrite,
+    Sender,
+    StatusWrite,
+    Store,
+)
 from .records import STATUS_RANK
 
 log = logging.getLogger(__name__)
@@ -309,7 +319,7 @@ class Engine:
             "flow": row.flow,
             "state": row.state,
             "slots": snap.get("slots") or {},
-            "handoff": row.handoff and (snap.get("handoff_until") or 0) > self.clock(),
+            "handoff": self._held(row, self.clock()),
             "handoff_until": iso(snap.get("handoff_until")),
             "last_activity": iso(row.updated_at),
             "messages": [
@@ -337,7 +347,7 @@ class Engine:
         out = []
         for row in rows:
             snap = row.snapshot
-            held = row.handoff and (snap.get("handoff_until") or 0) > now
+            held = self._held(row, now)
             if handoff is not None and held != handoff:
                 continue  # the stored flag outlived its TTL
             out.append(
@@ -353,6 +363,11 @@ class Engine:
                 }
             )
         return out
+
+    @staticmethod
+    def _held(row: ConversationRow, now: float) -> bool:
+        """A person holds it: the stored flag, unless its HANDOFF_TTL has run out since."""
+        return row.handoff and (row.snapshot.get("handoff_until") or 0) > now
 
     # --- housekeeping ----------------------------------------------------------------------
 
