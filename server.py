@@ -18,8 +18,9 @@ import os
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
+from functools import partial
 from typing import Any
 
 import aiohttp
@@ -30,14 +31,23 @@ from aiohttp import web
 from adapters.console import ConsoleSender
 from adapters.prometheus import EngineCollector
 from adapters.sqlite_store import SqliteStore
-from adapters.web import CONFIG, ENGINE, HEALTH, MAX_BODY, Health, WebConfig, add_routes
-from adapters.whatsapp import CloudApiSender
+from adapters.web import (
+    CONFIG,
+    ENGINE,
+    HEALTH,
+    MAX_BODY,
+    Health,
+    WebConfig,
+    add_routes,
+    channel_health,
+)
+from adapters.whatsapp import AccessToken, CloudApiSender
 from engine.engine import Engine, EngineConfig
 from engine.errors import ConfigError
 from engine.flows import load_flows
 from engine.logs import setup_logging
 from engine.metrics import GcTimer, Metrics
-from engine.ports import Sender, Store
+from engine.ports import Clock, Sender, Store
 from engine.settings import Database, Settings
 
 log = logging.getLogger("server")
@@ -46,7 +56,7 @@ DRAIN_SECONDS = 7.0  # of the 10 s budget: mailboxes and outbox
 STOP_GRACE = 1.0  # sends under way may finish
 
 
-def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) -> web.Application:
+def create_app(settings: Settings, *, clock: Clock | None = None) -> web.Application:
     app = web.Application(client_max_size=MAX_BODY)
     app[CONFIG] = WebConfig(
         verify_token=settings.whatsapp_verify_token,
@@ -63,10 +73,11 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) ->
             app[HEALTH].checks["store"] = store.ping
             await stack.enter_async_context(_redis(settings, app[HEALTH]))
             session = await stack.enter_async_context(aiohttp.ClientSession())
+            sender = make_sender(settings, session)
             metrics = Metrics()
             engine = Engine(
                 store=store,
-                sender=make_sender(settings, session),
+                sender=sender,
                 flows=flows,
                 metrics=metrics,
                 config=EngineConfig(
@@ -76,10 +87,13 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) ->
                     max_backlog=settings.max_backlog,
                     dedupe_ttl=settings.dedupe_ttl,
                     journal_retention=settings.journal_retention,
+                    send_max_age=settings.send_max_age,
                 ),
                 clock=clock,
             )
             app[ENGINE] = engine
+            if settings.sender == "whatsapp":
+                app[HEALTH].checks["whatsapp"] = partial(channel_health, engine)
             collector = EngineCollector(metrics)
             collector.register()
             stack.callback(collector.unregister)
@@ -138,7 +152,10 @@ class _redis:
         except (redis.RedisError, OSError) as e:
             await self._client.aclose()
             raise ConfigError(f"REDIS_URL: cannot reach Redis: {e}") from e
-        self._health.checks["redis"] = self._client.ping
+        self._health.checks["redis"] = self._ping
+
+    async def _ping(self) -> None:
+        await self._client.ping()
 
     async def __aexit__(self, *exc: object) -> None:
         if self._client is not None:
@@ -147,8 +164,8 @@ class _redis:
 
 def make_sender(settings: Settings, session: aiohttp.ClientSession) -> Sender:
     if settings.sender == "whatsapp":
-        assert settings.whatsapp_access_token is not None
-        return CloudApiSender(session, settings.whatsapp_api_url, settings.whatsapp_access_token)
+        token = AccessToken(settings.whatsapp_access_token, settings.whatsapp_access_token_file)
+        return CloudApiSender(session, settings.whatsapp_api_url, token)
     return ConsoleSender()
 
 

@@ -17,7 +17,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from engine.metrics import Counter, Gauge, Histogram, Metrics
+from engine.metrics import Counter, Gauge, Histogram, LabeledGauge, Metrics
 
 
 class EngineCollector(Collector):
@@ -33,6 +33,11 @@ class EngineCollector(Collector):
                 yield family
             elif isinstance(m, Gauge):
                 yield GaugeMetricFamily(m.name, m.help, value=m.read())
+            elif isinstance(m, LabeledGauge):
+                gauge = GaugeMetricFamily(m.name, m.help, labels=list(m.labelnames))
+                for labels, value in m.read().items():
+                    gauge.add_metric(list(labels), value)
+                yield gauge
             elif isinstance(m, Histogram):
                 cumulative, buckets = 0, []
                 for bound, count in zip((*m.buckets, float("inf")), m.counts, strict=True):

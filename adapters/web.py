@@ -17,7 +17,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_async.aio.web import server_stats
 
-from engine.engine import Ambiguous, Engine, NotFound
+from engine.engine import Ambiguous, Engine, NotFound, iso
 from engine.errors import ActorStopped, StoreRejected, StoreUnavailable
 from engine.events import scrub
 from engine.settings import Secret
@@ -38,10 +38,12 @@ class WebConfig:
 
 
 class Health:
-    """Readiness probes, one per dependency, each a coroutine that raises when it is down."""
+    """Readiness probes, one per dependency. A probe returns None when its part is fine, a reason
+    when the part is degraded (reported; the engine stays ready, so webhooks keep flowing) and
+    raises when the part is down (503)."""
 
     def __init__(self) -> None:
-        self.checks: dict[str, Callable[[], Awaitable[Any]]] = {}
+        self.checks: dict[str, Callable[[], Awaitable[str | None]]] = {}
 
 
 ENGINE = web.AppKey("engine", Engine)
@@ -133,14 +135,27 @@ async def readyz(request: web.Request) -> web.Response:
     ok = True
     for name, check in request.app[HEALTH].checks.items():
         try:
-            await asyncio.wait_for(check(), timeout=2.0)
-            report[name] = "ok"
+            reason = await asyncio.wait_for(check(), timeout=2.0)
         except Exception as e:
             ok = False
-            report[name] = f"down: {type(e).__name__}: {e}"[:200]
+            report[name] = f"down: {type(e).__name__}: {e}"[:300]
+        else:
+            report[name] = "ok" if reason is None else f"degraded: {reason}"[:1000]
     accepting = request.app[ENGINE].accepting
     report["accepting"] = accepting
     return web.json_response(report, status=200 if ok and accepting else 503)
+
+
+async def channel_health(engine: Engine) -> str | None:
+    """Why sending is paused, per business number; None while every number sends."""
+    paused = engine.delivery.paused()
+    if not paused:
+        return None
+    return "; ".join(
+        f"{p.cause} on number {p.number} since {iso(p.since)}: {p.detail}"
+        f" ({p.waiting} contacts waiting)"
+        for p in paused
+    )
 
 
 # --- admin and agent API ---------------------------------------------------------------------

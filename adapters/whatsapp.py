@@ -1,23 +1,35 @@
 """The WhatsApp Cloud API sender: POST /{phone_number_id}/messages with a Bearer token.
 
-`graph_body` and `outcome` are pure: what we send for each message type, and how an answer is
-classified. Meta asks clients to branch on `error.code`, not on the HTTP status: rate limits and
-temporary faults are retried, everything else is recorded on the message as permanent.
+`graph_body` and `outcome` are pure: what we send for each message type, and what an answer
+means for what has to wait. Meta asks clients to branch on `error.code`, not on the HTTP status:
+outages, throughput limits and token or account problems pause the whole number (ChannelDown),
+the per-recipient pair rate makes one contact wait, and the rest is about the message itself.
 """
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 
-from engine.errors import PermanentDelivery, RetryableDelivery
+from engine.errors import ChannelDown, ConfigError, PermanentDelivery, RetryableDelivery
+from engine.logs import redact
 from engine.outbound import ButtonsMessage, ListMessage, TextMessage
 from engine.ports import Outgoing
 from engine.settings import Secret
 
-# Codes that mean "the same request may succeed later" (whatsapp.md §2.8).
-RETRYABLE_CODES = frozenset({1, 2, 4, 80007, 130429, 131000, 131016, 131056, 131057, 133016})
+log = logging.getLogger(__name__)
+
+# What has to wait, by Meta error code (whatsapp.md §2.8). Meta asks clients to branch on the
+# code, not on the HTTP status; the status decides only when there is no code.
+OUTAGE = frozenset({1, 2, 131000, 131016, 131057})  # the provider is down or in maintenance
+THROTTLED = frozenset({4, 80007, 130429})  # the app, the account or the number is over its rate
+# The token or the account: expired or revoked token, missing permission, restricted, locked or
+# unpaid account, spam limit. Every message of the number would fail the same way until fixed.
+AUTH = frozenset({0, 3, 10, 102, 190, 368, 131031, 131042, 131045, 131048, *range(200, 300)})
+PAIR_RATE = 131056  # too many messages to one recipient: only that contact waits
 
 
 def graph_body(out: Outgoing) -> dict[str, Any]:
@@ -79,51 +91,126 @@ def outcome(status: int, data: Any, retry_after: str | None = None) -> str:
     if isinstance(error, dict):
         try:
             code = int(error.get("code"))  # type: ignore[arg-type]
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             code = None
         details = (
             (error.get("error_data") or {}).get("details")
             if isinstance(error.get("error_data"), dict)
             else None
         )
-        title = str(details or error.get("message") or title)
+        title = str(details or error.get("message") or title)[:300]
+        if code is not None:
+            title = f"({code}) {title}"
     wait = _seconds(retry_after)
-    if code in RETRYABLE_CODES or (code is None and (status >= 500 or status == 429)):
+    cause = _cause(status, code)
+    if cause is not None:
+        raise ChannelDown(title, cause=cause, code=code, status=status, retry_after=wait)
+    if code == PAIR_RATE:
         raise RetryableDelivery(title, code=code, status=status, retry_after=wait)
-    if code is None and status in (408, 409):
-        raise RetryableDelivery(title, status=status, retry_after=wait)
     raise PermanentDelivery(title, code=code, status=status)
 
 
+def _cause(status: int, code: int | None) -> str | None:
+    """Why the whole number has to wait, or None when the answer is about this message."""
+    if code is not None:
+        if code in OUTAGE:
+            return "outage"
+        if code in THROTTLED:
+            return "throttled"
+        if code in AUTH:
+            return "auth"
+        return None
+    if status == 429:
+        return "throttled"
+    if status in (401, 403):
+        return "auth"
+    if status >= 500 or status in (408, 409):
+        return "outage"
+    return None
+
+
 def _seconds(value: str | None) -> float | None:
+    """Retry-After in seconds (an HTTP date is not worth parsing here: None)."""
     try:
-        return float(value) if value else None
+        seconds = float(value) if value else None
     except ValueError:
         return None
+    return seconds if seconds is not None and 0 <= seconds < 86400 else None
+
+
+class AccessToken:
+    """The Bearer token: a fixed value, or a file that is read again after the provider refused
+    the token, so a renewed token is picked up by the next probe without a restart."""
+
+    def __init__(self, value: Secret | None = None, path: Path | None = None) -> None:
+        if (value is None) == (path is None):
+            raise ValueError("give the token or the file that holds it, not both")
+        self._path = path
+        self._value = value.reveal() if value is not None else self._read()
+        self._stale = False
+
+    def _read(self) -> str:
+        assert self._path is not None
+        try:
+            value = self._path.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeError) as e:
+            raise ConfigError(f"WHATSAPP_ACCESS_TOKEN_FILE: cannot read {self._path}: {e}") from e
+        if not value:
+            raise ConfigError(f"WHATSAPP_ACCESS_TOKEN_FILE: {self._path} is empty")
+        redact(value)
+        return value
+
+    def header(self) -> str:
+        if self._stale and self._path is not None:
+            self._stale = False
+            try:
+                self._value = self._read()
+            except ConfigError as e:
+                log.error("%s; still using the previous token", e)
+        return f"Bearer {self._value}"
+
+    def refused(self) -> None:
+        """The provider refused the token: read the file again before the next request."""
+        self._stale = True
 
 
 class CloudApiSender:
     def __init__(
-        self, session: aiohttp.ClientSession, api_url: str, token: Secret, *, timeout: float = 15.0
+        self,
+        session: aiohttp.ClientSession,
+        api_url: str,
+        token: AccessToken,
+        *,
+        timeout: float = 15.0,
     ) -> None:
         self._session = session
         self._api_url = api_url.rstrip("/")
-        self._headers = {"Authorization": f"Bearer {token.reveal()}"}
+        self._token = token
         self._timeout = aiohttp.ClientTimeout(total=timeout)
 
     async def send(self, out: Outgoing) -> str:
         url = f"{self._api_url}/{out.number}/messages"
         body = graph_body(out)
+        headers = {"Authorization": self._token.header()}
         try:
             async with self._session.post(
-                url, json=body, headers=self._headers, timeout=self._timeout
+                url, json=body, headers=headers, timeout=self._timeout
             ) as response:
                 try:
                     data = await response.json(content_type=None)
-                except ValueError:
+                except (ValueError, RecursionError):
                     data = None
-                return outcome(response.status, data, response.headers.get("Retry-After"))
+                try:
+                    return outcome(response.status, data, response.headers.get("Retry-After"))
+                except ChannelDown as e:
+                    if e.cause == "auth":
+                        self._token.refused()
+                    raise
         except aiohttp.ClientConnectorError as e:  # no connection: nothing was sent
-            raise RetryableDelivery(f"{type(e).__name__}: {e}") from e
+            raise ChannelDown(f"{type(e).__name__}: {e}", cause="outage") from e
         except (TimeoutError, aiohttp.ClientError) as e:  # sent, answer lost: Meta may have it
-            raise RetryableDelivery(f"{type(e).__name__}: {e}", maybe_sent=True) from e
+            raise ChannelDown(
+                f"{type(e).__name__}: {e}" if str(e) else type(e).__name__,
+                cause="outage",
+                maybe_sent=True,
+            ) from e

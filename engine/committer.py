@@ -19,9 +19,10 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+from .backoff import STORE
 from .errors import StoreRejected, StoreUnavailable
 from .metrics import Metrics
-from .ports import Accepted, Op, Store
+from .ports import Accepted, Clock, Op, Store
 
 log = logging.getLogger(__name__)
 
@@ -29,17 +30,18 @@ Then = Callable[[Any], None]
 T = TypeVar("T")
 
 
-async def retrying(attempt: Callable[[], Awaitable[T]]) -> T:
+async def retrying(attempt: Callable[[], Awaitable[T]], clock: Clock) -> T:
     """Run a store call until it works, backing off while the store is unavailable. Callers wait
     rather than skip ahead, so what they record stays in order; StoreRejected is not retried."""
-    delay = 0.05
+    failures = 0
     while True:
         try:
             return await attempt()
         except StoreUnavailable as e:
+            failures += 1
+            delay = STORE.delay(failures)
             log.error("store unavailable (%s); retrying in %.2fs", e, delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
+            await clock.sleep(delay)
 
 
 class Committer:

@@ -15,7 +15,6 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,7 +26,7 @@ from .flows import Effects, Flow, Flows
 from .logs import mask
 from .metrics import Metrics
 from .outbound import OutMessage, TextMessage, fit, kind_of, preview, to_json
-from .ports import Commit, ConversationRow, MessageRow, Store
+from .ports import Clock, Commit, ConversationRow, MessageRow, Store
 from .records import Conversation
 
 log = logging.getLogger(__name__)
@@ -71,7 +70,7 @@ class ConversationBehaviour:
         delivery: Delivery,
         flows: Flows,
         metrics: Metrics,
-        clock: Callable[[], float],
+        clock: Clock,
         handoff_ttl: float,
     ) -> None:
         self._store = store
@@ -107,7 +106,7 @@ class ConversationBehaviour:
         convo = await self._activate(actor, message, stored=not item.fresh)
         if item.seq <= convo.last_seq:
             return  # already covered by the snapshot (a replay overlapping live traffic)
-        now = self._clock()
+        now = self._clock.now()
         self._learn_identity(convo, message)
         effects = Effects()
         if not message.answerable:
@@ -146,7 +145,9 @@ class ConversationBehaviour:
             convo = await self._activate(actor, item.message)
             if item.seq > convo.last_seq:
                 convo.last_seq = item.seq
-                await self._commit(convo, [_inbound(convo, item.message, "failed")], self._clock())
+                await self._commit(
+                    convo, [_inbound(convo, item.message, "failed")], self._clock.now()
+                )
         except Exception:
             log.exception("could not record the failure of %s either", item.message.id)
             actor.state = None
@@ -217,7 +218,7 @@ class ConversationBehaviour:
 
     async def _agent_reply(self, actor: Actor, item: AgentReply) -> None:
         convo = await self._activate(actor, None)
-        now = self._clock()
+        now = self._clock.now()
         if not convo.held(now):
             self._metrics.handoffs.inc("agent")
         # A person who is answering keeps the conversation for another full HANDOFF_TTL.
@@ -229,7 +230,7 @@ class ConversationBehaviour:
 
     async def _release(self, actor: Actor, item: Release) -> None:
         convo = await self._activate(actor, None)
-        now = self._clock()
+        now = self._clock.now()
         if convo.handoff_until is not None:
             convo.handoff_until = None
             convo.state = None  # the next customer message starts the flow afresh
@@ -245,7 +246,11 @@ class ConversationBehaviour:
         convo: Conversation | None = actor.state
         if convo is not None:
             return convo
-        row = await retrying(lambda: self._store.conversation(actor.key)) if stored else None
+        row = (
+            await retrying(lambda: self._store.conversation(actor.key), self._clock)
+            if stored
+            else None
+        )
         if row is not None:
             try:
                 convo = Conversation.from_snapshot(actor.key, row.snapshot)
@@ -322,7 +327,7 @@ class ConversationBehaviour:
         )
         # While the store is down the contact waits rather than skip ahead: its events stay in
         # order. A write the store rejects (StoreRejected) is not retried.
-        await retrying(lambda: self._committer.submit(op))
+        await retrying(lambda: self._committer.submit(op), self._clock)
         outbound = [m for m in messages if m.direction == "out"]
         if outbound:
             self._delivery.enqueue(outbound)

@@ -1,11 +1,26 @@
-"""Delivery: the outbox, sent in order per contact, retried with backoff, never inside a request.
+"""Delivery: the outbox, sent in order per contact; an outage is a state of the business number,
+not of each message.
 
-Each contact with messages to send has a FIFO; a fixed pool of workers takes contacts from a
-ready queue, sends the head message, records what the provider answered, and puts the contact
-back if it has more. A contact is never in two workers at once, so its replies reach the provider
-in the order the flow produced them. A retryable failure (5xx, 429, rate limits, timeouts) parks
-the contact for a backoff; a permanent one is recorded on the message and the contact moves on
-to its next message.
+Each contact with messages to send has a FIFO; a pool of workers takes ready contacts, sends the
+head message, records what the provider answered and puts the contact back if it has more. A
+contact is never in two workers at once, so its replies reach the provider in the order the flow
+produced them.
+
+A failed send says what has to wait (engine.errors):
+
+- ChannelDown (5xx, timeouts, connection errors, throughput limits, a rejected token, an account
+  problem): the business number is paused. Its contacts are held with their messages untouched.
+  After a backoff of at most 30 seconds one probe goes out (the head message of one held contact,
+  each in turn), and the first probe the provider answers resumes the number: every held contact
+  is ready again, each in its own order. A failed probe only sets the time of the next one.
+- RetryableDelivery (the provider's per-recipient pair rate): only that contact waits.
+- PermanentDelivery (an error about the message itself): the message is recorded as failed and
+  the contact moves on to its next one.
+
+No message is given up for its number of attempts. One that the provider has not accepted within
+`max_age` of its number's up-time (time paused does not count, nor time before this process
+started) is recorded as failed; until then it stays `pending` in the transcript, whatever it
+waits for.
 
 The send is recorded as soon as the provider answers. A crash between the provider accepting a
 message and that record being durable is the one window in which a restart sends it again.
@@ -20,33 +35,65 @@ import logging
 import random
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
 
+from .backoff import CONTACT, PROBE
 from .committer import Committer, retrying
-from .errors import PermanentDelivery, RetryableDelivery
+from .errors import ChannelDown, PermanentDelivery, RetryableDelivery
 from .logs import mask
 from .metrics import Metrics
 from .outbound import from_json
-from .ports import Delivered, MessageRow, Outgoing, Sender
+from .ports import Clock, Delivered, MessageRow, Outgoing, Sender, Timer
 
 log = logging.getLogger(__name__)
 
-MAX_ATTEMPTS = 12  # about eight minutes of backoff before a message is given up as failed
-PAIR_RATE_LIMIT = 131056  # too many messages to one user: WhatsApp asks for 4^n seconds
+# What waits in memory per message: (id, contact, number, payload JSON, born). `born` is the
+# up-time of its number when it was queued. Tuples of strings and floats are untracked by the
+# garbage collector, so a large backlog costs collections nothing.
+Pending = tuple[str, str, str, str, float]
+
+DONE = "done"  # the message is settled: accepted or failed
+HOLD = "hold"  # the number is down: the contact waits for it
 
 
-def backoff(attempt: int, code: int | None, retry_after: float | None, jitter: float) -> float:
-    """Seconds to wait before attempt `attempt + 1`; `jitter` is in [0, 1)."""
-    if retry_after is not None and retry_after > 0:
-        return min(retry_after, 300.0)
-    if code == PAIR_RATE_LIMIT:
-        return float(min(4.0 ** (attempt - 1), 256.0))
-    base = min(0.5 * 2 ** (attempt - 1), 60.0)
-    return float(base * (0.5 + jitter / 2))
+@dataclass(frozen=True, slots=True)
+class Down:
+    """Why a number is paused, since when, and what the provider said last."""
+
+    cause: str  # outage | throttled | auth
+    detail: str
+    code: int | None
+    since: float
 
 
-# What waits in memory per message: (id, contact, number, payload JSON). Tuples of strings are
-# untracked by the garbage collector, so a large backlog costs collections nothing.
-Pending = tuple[str, str, str, str]
+@dataclass(eq=False, slots=True)
+class Line:
+    """One business number's delivery state."""
+
+    number: str
+    down: Down | None = None
+    held: deque[str] = field(default_factory=deque)  # contacts waiting for the number
+    probe: str | None = None  # the contact whose head message is the probe under way
+    failed_probes: int = 0
+    timer: Timer | None = None  # the next probe
+    paused_total: float = 0.0  # seconds spent paused before the current pause
+
+    def uptime(self, now: float) -> float:
+        """A clock that stands still while the number is paused."""
+        paused = self.paused_total + (now - self.down.since if self.down else 0.0)
+        return now - paused
+
+
+@dataclass(frozen=True, slots=True)
+class Paused:
+    """A paused number as operators see it (readiness, metrics)."""
+
+    number: str
+    cause: str
+    detail: str
+    since: float
+    waiting: int
 
 
 class Delivery:
@@ -56,22 +103,24 @@ class Delivery:
         committer: Committer,
         metrics: Metrics,
         *,
-        clock: Callable[[], float],
+        clock: Clock,
         concurrency: int = 32,
-        jitter: Callable[[], float] = random.random,
-        policy: Callable[[int, int | None, float | None, float], float] = backoff,
+        max_age: float = 24 * 3600.0,
+        rand: Callable[[], float] = random.random,
     ) -> None:
         self._sender = sender
         self._committer = committer
         self._metrics = metrics
         self._clock = clock
-        self._jitter = jitter
-        self._policy = policy
+        self._rand = rand
         self._concurrency = concurrency
+        self._max_age = max_age
+        self._started = clock.now()
         self._queues: dict[str, deque[Pending]] = {}
         self._ready: asyncio.Queue[str] = asyncio.Queue()
-        self._attempts: dict[str, int] = {}
-        self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._lines: dict[str, Line] = {}
+        self._failures: dict[str, tuple[int, str]] = {}  # message id -> (failures, last error)
+        self._parked: dict[str, Timer] = {}  # contacts waiting out their own backoff
         self._closing = False
         self._workers: list[asyncio.Task[None]] = []
         self._in_flight = 0
@@ -87,32 +136,55 @@ class Delivery:
         ]
 
     def enqueue(self, rows: list[MessageRow]) -> None:
+        now = self._clock.now()
         for row in rows:
             assert row.payload is not None
+            line = self._line(row.number)
+            # Time before this process started is not counted: it may have been an outage.
+            born = line.uptime(now) - max(0.0, now - max(row.at, self._started))
             queue = self._queues.get(row.contact)
             if queue is None:
                 queue = self._queues[row.contact] = deque()
                 self._ready.put_nowait(row.contact)
-            queue.append((row.id, row.contact, row.number, row.payload))
+            queue.append((row.id, row.contact, row.number, row.payload, born))
             self.pending += 1
         if self.pending:
             self._empty.clear()
 
+    def paused(self) -> list[Paused]:
+        """The numbers paused now, with why and how many contacts wait."""
+        return [
+            Paused(line.number, line.down.cause, line.down.detail, line.down.since, len(line.held))
+            for line in self._lines.values()
+            if line.down is not None
+        ]
+
     async def wait_empty(self) -> None:
         await self._empty.wait()
+
+    async def wait_quiet(self) -> None:
+        """Return once no send is under way."""
+        await self._quiet.wait()
+
+    def busy(self) -> bool:
+        """A send is under way, or a contact is ready for one."""
+        return self._in_flight > 0 or not self._ready.empty()
 
     async def stop(self, grace: float) -> None:
         """Let sends under way finish for up to `grace` seconds, then stop every worker."""
         self._closing = True  # workers take nothing new
-        for timer in self._timers.values():
-            timer.cancel()
-        self._timers.clear()
+        for timer in [*self._parked.values(), *(line.timer for line in self._lines.values())]:
+            if timer is not None:
+                timer.cancel()
+        self._parked.clear()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._quiet.wait(), grace)
         for task in self._workers:
             task.cancel()
         await asyncio.gather(*self._workers, return_exceptions=True)
         self._workers = []
+
+    # --- the workers -------------------------------------------------------------------------
 
     async def _work(self) -> None:
         while True:
@@ -122,76 +194,181 @@ class Delivery:
             queue = self._queues.get(contact)
             if not queue:
                 continue
+            line = self._line(queue[0][2])
+            if line.down is not None and line.probe != contact:
+                line.held.append(contact)
+                continue
             self._in_flight += 1
             self._quiet.clear()
             try:
-                delay = await self._attempt(queue[0])
+                step = await self._attempt(line, contact, queue[0])
             except Exception:  # a bug here must not cost the pool a worker, nor wedge the contact
                 log.exception("delivery of %s failed unexpectedly; dropped", queue[0][0])
                 self._metrics.outbound.inc("failed", "")
-                delay = None
+                step = DONE
             finally:
                 self._in_flight -= 1
                 if not self._in_flight:
                     self._quiet.set()
-            if delay is not None:
-                loop = asyncio.get_running_loop()
-                self._timers[contact] = loop.call_later(delay, self._resume, contact)
-                continue
+            self._next(line, contact, queue, step)
+
+    def _next(self, line: Line, contact: str, queue: deque[Pending], step: str | float) -> None:
+        if step == HOLD:
+            if line.down is not None:
+                line.held.append(contact)
+            else:
+                self._ready.put_nowait(contact)
+        elif isinstance(step, float):
+            self._parked[contact] = self._clock.call_later(step, partial(self._unpark, contact))
+        else:
             queue.popleft()
             self.pending -= 1
             if queue:
                 self._ready.put_nowait(contact)
-            else:
-                del self._queues[contact]
-                if not self._queues:
-                    self._empty.set()
+                return
+            del self._queues[contact]
+            if line.probe == contact:  # its last message was given up: probe with another one
+                line.probe = None
+                self._schedule_probe(line, 0.0)
+            if not self._queues:
+                self._empty.set()
 
-    def _resume(self, contact: str) -> None:
-        self._timers.pop(contact, None)
-        self._ready.put_nowait(contact)
+    def _unpark(self, contact: str) -> None:
+        self._parked.pop(contact, None)
+        if not self._closing:
+            self._ready.put_nowait(contact)
 
-    async def _attempt(self, item: Pending) -> float | None:
-        """Send one message; return a delay to retry after, or None when it is settled."""
-        ident, contact, number, payload = item
+    async def _attempt(self, line: Line, contact: str, item: Pending) -> str | float:
+        """Send one message; say what the contact does next: DONE, HOLD or a delay to wait."""
+        ident, born = item[0], item[4]
+        probe = line.probe == contact
+        if line.uptime(self._clock.now()) - born > self._max_age:
+            last = self._failures.get(ident, (0, "none"))[1]
+            await self._settle(
+                ident,
+                contact,
+                failed=None,
+                title=f"gave up: not accepted within {_span(self._max_age)} (last error: {last})",
+            )
+            return DONE
         try:
-            try:
-                data = json.loads(payload)
-                out = Outgoing(
-                    id=ident,
-                    contact=contact,
-                    number=number,
-                    phone=data.get("phone"),
-                    user_id=data.get("user_id"),
-                    message=from_json(data["message"]),
-                )
-            except (ValueError, KeyError, TypeError, AttributeError) as e:
-                raise PermanentDelivery(f"unreadable outbox payload: {e!r}") from e
-            try:
-                provider_id = await self._sender.send(out)
-            except (RetryableDelivery, PermanentDelivery):
-                raise
-            except Exception as e:  # a sender bug must not wedge the contact: retry like a 5xx
-                log.exception("sender raised for %s", ident)
-                raise RetryableDelivery(f"sender error: {e!r}") from e
+            out = _outgoing(item)
+            provider_id = await self._send(out)
+        except ChannelDown as e:
+            self._count_retry(ident, e)
+            self._down(line, e, probe=probe)
+            return HOLD
         except RetryableDelivery as e:
-            attempt = self._attempts.get(ident, 0) + 1
-            code = str(e.code or e.status or "")
-            if attempt < MAX_ATTEMPTS:
-                self._attempts[ident] = attempt
-                # maybe_sent: the provider may already have it, so this retry may duplicate it
-                self._metrics.outbound.inc(
-                    "retried_maybe_sent" if e.maybe_sent else "retried", code
-                )
-                delay = self._policy(attempt, e.code, e.retry_after, self._jitter())
-                log.info("send %s to %s: %s; retry in %.1fs", ident, mask(contact), e, delay)
-                return delay
-            await self._settle(ident, contact, failed=e.code or e.status, title=f"gave up: {e}")
+            if probe:  # the provider answered about this recipient: the number works again
+                self._resume(line)
+            failures = self._count_retry(ident, e)
+            delay = CONTACT.delay(failures, retry_after=e.retry_after)
+            log.info("send %s to %s: %s; retry in %.0fs", ident, mask(contact), e, delay)
+            return delay
         except PermanentDelivery as e:
+            if probe:
+                self._resume(line)
             await self._settle(ident, contact, failed=e.code or e.status, title=str(e))
+            return DONE
+        if probe:
+            self._resume(line)
+        await self._settle(ident, contact, provider_id=provider_id)
+        return DONE
+
+    async def _send(self, out: Outgoing) -> str:
+        try:
+            return await self._sender.send(out)
+        except (RetryableDelivery, PermanentDelivery):
+            raise
+        except Exception as e:  # a sender bug must not lose the message: treat it like a 5xx
+            log.exception("sender raised for %s", out.id)
+            raise ChannelDown(f"sender error: {e!r}", cause="outage") from e
+
+    def _count_retry(self, ident: str, e: RetryableDelivery) -> int:
+        failures = self._failures.get(ident, (0, ""))[0] + 1
+        self._failures[ident] = (failures, str(e))
+        # maybe_sent: the provider may already have it, so this retry may show it twice
+        result = "retried_maybe_sent" if e.maybe_sent else "retried"
+        self._metrics.outbound.inc(result, str(e.code or e.status or ""))
+        return failures
+
+    # --- the state of a number ---------------------------------------------------------------
+
+    def _line(self, number: str) -> Line:
+        line = self._lines.get(number)
+        if line is None:
+            line = self._lines[number] = Line(number)
+        return line
+
+    def _down(self, line: Line, e: ChannelDown, *, probe: bool) -> None:
+        now = self._clock.now()
+        if line.down is None:
+            line.down = Down(e.cause, str(e), e.code, now)
+            line.failed_probes = 0
+            self._metrics.pauses.inc(e.cause)
+            log.warning(
+                "number %s paused (%s: %s); its replies wait and a probe goes out every 30s "
+                "at most",
+                line.number,
+                e.cause,
+                e,
+            )
+            self._schedule_probe(line, e.retry_after)
+        elif probe:
+            line.probe = None
+            line.failed_probes += 1
+            line.down = Down(e.cause, str(e), e.code, line.down.since)
+            self._metrics.probes.inc("failed")
+            self._schedule_probe(line, e.retry_after)
+
+    def _schedule_probe(self, line: Line, retry_after: float | None) -> None:
+        if line.timer is not None:
+            line.timer.cancel()
+        if retry_after is not None and retry_after <= 0:
+            delay = 0.0
         else:
-            await self._settle(ident, contact, provider_id=provider_id)
-        return None
+            delay = PROBE.delay(line.failed_probes + 1, self._rand(), retry_after)
+        line.timer = self._clock.call_later(delay, partial(self._probe, line))
+
+    def _probe(self, line: Line) -> None:
+        """Send the head message of one held contact; its answer decides for the number."""
+        line.timer = None
+        if line.down is None or self._closing:
+            return
+        while line.held:
+            contact = line.held.popleft()
+            if self._queues.get(contact):
+                line.probe = contact
+                self._ready.put_nowait(contact)
+                return
+        # Nothing waits on this number: the next message it sends will tell.
+        self._resume(line, probed=False)
+
+    def _resume(self, line: Line, *, probed: bool = True) -> None:
+        down = line.down
+        if down is None:
+            return
+        now = self._clock.now()
+        line.paused_total += now - down.since
+        line.down = None
+        line.probe = None
+        line.failed_probes = 0
+        if line.timer is not None:
+            line.timer.cancel()
+            line.timer = None
+        if probed:
+            self._metrics.probes.inc("ok")
+        log.info(
+            "number %s resumed after %s paused (%s); %d contacts' replies go out again",
+            line.number,
+            _span(now - down.since),
+            down.cause,
+            len(line.held),
+        )
+        while line.held:
+            self._ready.put_nowait(line.held.popleft())
+
+    # --- recording ---------------------------------------------------------------------------
 
     async def _settle(
         self,
@@ -202,12 +379,37 @@ class Delivery:
         failed: int | None = None,
         title: str | None = None,
     ) -> None:
-        self._attempts.pop(ident, None)
+        self._failures.pop(ident, None)
         if provider_id is not None:
-            op = Delivered(ident, "accepted", self._clock(), provider_id=provider_id)
+            op = Delivered(ident, "accepted", self._clock.now(), provider_id=provider_id)
             self._metrics.outbound.inc("accepted", "")
         else:
-            op = Delivered(ident, "failed", self._clock(), error_code=failed, error_title=title)
+            op = Delivered(ident, "failed", self._clock.now(), error_code=failed, error_title=title)
             self._metrics.outbound.inc("failed", str(failed or ""))
             log.warning("message %s to %s failed: %s", ident, mask(contact), title)
-        await retrying(lambda: self._committer.submit(op))
+        await retrying(lambda: self._committer.submit(op), self._clock)
+
+
+def _outgoing(item: Pending) -> Outgoing:
+    ident, contact, number, payload, _born = item
+    try:
+        data = json.loads(payload)
+        return Outgoing(
+            id=ident,
+            contact=contact,
+            number=number,
+            phone=data.get("phone"),
+            user_id=data.get("user_id"),
+            message=from_json(data["message"]),
+        )
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise PermanentDelivery(f"unreadable outbox payload: {e!r}") from e
+
+
+def _span(seconds: float) -> str:
+    """24h, 90m, 45s: a duration for a log line."""
+    if seconds >= 7200:
+        return f"{seconds / 3600:.0f}h"
+    if seconds >= 120:
+        return f"{seconds / 60:.0f}m"
+    return f"{seconds:.0f}s"

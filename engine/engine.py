@@ -16,13 +16,13 @@ import asyncio
 import dataclasses
 import datetime as dt
 import logging
-import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from .actors import ActorSystem
+from .clock import SystemClock
 from .committer import Committer
 from .conversation import AgentReply, ConversationBehaviour, Deliver, Release
 from .delivery import Delivery
@@ -44,6 +44,7 @@ from .ports import (
     Accept,
     Accepted,
     Alias,
+    Clock,
     ConversationRow,
     JournalEntry,
     RawWrite,
@@ -66,6 +67,7 @@ class EngineConfig:
     max_backlog: int = 50_000  # events and replies waiting in memory before intake says 503
     dedupe_ttl: float = 8 * 86400.0
     journal_retention: float = 86400.0
+    send_max_age: float = 24 * 3600.0  # a reply not accepted by then is given up
 
 
 class NotFound(Exception):
@@ -87,13 +89,13 @@ class Engine:
         flows: Flows,
         metrics: Metrics | None = None,
         config: EngineConfig | None = None,
-        clock: Callable[[], float] = time.time,
+        clock: Clock | None = None,
     ) -> None:
         self.store = store
         self.flows = flows
         self.metrics = metrics or Metrics()
         self.config = config or EngineConfig()
-        self.clock = clock
+        self.clock = clock = clock or SystemClock()
         self.directory = Directory()
         self.committer = Committer(store, self.metrics)
         self.delivery = Delivery(
@@ -102,6 +104,7 @@ class Engine:
             self.metrics,
             clock=clock,
             concurrency=self.config.send_concurrency,
+            max_age=self.config.send_max_age,
         )
         self.actors = ActorSystem(
             ConversationBehaviour(
@@ -122,6 +125,7 @@ class Engine:
         m.mailbox.read = lambda: float(self.actors.depth)
         m.outbox.read = lambda: float(self.delivery.pending)
         m.machines.read = lambda: float(self.flows.live_instances)
+        m.paused.read = lambda: {(p.number, p.cause): 1.0 for p in self.delivery.paused()}
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -235,7 +239,7 @@ class Engine:
 
     def _prepare(self, events: Sequence[Event]) -> tuple[Accept, dict[str, Message], set[str]]:
         """One Accept for a webhook's events: contacts resolved, statuses ranked, the rest raw."""
-        now = self.clock()
+        now = self.clock.now()
         journal: list[JournalEntry] = []
         statuses: list[StatusWrite] = []
         raw: list[RawWrite] = []
@@ -319,7 +323,7 @@ class Engine:
             "flow": row.flow,
             "state": row.state,
             "slots": snap.get("slots") or {},
-            "handoff": self._held(row, self.clock()),
+            "handoff": self._held(row, self.clock.now()),
             "handoff_until": iso(snap.get("handoff_until")),
             "last_activity": iso(row.updated_at),
             "messages": [
@@ -343,7 +347,7 @@ class Engine:
         self, *, state: str | None, handoff: bool | None, limit: int
     ) -> list[dict[str, Any]]:
         rows = await self.store.conversations(state=state, handoff=handoff, limit=limit)
-        now = self.clock()
+        now = self.clock.now()
         out = []
         for row in rows:
             snap = row.snapshot
@@ -372,7 +376,7 @@ class Engine:
     # --- housekeeping ----------------------------------------------------------------------
 
     async def prune(self) -> None:
-        now = self.clock()
+        now = self.clock.now()
         pruned = await self.store.prune(
             dedupe_before=now - self.config.dedupe_ttl,
             journal_before=now - self.config.journal_retention,
@@ -387,7 +391,7 @@ class Engine:
                 await self.prune()
             except Exception as e:
                 log.error("pruning failed: %s", e)
-            await asyncio.sleep(PRUNE_EVERY)
+            await self.clock.sleep(PRUNE_EVERY)
 
 
 def _error(code: int | None, title: str | None) -> dict[str, Any] | None:

@@ -6,8 +6,10 @@ EngineError
 ├── StoreUnavailable       the store cannot record now: answer 503 so the provider retries
 ├── StoreRejected          this write can never be recorded (bad data, a bug): give it up
 ├── DeliveryError          a send that did not succeed; carries the provider's code
-│   ├── RetryableDelivery  back off and send the same message again
-│   └── PermanentDelivery  record the failure on the message and move on
+│   ├── ChannelDown        the number cannot send anything now (outage, throughput, token):
+│   │                      pause its whole queue, probe, resume; no message is charged
+│   ├── RetryableDelivery  this recipient must wait (pair rate): back off this contact only
+│   └── PermanentDelivery  an error about this message: record it as failed and move on
 └── ActorStopped           the contact's actor stopped before it could answer an ask
 """
 
@@ -65,7 +67,7 @@ class DeliveryError(EngineError):
 
 
 class RetryableDelivery(DeliveryError):
-    """The provider may accept the same message later (rate limits, 5xx, timeouts)."""
+    """The provider may accept the same message later, but only this recipient must wait."""
 
     def __init__(
         self,
@@ -81,6 +83,29 @@ class RetryableDelivery(DeliveryError):
         # True when the provider may have received the message (a timeout or a connection
         # lost after sending): sending it again may show it twice.
         self.maybe_sent = maybe_sent
+
+
+class ChannelDown(RetryableDelivery):
+    """The provider or the account cannot take any message from this number now.
+
+    `cause` says which, for operators: "outage" (5xx, timeouts, connection errors, temporary
+    downtime), "throttled" (throughput limits; `retry_after` when the provider gave one) or
+    "auth" (an expired or revoked token, missing permissions, a locked or unpaid account)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        cause: str,
+        code: int | None = None,
+        status: int | None = None,
+        retry_after: float | None = None,
+        maybe_sent: bool = False,
+    ):
+        super().__init__(
+            message, code=code, status=status, retry_after=retry_after, maybe_sent=maybe_sent
+        )
+        self.cause = cause
 
 
 class PermanentDelivery(DeliveryError):

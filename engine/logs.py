@@ -22,14 +22,25 @@ def mask(text: str | None) -> str:
     return _DIGITS.sub(lambda m: "***" + m.group(0)[-4:], text)
 
 
+_SECRETS: list[str] = []  # longest first, so a secret inside another is not half-replaced
+
+
+def redact(secret: str) -> None:
+    """Never log `secret` (also for values learnt after start, like a token read from a file)."""
+    if len(secret) >= 4 and secret not in _SECRETS:
+        _SECRETS.append(secret)
+        _SECRETS.sort(key=len, reverse=True)
+
+
 class MaskingFormatter(logging.Formatter):
     def __init__(self, secrets: Iterable[str] = ()) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
-        self._secrets = sorted({s for s in secrets if len(s) >= 4}, key=len, reverse=True)
+        for secret in secrets:
+            redact(secret)
 
     def format(self, record: logging.LogRecord) -> str:
         text = super().format(record)
-        for secret in self._secrets:
+        for secret in _SECRETS:
             text = text.replace(secret, "[redacted]")
         return mask(text)
 

@@ -42,6 +42,16 @@ class Gauge:
 
 
 @dataclass(slots=True)
+class LabeledGauge:
+    """A gauge with labels, read at scrape time: `read()` maps label values to a value."""
+
+    name: str
+    help: str
+    labelnames: Labels
+    read: Callable[[], dict[Labels, float]] = dict
+
+
+@dataclass(slots=True)
 class Histogram:
     name: str
     help: str
@@ -98,6 +108,19 @@ class Metrics:
         self.outbound = Counter(
             "engine_outbound_messages", "Send attempts by result and error code", ("result", "code")
         )
+        self.pauses = Counter(
+            "engine_channel_pauses",
+            "Times a business number's sending was paused (outage, throttled, auth)",
+            ("cause",),
+        )
+        self.probes = Counter(
+            "engine_channel_probes", "Probes of a paused number, by result", ("result",)
+        )
+        self.paused = LabeledGauge(
+            "engine_channel_paused",
+            "1 while a business number's sending is paused, labelled with why",
+            ("number", "cause"),
+        )
         self.statuses = Counter("engine_message_statuses", "Status webhooks applied", ("status",))
         self.provider_errors = Counter(
             "engine_provider_errors", "Account-level error webhooks", ("code",)
@@ -111,8 +134,12 @@ class Metrics:
         self.mailbox = Gauge("engine_mailbox_depth", "Events waiting in all mailboxes")
         self.outbox = Gauge("engine_outbox_pending", "Messages waiting to be sent")
 
-    def all(self) -> list[Counter | Gauge | Histogram]:
-        return [v for v in vars(self).values() if isinstance(v, Counter | Gauge | Histogram)]
+    def all(self) -> list[Counter | Gauge | LabeledGauge | Histogram]:
+        return [
+            v
+            for v in vars(self).values()
+            if isinstance(v, Counter | Gauge | LabeledGauge | Histogram)
+        ]
 
 
 class GcTimer:

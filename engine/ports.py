@@ -8,11 +8,14 @@ operations below, each batch one transaction (see `engine.committer`):
 - `Commit`: one handled event: the conversation snapshot with its journal mark, the inbound
   message for the transcript and the replies (the outbox), together.
 - `Delivered`: what the provider answered to one send.
+
+Time is a port too (`Clock`): the engine never reads the system clock or sleeps on its own, so
+tests of retries, outages and expiry move time by hand instead of waiting for it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -189,3 +192,19 @@ class Sender(Protocol):
     async def send(self, out: Outgoing) -> str:
         """Send and return the provider's message id; raise DeliveryError subclasses on failure."""
         ...
+
+
+class Timer(Protocol):
+    def cancel(self) -> None: ...
+
+
+class Clock(Protocol):
+    """Wall-clock time, and waiting for it to pass."""
+
+    def now(self) -> float:
+        """Unix seconds."""
+        ...
+
+    async def sleep(self, seconds: float) -> None: ...
+
+    def call_later(self, seconds: float, callback: Callable[[], None]) -> Timer: ...

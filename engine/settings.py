@@ -75,6 +75,7 @@ class Settings:
     whatsapp_verify_token: Secret | None = None
     whatsapp_app_secret: Secret | None = None
     whatsapp_access_token: Secret | None = None
+    whatsapp_access_token_file: Path | None = None
     whatsapp_phone_number_id: str | None = None
     whatsapp_api_url: str = DEFAULT_GRAPH_API
     admin_token: Secret | None = None
@@ -85,6 +86,7 @@ class Settings:
     sqlite_synchronous: str = "NORMAL"
     dedupe_ttl: float = 8 * 86400.0
     journal_retention: float = 86400.0
+    send_max_age: float = 24 * 3600.0
     log_level: str = "INFO"
 
     def secrets(self) -> list[str]:
@@ -112,7 +114,11 @@ class Settings:
         """Build settings from `environ`; raise ConfigError naming the first bad variable."""
         env = {k: v.strip() for k, v in environ.items() if v.strip() != ""}
         access_token = _secret(env, "WHATSAPP_ACCESS_TOKEN")
-        sender = env.get("SENDER", "whatsapp" if access_token else "console").lower()
+        token_file = env.get("WHATSAPP_ACCESS_TOKEN_FILE")
+        if access_token is not None and token_file is not None:
+            raise ConfigError("set WHATSAPP_ACCESS_TOKEN or WHATSAPP_ACCESS_TOKEN_FILE, not both")
+        has_token = access_token is not None or token_file is not None
+        sender = env.get("SENDER", "whatsapp" if has_token else "console").lower()
         if sender not in SENDERS:
             raise ConfigError(f"SENDER={sender!r} is unknown; use one of {', '.join(SENDERS)}")
         if sender == "twilio":
@@ -120,8 +126,10 @@ class Settings:
                 "SENDER=twilio: the Twilio channel is not available in this version; "
                 "use console or whatsapp"
             )
-        if sender == "whatsapp" and access_token is None:
-            raise ConfigError("SENDER=whatsapp needs WHATSAPP_ACCESS_TOKEN")
+        if sender == "whatsapp" and not has_token:
+            raise ConfigError(
+                "SENDER=whatsapp needs WHATSAPP_ACCESS_TOKEN (or WHATSAPP_ACCESS_TOKEN_FILE)"
+            )
         api_url = env.get("WHATSAPP_API_URL", DEFAULT_GRAPH_API).rstrip("/")
         _check_http_url("WHATSAPP_API_URL", api_url)
         synchronous = env.get("SQLITE_SYNCHRONOUS", "NORMAL").upper()
@@ -145,6 +153,7 @@ class Settings:
             whatsapp_verify_token=_secret(env, "WHATSAPP_VERIFY_TOKEN"),
             whatsapp_app_secret=_secret(env, "WHATSAPP_APP_SECRET"),
             whatsapp_access_token=access_token,
+            whatsapp_access_token_file=Path(token_file) if token_file else None,
             whatsapp_phone_number_id=env.get("WHATSAPP_PHONE_NUMBER_ID"),
             whatsapp_api_url=api_url,
             admin_token=_secret(env, "ADMIN_TOKEN"),
@@ -154,6 +163,7 @@ class Settings:
             sqlite_synchronous=synchronous,
             dedupe_ttl=_duration(env, "DEDUPE_TTL", "8d"),
             journal_retention=_duration(env, "JOURNAL_RETENTION", "24h"),
+            send_max_age=_duration(env, "SEND_MAX_AGE", "24h"),
             log_level=level,
         )
 

@@ -9,22 +9,15 @@ import pytest
 
 from adapters.web import ENGINE
 from tests.conftest import AppFactory
+from tests.fakes.clock import FakeClock
 from tests.fakes.graph import FakeGraph
 from tests.support import ADMIN, body, button, change, signed, text
 
 AUTH = {"Authorization": f"Bearer {ADMIN}"}
 
 
-class Clock:
-    def __init__(self, now: float = 1_800_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
 class Api:
-    def __init__(self, client: Any, fake: FakeGraph, clock: Clock) -> None:
+    def __init__(self, client: Any, fake: FakeGraph, clock: FakeClock) -> None:
         self.client, self.fake, self.clock = client, fake, clock
         self.engine = client.app[ENGINE]
 
@@ -68,7 +61,7 @@ def _text_of(b: dict[str, Any]) -> str:
 
 @pytest.fixture
 async def api(start_app: AppFactory, env: dict[str, str], graph: tuple[FakeGraph, str]) -> Api:
-    clock = Clock()
+    clock = FakeClock()
     env["HANDOFF_TTL"] = "2h"
     return Api(await start_app(env, clock=clock), graph[0], clock)
 
@@ -180,12 +173,12 @@ async def test_the_bot_takes_back_a_conversation_after_handoff_ttl(api: Api) -> 
     """HANDOFF_TTL is measured from the last agent activity, checked when a message arrives."""
     await api.say("15550000007", "w1", "hi")
     await api.post("/api/conversations/15550000007/messages", {"text": "Maria here."})
-    api.clock.now += 3600
+    await api.clock.advance(3600)
     assert await api.say("15550000007", "w2", "still there?") == []
     await api.post("/api/conversations/15550000007/messages", {"text": "Yes!"})  # renews the hold
-    api.clock.now += 7199
+    await api.clock.advance(7199)
     assert await api.say("15550000007", "w3", "ok") == []
-    api.clock.now += 2
+    await api.clock.advance(2)
     assert await api.say("15550000007", "w4", "hello?") == [
         "Hi Ana! Welcome to Acme Supplies. How can we help you today?"
     ]

@@ -1,25 +1,35 @@
-"""Delivery through the Cloud API sender to a fake Graph API: order, retries, permanent errors."""
+"""Delivery through the Cloud API sender to a fake Graph API, on a clock the tests move by hand:
+order per contact, outages and throttling as a state of the number, tokens, age, errors."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import dataclasses
+import itertools
 import json
 import random
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 
-from adapters.whatsapp import CloudApiSender, graph_body, outcome
+from adapters.whatsapp import AccessToken, CloudApiSender, graph_body, outcome
 from engine.committer import Committer
-from engine.delivery import Delivery, backoff
-from engine.errors import PermanentDelivery, RetryableDelivery
+from engine.delivery import Delivery
+from engine.errors import ChannelDown, PermanentDelivery, RetryableDelivery
 from engine.memstore import MemoryStore
 from engine.metrics import Metrics
 from engine.outbound import Button, ButtonsMessage, ListMessage, Row, Section, TextMessage, to_json
 from engine.ports import Commit, ConversationRow, MessageRow, Outgoing
 from engine.settings import Secret
+from tests.fakes.clock import FakeClock
 from tests.fakes.graph import FakeGraph, meta_error
+
+NUMBER = "106540352242922"
+CONTACTS = "abcdefghij"
 
 
 def row(
@@ -29,127 +39,319 @@ def row(
         id_,
         contact,
         "out",
-        "106540352242922",
+        NUMBER,
         "text",
         text,
         "pending",
-        1.0,
+        1_800_000_000.0,
         payload=json.dumps(
             {"message": to_json(TextMessage(text)), "phone": phone, "user_id": user_id}
         ),
     )
 
 
+def texts_to(graph: FakeGraph, contact: str, accepted_only: bool = True) -> list[str]:
+    return [
+        r["body"]["text"]["body"]
+        for r in graph.requests
+        if r["body"]["text"]["body"].startswith(f"{contact}-") and (r["wamid"] or not accepted_only)
+    ]
+
+
 class Rig:
     def __init__(
-        self, graph: FakeGraph, delivery: Delivery, store: MemoryStore, metrics: Metrics
+        self,
+        graph: FakeGraph,
+        delivery: Delivery,
+        store: MemoryStore,
+        metrics: Metrics,
+        clock: FakeClock,
     ) -> None:
-        self.graph, self.delivery, self.store, self.metrics = graph, delivery, store, metrics
+        self.graph, self.delivery, self.store = graph, delivery, store
+        self.metrics, self.clock = metrics, clock
 
-    async def send(self, rows: list[MessageRow]) -> None:
-        contacts = {r.contact for r in rows}
-        await self.store.write(
-            [
-                Commit(
-                    ConversationRow(c, "n", "f", "s", False, 1.0, {"v": 1}),
-                    [r for r in rows if r.contact == c],
-                )
-                for c in contacts
-            ]
-        )
-        self.delivery.enqueue(rows)
-        await self.delivery.wait_empty()
+    async def settle(self) -> None:
+        """Until no send is under way and no contact is ready for one (real I/O included)."""
+        for _ in range(1000):
+            for _ in range(5):
+                await asyncio.sleep(0)
+            if not self.delivery.busy():
+                return
+            await self.delivery.wait_quiet()
+        raise AssertionError("delivery never settled")
 
-    async def status_of(self, id_: str) -> MessageRow:
-        rows = [m for c in ("a", "b", "c") for m in await self.store.transcript(c, 1000)]
+    async def queue(self, rows: list[MessageRow]) -> None:
+        for contact in dict.fromkeys(r.contact for r in rows):
+            await self.store.write(
+                [
+                    Commit(
+                        ConversationRow(contact, NUMBER, "f", "s", False, 1.0, {"v": 1}),
+                        [r for r in rows if r.contact == contact],
+                    )
+                ]
+            )
+        self.delivery.enqueue([dataclasses.replace(r, at=self.clock.now()) for r in rows])
+        await self.settle()
+
+    async def run(self, seconds: float, step: float = 1.0) -> None:
+        for _ in range(round(seconds / step)):
+            await self.clock.advance(step)
+
+    async def until_empty(self, limit: float = 3600.0, step: float = 1.0) -> float:
+        """Move time until every message is settled; return the simulated seconds it took."""
+        started = self.clock.now()
+        while self.delivery.pending:
+            if self.clock.now() - started > limit:
+                raise AssertionError(f"{self.delivery.pending} still pending after {limit}s")
+            await self.clock.advance(step)
+        return self.clock.now() - started
+
+    async def message(self, id_: str) -> MessageRow:
+        rows = [m for c in CONTACTS for m in await self.store.transcript(c, 1000)]
         return next(m for m in rows if m.id == id_)
 
+    async def statuses(self) -> set[str]:
+        return {m.status for c in CONTACTS for m in await self.store.transcript(c, 1000)}
 
-@pytest.fixture
-async def rig(graph: tuple[FakeGraph, str]) -> AsyncIterator[Rig]:
+
+@contextlib.asynccontextmanager
+async def make_rig(
+    graph: tuple[FakeGraph, str], token: AccessToken, max_age: float = 86400.0
+) -> AsyncIterator[Rig]:
     fake, url = graph
+    clock = FakeClock()
+    fake.clock = clock.now
     store, metrics = MemoryStore(), Metrics()
     committer = Committer(store, metrics)
     committer.start()
     async with aiohttp.ClientSession() as session:
-        sender = CloudApiSender(session, url, Secret("tok"))
+        sender = CloudApiSender(session, url, token)
         delivery = Delivery(
-            sender, committer, metrics, clock=lambda: 5.0, concurrency=8, policy=lambda *a: 0.01
+            sender,
+            committer,
+            metrics,
+            clock=clock,
+            concurrency=8,
+            max_age=max_age,
+            rand=lambda: 1.0,
         )
+        rig = Rig(fake, delivery, store, metrics, clock)
+        clock.settle = rig.settle
         delivery.start()
-        yield Rig(fake, delivery, store, metrics)
+        yield rig
         await delivery.stop(1.0)
     await committer.close()
 
 
+@pytest.fixture
+async def rig(graph: tuple[FakeGraph, str]) -> AsyncIterator[Rig]:
+    async with make_rig(graph, AccessToken(Secret("tok"))) as r:
+        yield r
+
+
+def probe_gaps(graph: FakeGraph, since: float, until: float) -> list[float]:
+    """Seconds between the requests the provider refused in [since, until]."""
+    times = [r["received"] for r in graph.requests if since <= r["received"] <= until]
+    return [b - a for a, b in itertools.pairwise(times)]
+
+
 async def test_each_contacts_messages_reach_the_provider_in_order(rig: Rig) -> None:
     """With 8 workers and random provider latency, every contact's order is kept."""
-    rig.graph.latency = 0.002
-    rows = [row(f"{c}:{i}", c, f"{c}-{i}") for i in range(20) for c in ("a", "b", "c")]
     random.seed(7)
-    await rig.send(rows)
-    for contact in ("a", "b", "c"):
-        got = [
-            r["body"]["text"]["body"]
-            for r in rig.graph.requests
-            if r["body"]["text"]["body"].startswith(contact)
-        ]
-        assert got == [f"{contact}-{i}" for i in range(20)]
+    rig.graph.latency = 0.002
+    await rig.queue([row(f"{c}:{i}", c, f"{c}-{i}") for i in range(20) for c in "abc"])
+    await rig.until_empty()
+    for contact in "abc":
+        assert texts_to(rig.graph, contact) == [f"{contact}-{i}" for i in range(20)]
     assert rig.graph.requests[0]["auth"] == "Bearer tok"
-    assert rig.graph.requests[0]["number"] == "106540352242922"
+    assert rig.graph.requests[0]["number"] == NUMBER
 
 
 @pytest.mark.parametrize(
-    ("status", "code"),
-    [(400, 130429), (400, 131056), (500, 131000), (503, 131016), (500, None), (429, None)],
+    "failure",
+    [
+        meta_error(2, "Temporary downtime", 503),
+        meta_error(131000, "Something went wrong", 500),
+        (502, "<html>Bad Gateway</html>"),
+    ],
+    ids=["code 2", "code 131000", "bare 502"],
 )
-async def test_retryable_answers_are_retried(rig: Rig, status: int, code: int | None) -> None:
-    error = meta_error(code, "slow down", status) if code else (status, {"oops": True})
-    rig.graph.answer_next(error, error)
-    await rig.send([row("m1", "a", "hello")])
-    assert [r["status"] for r in rig.graph.requests] == [status, status, 200]
-    m = await rig.status_of("m1")
-    assert m.status == "accepted" and m.provider_id == rig.graph.requests[-1]["wamid"]
-    assert rig.metrics.outbound.get("retried", str(code or status)) == 2
+async def test_a_ten_minute_outage_loses_no_reply(rig: Rig, failure: tuple[Any, ...]) -> None:
+    """Ten minutes of a failing provider: the number pauses, probes at most every 30 s, and
+    every reply goes out afterwards, in order, none recorded as failed."""
+    rows = [row(f"{c}:{i}", c, f"{c}-{i}") for i in range(4) for c in CONTACTS]
+    rig.graph.failing = failure
+    started = rig.clock.now()
+    await rig.queue(rows)
+    await rig.run(600)
+    (paused,) = rig.delivery.paused()
+    assert paused.cause == "outage" and paused.number == NUMBER
+    assert await rig.statuses() == {"pending"}
+    gaps = probe_gaps(rig.graph, started + 1, rig.clock.now())
+    assert gaps and max(gaps) <= 30.0, gaps
+    refused = len(rig.graph.requests)
+    assert refused < 40, "while paused only probes go out, not every message"
+
+    rig.graph.failing = None
+    assert await rig.until_empty() <= 30.0
+    assert rig.delivery.paused() == []
+    assert await rig.statuses() == {"accepted"}
+    for contact in CONTACTS:
+        assert texts_to(rig.graph, contact) == [f"{contact}-{i}" for i in range(4)]
+    assert rig.metrics.outbound.get("failed", "") == 0
+    assert rig.metrics.pauses.get("outage") == 1
+    assert rig.metrics.probes.get("ok") == 1 and rig.metrics.probes.get("failed") >= 20
 
 
-@pytest.mark.parametrize("code", [131047, 131026, 100, 190, 368, 131051])
-async def test_permanent_errors_are_recorded_and_do_not_block_the_next_message(
-    rig: Rig, code: int
+async def test_two_minutes_of_429_pause_the_number_and_honour_retry_after(rig: Rig) -> None:
+    """A stream of 429s (Retry-After: 1) for two minutes: probes every second, nothing lost."""
+    throttled = (*meta_error(130429, "Rate limit hit", 429), {"Retry-After": "1"})
+    rig.graph.failing = throttled
+    await rig.queue([row(f"{c}:{i}", c, f"{c}-{i}") for i in range(3) for c in "abcde"])
+    await rig.run(120)
+    (paused,) = rig.delivery.paused()
+    assert paused.cause == "throttled" and "130429" in paused.detail
+    gaps = probe_gaps(rig.graph, rig.clock.now() - 100, rig.clock.now())
+    assert gaps and max(gaps) <= 1.0, gaps
+    rig.graph.failing = None
+    assert await rig.until_empty() <= 2.0
+    assert await rig.statuses() == {"accepted"}
+    for contact in "abcde":
+        assert texts_to(rig.graph, contact) == [f"{contact}-{i}" for i in range(3)]
+
+
+async def test_a_revoked_token_pauses_the_number_until_the_renewed_token_is_in_the_file(
+    graph: tuple[FakeGraph, str], tmp_path: Path
 ) -> None:
-    rig.graph.answer_next(meta_error(code, "no can do"))
-    await rig.send([row("m1", "a", "first"), row("m2", "a", "second")])
-    failed, sent = await rig.status_of("m1"), await rig.status_of("m2")
-    assert (failed.status, failed.error_code, failed.error_title) == ("failed", code, "no can do")
-    assert sent.status == "accepted"
-    assert [r["body"]["text"]["body"] for r in rig.graph.requests] == ["first", "second"]
-    assert rig.metrics.outbound.get("failed", str(code)) == 1
+    """Error 190 is the channel's problem: nothing fails, probes re-read the token file, and
+    once it holds a token the provider accepts, every reply goes out in order."""
+    token_file = tmp_path / "token"
+    token_file.write_text("first-token\n")
+    async with make_rig(graph, AccessToken(path=token_file)) as rig:
+        rig.graph.token = "first-token"
+        await rig.queue([row("a:0", "a", "a-0")])
+        await rig.until_empty()
+        rig.graph.token = "renewed-token"  # Meta expired the first one
+        await rig.queue([row(f"{c}:{i}", c, f"{c}-{i}") for i in range(1, 4) for c in "abc"])
+        await rig.run(3600)  # an hour before anyone renews it
+        (paused,) = rig.delivery.paused()
+        assert paused.cause == "auth" and "190" in paused.detail
+        assert await rig.statuses() == {"accepted", "pending"}
+        assert max(probe_gaps(rig.graph, rig.clock.now() - 3000, rig.clock.now())) <= 30.0
+        token_file.write_text("renewed-token")
+        assert await rig.until_empty() <= 30.0
+        assert await rig.statuses() == {"accepted"}
+        assert rig.graph.requests[-1]["auth"] == "Bearer renewed-token"
+        for contact in "abc":
+            want = [f"{contact}-{i}" for i in range(1 if contact != "a" else 0, 4)]
+            assert texts_to(rig.graph, contact) == want
+        assert rig.metrics.outbound.get("failed", "190") == 0
 
 
-async def test_giving_up_after_many_retries_is_recorded(rig: Rig) -> None:
-    from engine.delivery import MAX_ATTEMPTS
-
-    rig.graph.answer_next(*[meta_error(131000, "unknown", 500)] * MAX_ATTEMPTS)
-    await rig.send([row("m1", "a", "x")])
-    m = await rig.status_of("m1")
-    assert (
-        m.status == "failed"
-        and m.error_code == 131000
-        and (m.error_title or "").startswith("gave up")
-    )
-    assert len(rig.graph.requests) == MAX_ATTEMPTS
+async def test_a_token_fixed_on_the_provider_side_resumes_the_number(rig: Rig) -> None:
+    """With the token in the environment, a permission restored at Meta resumes sending."""
+    rig.graph.answer_next(meta_error(10, "Permission denied", 403))
+    await rig.queue([row("a:0", "a", "a-0"), row("a:1", "a", "a-1")])
+    assert rig.delivery.paused()[0].cause == "auth"
+    assert await rig.until_empty() <= 2.0
+    assert texts_to(rig.graph, "a") == ["a-0", "a-1"]
 
 
-async def test_unreachable_provider_is_retried(graph: tuple[FakeGraph, str]) -> None:
-    """A connection refused is a retryable failure, not a lost message."""
-    store, metrics = MemoryStore(), Metrics()
-    committer = Committer(store, metrics)
-    committer.start()
+async def test_time_paused_does_not_age_a_message(graph: tuple[FakeGraph, str]) -> None:
+    """With SEND_MAX_AGE at 10 minutes, a 30-minute outage gives nothing up."""
+    async with make_rig(graph, AccessToken(Secret("tok")), max_age=600) as rig:
+        rig.graph.failing = meta_error(2, "Temporary downtime", 503)
+        await rig.queue([row("a:0", "a", "a-0"), row("b:0", "b", "b-0")])
+        await rig.run(1800, step=5.0)
+        rig.graph.failing = None
+        await rig.until_empty()
+        assert await rig.statuses() == {"accepted"}
+
+
+async def test_a_message_the_provider_keeps_refusing_for_its_recipient_is_given_up_by_age(
+    graph: tuple[FakeGraph, str],
+) -> None:
+    """The pair rate (131056) makes only that contact wait, 4^n seconds; past SEND_MAX_AGE of
+    up-time the message is recorded as failed, and the contact's next message goes out."""
+    async with make_rig(graph, AccessToken(Secret("tok")), max_age=600) as rig:
+        pair_rate = meta_error(131056, "Pair rate limit hit")
+        rig.graph.refuse = lambda body: pair_rate if body["text"]["body"] == "a-0" else None
+        await rig.queue([row("a:0", "a", "a-0")])
+        await rig.queue([row("b:0", "b", "b-0")])
+        assert rig.delivery.paused() == []  # the number was never paused
+        assert (await rig.message("b:0")).status == "accepted"
+        await rig.run(500)
+        tries = [r["received"] for r in rig.graph.requests if r["body"]["text"]["body"] == "a-0"]
+        assert [round(b - a) for a, b in itertools.pairwise(tries)] == [1, 4, 16, 64, 256]
+        assert (await rig.message("a:0")).status == "pending"
+        await rig.queue([row("a:1", "a", "a-1")])  # made later: younger than the limit
+        await rig.run(200)  # the next try would be at 641 s: past the limit
+        given_up = await rig.message("a:0")
+        assert given_up.status == "failed"
+        assert given_up.error_title == (
+            "gave up: not accepted within 10m (last error: (131056) Pair rate limit hit)"
+        )
+        assert (await rig.message("a:1")).status == "accepted"
+
+
+async def test_sends_under_way_when_the_number_pauses_are_held_not_failed(rig: Rig) -> None:
+    """Eight sends in flight all fail at once: each contact waits, none is charged."""
+    rig.graph.failing = (503, {"error": {"code": 131016, "message": "Service unavailable"}})
+    await rig.queue([row(f"{c}:0", c, f"{c}-0") for c in CONTACTS])
+    assert len(rig.graph.requests) == 8  # the pool's size
+    assert rig.delivery.paused()[0].waiting == 10
+    rig.graph.failing = None
+    await rig.until_empty()
+    assert await rig.statuses() == {"accepted"}
+
+
+async def test_a_contact_whose_message_always_fails_does_not_stop_the_others(rig: Rig) -> None:
+    """Probes go round the waiting contacts, so one bad message cannot keep a number paused."""
+    poisoned = meta_error(131000, "Something went wrong", 500)
+    rig.graph.refuse = lambda body: poisoned if body["text"]["body"] == "a-0" else None
+    await rig.queue([row("a:0", "a", "a-0")])
+    await rig.queue([row(f"{c}:0", c, f"{c}-0") for c in "bcd"])
+    await rig.run(120)
+    for contact in "bcd":
+        assert texts_to(rig.graph, contact) == [f"{contact}-0"]
+    assert (await rig.message("a:0")).status == "pending"
+
+
+async def test_permanent_errors_are_recorded_and_the_next_message_goes_out(rig: Rig) -> None:
+    for code in (131047, 131026, 100, 131051):
+        rig.graph.answer_next(meta_error(code, "no can do"))
+        first, second = f"a:{code}:1", f"a:{code}:2"
+        await rig.queue([row(first, "a", "a-first"), row(second, "a", "a-second")])
+        await rig.until_empty()
+        failed, sent = await rig.message(first), await rig.message(second)
+        assert (failed.status, failed.error_code) == ("failed", code)
+        assert failed.error_title == f"({code}) no can do"
+        assert sent.status == "accepted"
+        assert rig.metrics.outbound.get("failed", str(code)) == 1
+    assert rig.delivery.paused() == []
+
+
+async def test_an_unreachable_provider_is_an_outage_of_the_number(
+    graph: tuple[FakeGraph, str],
+) -> None:
+    """A connection refused pauses the number; nothing was sent, so nothing may show twice."""
     async with aiohttp.ClientSession() as session:
-        sender = CloudApiSender(session, "http://127.0.0.1:9/v25.0", Secret("tok"), timeout=1)
-        with pytest.raises(RetryableDelivery):
+        sender = CloudApiSender(
+            session, "http://127.0.0.1:9/v25.0", AccessToken(Secret("tok")), timeout=1
+        )
+        with pytest.raises(ChannelDown) as caught:
             await sender.send(Outgoing("x", "a", "n", "1", None, TextMessage("hi")))
-    await committer.close()
+    assert caught.value.cause == "outage" and not caught.value.maybe_sent
+
+
+def test_a_token_file_that_cannot_be_read_is_a_start_error(tmp_path: Path) -> None:
+    from engine.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="WHATSAPP_ACCESS_TOKEN_FILE: cannot read"):
+        AccessToken(path=tmp_path / "missing")
+    (tmp_path / "empty").write_text("\n")
+    with pytest.raises(ConfigError, match="is empty"):
+        AccessToken(path=tmp_path / "empty")
 
 
 # --- pure parts ------------------------------------------------------------------------------
@@ -191,49 +393,58 @@ def test_request_bodies() -> None:
         graph_body(Outgoing("x", "c", "n", None, None, TextMessage("nobody")))
 
 
-OUTCOMES: list[tuple[int, Any, type[Exception] | str]] = [
-    (200, {"messages": [{"id": "wamid.OK"}]}, "wamid.OK"),
-    (200, {"messages": []}, PermanentDelivery),
-    (400, meta_error(130429)[1], RetryableDelivery),
-    (400, meta_error(131056)[1], RetryableDelivery),
-    (400, meta_error(131047)[1], PermanentDelivery),
-    (401, meta_error(190)[1], PermanentDelivery),
-    (500, meta_error(131000)[1], RetryableDelivery),
-    (500, meta_error(100)[1], PermanentDelivery),  # the code decides, not the HTTP status
-    (502, None, RetryableDelivery),
-    (429, {}, RetryableDelivery),
-    (404, "not json", PermanentDelivery),
+# (HTTP status, body, Retry-After) -> the provider's message id, or what has to wait:
+# "outage" / "throttled" / "auth" (the number), "contact" (this recipient), "message" (failed).
+OUTCOMES: list[tuple[int, Any, str | None, str]] = [
+    (200, {"messages": [{"id": "wamid.OK"}]}, None, "wamid.OK"),
+    (200, {"messages": []}, None, "message"),
+    (400, meta_error(130429)[1], None, "throttled"),
+    (429, meta_error(130429)[1], "7", "throttled"),
+    (400, meta_error(4)[1], None, "throttled"),
+    (400, meta_error(80007)[1], None, "throttled"),
+    (429, {}, None, "throttled"),
+    (400, meta_error(131056)[1], None, "contact"),
+    (503, meta_error(2)[1], None, "outage"),
+    (500, meta_error(1)[1], None, "outage"),
+    (500, meta_error(131000)[1], None, "outage"),
+    (503, meta_error(131016)[1], None, "outage"),
+    (400, meta_error(131057)[1], None, "outage"),
+    (502, None, None, "outage"),
+    (504, "gateway timeout", None, "outage"),
+    (408, None, None, "outage"),
+    (401, meta_error(190)[1], None, "auth"),
+    (400, meta_error(0)[1], None, "auth"),
+    (403, meta_error(10)[1], None, "auth"),
+    (403, meta_error(200)[1], None, "auth"),
+    (400, meta_error(368)[1], None, "auth"),
+    (400, meta_error(131042)[1], None, "auth"),
+    (401, None, None, "auth"),
+    (400, meta_error(131047)[1], None, "message"),
+    (400, meta_error(131026)[1], None, "message"),
+    (400, meta_error(131051)[1], None, "message"),
+    (500, meta_error(100)[1], None, "message"),  # the code decides, not the HTTP status
+    (400, meta_error(131008)[1], None, "message"),
+    (404, "not json", None, "message"),
+    (400, {"error": {"code": "9" * 5000}}, None, "message"),
 ]
 
 
-@pytest.mark.parametrize(("status", "data", "expected"), OUTCOMES)
-def test_answers_are_classified_by_error_code(
-    status: int, data: Any, expected: type[Exception] | str
+@pytest.mark.parametrize(("status", "data", "retry_after", "expected"), OUTCOMES)
+def test_answers_are_classified_by_what_has_to_wait(
+    status: int, data: Any, retry_after: str | None, expected: str
 ) -> None:
-    if isinstance(expected, str):
-        assert outcome(status, data) == expected
+    if expected.startswith("wamid"):
+        assert outcome(status, data, retry_after) == expected
+        return
+    with pytest.raises((ChannelDown, RetryableDelivery, PermanentDelivery)) as caught:
+        outcome(status, data, retry_after)
+    error = caught.value
+    if isinstance(error, ChannelDown):
+        assert error.cause == expected
+    elif isinstance(error, RetryableDelivery):
+        assert expected == "contact"
     else:
-        with pytest.raises(expected):
-            outcome(status, data)
-
-
-@pytest.mark.parametrize(
-    ("attempt", "code", "retry_after", "jitter", "seconds"),
-    [
-        (1, None, None, 0.0, 0.25),
-        (1, None, None, 1.0, 0.5),
-        (3, None, None, 1.0, 2.0),
-        (12, None, None, 1.0, 60.0),
-        (1, 131056, None, 0.5, 1.0),
-        (2, 131056, None, 0.5, 4.0),
-        (3, 131056, None, 0.5, 16.0),
-        (9, 131056, None, 0.5, 256.0),
-        (1, 130429, 7.0, 0.5, 7.0),
-        (1, None, 9999.0, 0.5, 300.0),
-    ],
-)
-def test_backoff(
-    attempt: int, code: int | None, retry_after: float | None, jitter: float, seconds: float
-) -> None:
-    """Exponential with jitter, 4^n for the per-user pair rate, Retry-After when given."""
-    assert backoff(attempt, code, retry_after, jitter) == seconds
+        assert expected == "message"
+    if retry_after is not None:
+        assert isinstance(error, RetryableDelivery)
+        assert error.retry_after == float(retry_after)

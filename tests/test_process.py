@@ -94,7 +94,9 @@ async def test_logs_mask_phone_numbers_and_never_print_secrets(
         await asyncio.sleep(0.5)
     server.terminate()
     output = server.stdout() + server.stderr()
-    (failure,) = [line for line in output.splitlines() if "failed: Message undeliverable" in line]
+    (failure,) = [
+        line for line in output.splitlines() if "failed: (131026) Message undeliverable" in line
+    ]
     assert "US.***7890" in failure  # the contact is named, masked
     for secret in (SECRET, TOKEN, VERIFY, ADMIN, "15559876543", "5551234567890"):
         assert secret not in output, secret

@@ -1,8 +1,15 @@
-"""/readyz reports each dependency: the store always, Redis when REDIS_URL is set."""
+"""/readyz reports each dependency: the store (can it write?), Redis when REDIS_URL is set, and
+the WhatsApp channel, degraded (200) while a number is paused, with the cause."""
 
 from __future__ import annotations
 
+import io
+
+from adapters.web import ENGINE
 from tests.conftest import AppFactory
+from tests.fakes.clock import FakeClock
+from tests.fakes.graph import FakeGraph
+from tests.support import NUMBER, body, change, eventually, signed, text
 
 
 async def test_readyz_with_redis(
@@ -12,10 +19,59 @@ async def test_readyz_with_redis(
     client = await start_app(env)
     r = await client.get("/readyz")
     assert r.status == 200
-    assert await r.json() == {"store": "ok", "redis": "ok", "accepting": True}
+    assert await r.json() == {"store": "ok", "redis": "ok", "whatsapp": "ok", "accepting": True}
 
 
 async def test_readyz_without_redis(start_app: AppFactory, env: dict[str, str]) -> None:
     client = await start_app(env)
-    assert await (await client.get("/readyz")).json() == {"store": "ok", "accepting": True}
+    assert await (await client.get("/readyz")).json() == {
+        "store": "ok",
+        "whatsapp": "ok",
+        "accepting": True,
+    }
     assert (await client.get("/healthz")).status == 200
+
+
+async def test_the_console_sender_has_no_channel_to_report(
+    start_app: AppFactory, env: dict[str, str]
+) -> None:
+    del env["WHATSAPP_ACCESS_TOKEN"]
+    client = await start_app(env)
+    assert await (await client.get("/readyz")).json() == {"store": "ok", "accepting": True}
+
+
+async def test_a_rejected_token_is_reported_as_degraded_and_ops_can_alert_on_it(
+    start_app: AppFactory, env: dict[str, str], graph: tuple[FakeGraph, str]
+) -> None:
+    """While Meta refuses the token, /readyz says why with 200 (webhooks keep flowing), the
+    paused gauge is 1, the reply stays pending; once Meta accepts it again, all is ok."""
+    fake, _ = graph
+    clock = FakeClock()
+    fake.token = "someone-else's"
+    client = await start_app(env, clock=clock)
+    engine = client.app[ENGINE]
+    raw, headers = signed(body(change([text("15550001", "wamid.r1", "hi")])))
+    r = await client.post("/webhooks/whatsapp", data=io.BytesIO(raw), headers=headers)
+    assert r.status == 200
+    await eventually(engine.delivery.paused)
+
+    r = await client.get("/readyz")
+    report = await r.json()
+    assert r.status == 200 and report["accepting"] is True and report["store"] == "ok"
+    assert report["whatsapp"].startswith(f"degraded: auth on number {NUMBER} since ")
+    assert "(190) Error validating access token" in report["whatsapp"]
+    metrics = await (await client.get("/metrics")).text()
+    assert f'engine_channel_paused{{cause="auth",number="{NUMBER}"}} 1.0' in metrics
+    assert 'engine_channel_pauses_total{cause="auth"} 1.0' in metrics
+    view = await engine.view(f"{NUMBER}:15550001")
+    assert [m["status"] for m in view["messages"] if m["direction"] == "out"] == ["pending"]
+
+    fake.token = None  # the token works again at Meta
+    await clock.advance(30)
+    await eventually(lambda: not engine.delivery.paused() and not engine.delivery.pending)
+    assert (await (await client.get("/readyz")).json())["whatsapp"] == "ok"
+    metrics = await (await client.get("/metrics")).text()
+    assert "engine_channel_paused{" not in metrics
+    assert 'engine_channel_probes_total{result="ok"} 1.0' in metrics
+    view = await engine.view(f"{NUMBER}:15550001")
+    assert [m["status"] for m in view["messages"] if m["direction"] == "out"] == ["accepted"]

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from adapters.meta import parse, parse_body
 from adapters.sqlite_store import SqliteStore
-from adapters.whatsapp import CloudApiSender
+from adapters.whatsapp import AccessToken, CloudApiSender
 from engine.committer import Committer
 from engine.delivery import Delivery
 from engine.directory import Directory
@@ -29,6 +29,7 @@ from engine.outbound import TextMessage, to_json
 from engine.ports import Accept, Accepted, Commit, ConversationRow, MessageRow, Op
 from engine.settings import Secret
 from tests.conftest import AppFactory
+from tests.fakes.clock import FakeClock
 from tests.fakes.graph import FakeGraph
 from tests.support import ADMIN, ROOT, Recorder, eventually, signed, text
 
@@ -317,15 +318,16 @@ async def test_a_send_whose_answer_is_lost_is_retried_and_may_show_twice(
     )
     await store.write([Commit(ConversationRow("a", "n", "f", "s", False, 1.0, {"v": 1}), [row])])
     async with aiohttp.ClientSession() as session:
-        sender = CloudApiSender(session, url, Secret("tok"), timeout=0.2)
-        delivery = Delivery(
-            sender, committer, metrics, clock=lambda: 1.0, concurrency=1, policy=lambda *a: 0.0
-        )
+        sender = CloudApiSender(session, url, AccessToken(Secret("tok")), timeout=0.2)
+        clock = FakeClock()
+        delivery = Delivery(sender, committer, metrics, clock=clock, concurrency=1)
         delivery.start()
         fake.latency = 0.5
         delivery.enqueue([row])
         await eventually(lambda: metrics.outbound.get("retried_maybe_sent", "") >= 1)
+        assert delivery.paused()[0].cause == "outage"  # a timeout: the provider may be down
         fake.latency = 0.0
+        await clock.advance(30)  # the probe
         await delivery.wait_empty()
         await delivery.stop(1.0)
     await committer.close()

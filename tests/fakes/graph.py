@@ -2,7 +2,9 @@
 
 It answers `POST /{version}/{phone_number_id}/messages` as Meta does, records every request
 (number, body, Authorization header), and can be scripted to answer errors: a queue of
-(status, body) answers consumed by the next requests. Run as a process
+(status, body[, headers]) answers consumed by the next requests, an answer given to every
+request while `failing` is set (an outage, a stream of 429s), and a `token` that every request
+must carry (a revoked token is answered with Meta's error 190). Run as a process
 (`python -m tests.fakes.graph --port P --log FILE`) it appends one JSON line per request to FILE,
 so a test can read what was sent even after the engine that sent it was killed.
 """
@@ -15,6 +17,7 @@ import itertools
 import json
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
@@ -39,10 +42,15 @@ class FakeGraph:
     latency: float = 0.0
     keep: bool = True  # keep every request in memory (a long benchmark would not)
     requests: list[dict[str, Any]] = field(default_factory=list)
-    script: deque[tuple[int, Any]] = field(default_factory=deque)
+    script: deque[tuple[Any, ...]] = field(default_factory=deque)
+    failing: tuple[Any, ...] | None = None  # (status, body[, headers]) for every request
+    # An answer for the requests whose body it picks (a message the provider keeps refusing).
+    refuse: Callable[[dict[str, Any]], tuple[Any, ...] | None] | None = None
+    token: str | None = None  # when set, the only Bearer token accepted
+    clock: Callable[[], float] = time.time  # what `received` and `at` are measured with
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
-    def answer_next(self, *answers: tuple[int, Any]) -> None:
+    def answer_next(self, *answers: tuple[Any, ...]) -> None:
         """Queue answers for the next requests; after them, requests succeed again."""
         self.script.extend(answers)
 
@@ -59,7 +67,7 @@ class FakeGraph:
         """Decide and record at receipt (a real provider keeps a message it has received, even
         if the client stops waiting), then answer after `latency`."""
         body = await request.json()
-        now = time.time()
+        now = self.clock()
         record: dict[str, Any] = {
             "number": request.match_info["number"],
             "version": request.match_info["version"],
@@ -69,8 +77,19 @@ class FakeGraph:
             "at": now,  # updated when the answer leaves
             "wamid": None,
         }
-        if self.script:
-            status, data = self.script.popleft()
+        headers: dict[str, str] = {}
+        answer = None
+        if self.token is not None and record["auth"] != f"Bearer {self.token}":
+            answer = meta_error(190, "Error validating access token: Session has expired", 401)
+        elif self.failing is not None:
+            answer = self.failing
+        elif self.refuse is not None and (refused := self.refuse(body)) is not None:
+            answer = refused
+        elif self.script:
+            answer = self.script.popleft()
+        if answer is not None:
+            status, data = answer[0], answer[1]
+            headers = answer[2] if len(answer) > 2 else {}
         else:
             record["wamid"] = wamid = f"wamid.fake.{next(self._ids)}"
             status = 200
@@ -88,8 +107,8 @@ class FakeGraph:
             self.log.flush()
         if self.latency:
             await asyncio.sleep(self.latency)
-            record["at"] = time.time()
-        return web.json_response(data, status=status)
+            record["at"] = self.clock()
+        return web.json_response(data, status=status, headers=headers)
 
 
 def main() -> None:
