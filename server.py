@@ -70,7 +70,6 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> web.Applica
             flows = load_flows(settings.flows_dir, settings.entry_flow)
             store = await open_store(settings.database)
             stack.push_async_callback(store.close)
-            app[HEALTH].checks["store"] = store.ping
             await stack.enter_async_context(_redis(settings, app[HEALTH]))
             session = await stack.enter_async_context(aiohttp.ClientSession())
             sender = make_sender(settings, session)
@@ -92,6 +91,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> web.Applica
                 clock=clock,
             )
             app[ENGINE] = engine
+            app[HEALTH].checks["store"] = engine.store_ready
             if settings.sender == "whatsapp":
                 app[HEALTH].checks["whatsapp"] = partial(channel_health, engine)
             collector = EngineCollector(metrics)

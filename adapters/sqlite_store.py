@@ -12,6 +12,7 @@ loss; `SQLITE_SYNCHRONOUS=FULL` survives both at the cost measured in bench/READ
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sqlite3
 from collections.abc import Iterable, Sequence
@@ -102,6 +103,11 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX raw_events_at ON raw_events (at);
     """,
+    # 2: a row that readiness rewrites to prove the store can still write
+    """
+    CREATE TABLE heartbeat (id INTEGER PRIMARY KEY CHECK (id = 1), at REAL NOT NULL);
+    INSERT INTO heartbeat VALUES (1, 0);
+    """,
 ]
 
 CHUNK = 500  # rows per multi-row statement (SQLite allows 32766 parameters)
@@ -149,16 +155,24 @@ class SqliteStore:
             self._w = await self._connect()
             await self._migrate(self._w)
             self._r = await self._connect()
-        except (OSError, sqlite3.Error) as e:
+            await self.ping()  # the file must take a write, not only open
+        except BaseException as e:
+            # Every connection is closed, or its (non-daemon) thread keeps the process alive.
             await self.close()
-            raise ConfigError(f"DATABASE_URL: cannot use SQLite file {self.path}: {e}") from e
+            if isinstance(e, OSError | sqlite3.Error):
+                raise ConfigError(f"DATABASE_URL: cannot use SQLite file {self.path}: {e}") from e
+            raise
 
     async def _connect(self) -> aiosqlite.Connection:
         conn = await aiosqlite.connect(self.path, isolation_level=None)
-        await conn.execute("PRAGMA journal_mode=WAL")
-        await conn.execute(f"PRAGMA synchronous={self.synchronous}")
-        await conn.execute("PRAGMA busy_timeout=5000")
-        await conn.execute("PRAGMA temp_store=MEMORY")
+        try:
+            await conn.execute("PRAGMA journal_mode=WAL")
+            await conn.execute(f"PRAGMA synchronous={self.synchronous}")
+            await conn.execute("PRAGMA busy_timeout=5000")
+            await conn.execute("PRAGMA temp_store=MEMORY")
+        except BaseException:
+            await conn.close()
+            raise
         return conn
 
     async def _migrate(self, conn: aiosqlite.Connection) -> None:
@@ -176,13 +190,23 @@ class SqliteStore:
             )
 
     async def close(self) -> None:
-        for conn in (self._r, self._w):
+        conns, self._r, self._w = (self._r, self._w), None, None
+        for conn in conns:
             if conn is not None:
-                await conn.close()
-        self._r = self._w = None
+                with contextlib.suppress(sqlite3.Error, ValueError):
+                    await conn.close()
 
     async def ping(self) -> None:
-        await self.reader.execute_fetchall("SELECT 1")
+        """Prove the store can write: rewrite the heartbeat row in a transaction of its own."""
+        async with self._lock:
+            conn = self.writer
+            await conn.execute("BEGIN IMMEDIATE")
+            try:
+                await conn.execute("UPDATE heartbeat SET at = at + 1 WHERE id = 1")
+                await conn.execute("COMMIT")
+            except BaseException:
+                await _rollback(conn)
+                raise
 
     @property
     def writer(self) -> aiosqlite.Connection:
@@ -206,7 +230,7 @@ class SqliteStore:
                 results = await self._apply(conn, ops)
                 await conn.execute("COMMIT")
             except BaseException as e:
-                await conn.execute("ROLLBACK")
+                await _rollback(conn)
                 if isinstance(e, REJECTED):
                     raise StoreRejected(f"{type(e).__name__}: {e}") from e
                 raise
@@ -514,6 +538,14 @@ async def _insert_returning(
         result = await conn.execute_fetchall(sql.format(values), [v for row in chunk for v in row])
         found.update(r[0] for r in result)
     return found
+
+
+async def _rollback(conn: aiosqlite.Connection) -> None:
+    """Roll back if a transaction is still open. SQLite ends some transactions by itself (a full
+    disk, an I/O error): the original error is what the caller must see, not this one."""
+    if conn.in_transaction:
+        with contextlib.suppress(sqlite3.Error):
+            await conn.execute("ROLLBACK")
 
 
 def _chunks(items: list[Any], size: int) -> Iterable[list[Any]]:

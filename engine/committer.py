@@ -17,9 +17,11 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from .backoff import STORE
+from .clock import SystemClock
 from .errors import StoreRejected, StoreUnavailable
 from .metrics import Metrics
 from .ports import Accepted, Clock, Op, Store
@@ -32,7 +34,8 @@ T = TypeVar("T")
 
 async def retrying(attempt: Callable[[], Awaitable[T]], clock: Clock) -> T:
     """Run a store call until it works, backing off while the store is unavailable. Callers wait
-    rather than skip ahead, so what they record stays in order; StoreRejected is not retried."""
+    rather than skip ahead, so what they record stays in order; StoreRejected is not retried.
+    The committer reports the store's state once; each waiting caller only says it at DEBUG."""
     failures = 0
     while True:
         try:
@@ -40,19 +43,36 @@ async def retrying(attempt: Callable[[], Awaitable[T]], clock: Clock) -> T:
         except StoreUnavailable as e:
             failures += 1
             delay = STORE.delay(failures)
-            log.error("store unavailable (%s); retrying in %.2fs", e, delay)
+            log.debug("store unavailable (%s); retrying in %.2fs", e, delay)
             await clock.sleep(delay)
 
 
+@dataclass(slots=True)
+class Failure:
+    """The store cannot write: what it said last, since when, and when it last failed."""
+
+    error: str
+    since: float
+    last: float
+
+
+Item = tuple[Op, "asyncio.Future[Any]", Then | None]
+
+
 class Committer:
-    def __init__(self, store: Store, metrics: Metrics, *, max_ops: int = 1000) -> None:
+    def __init__(
+        self, store: Store, metrics: Metrics, *, clock: Clock | None = None, max_ops: int = 1000
+    ) -> None:
         self._store = store
         self._metrics = metrics
+        self._clock = clock or SystemClock()
         self._max_ops = max_ops
-        self._pending: list[tuple[Op, asyncio.Future[Any], Then | None]] = []
+        self._pending: list[Item] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
+        # Set while the store cannot write (since the first failure), cleared by a commit.
+        self.failure: Failure | None = None
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="committer")
@@ -86,22 +106,25 @@ class Committer:
             if self._closing:
                 return
 
-    async def _commit(self, batch: list[tuple[Op, asyncio.Future[Any], Then | None]]) -> None:
+    async def _commit(self, batch: list[Item]) -> Exception | None:
+        """Write `batch` in one transaction; if that fails, write by write. Return the error of
+        a single write that failed, None when everything landed."""
         started = time.perf_counter()
         try:
             results = await self._store.write([op for op, _f, _t in batch])
         except Exception as e:
             if len(batch) == 1:
-                log.error("store write failed: %s", e)
-                future = batch[0][1]
-                if not future.done():
-                    error = e if isinstance(e, StoreRejected) else StoreUnavailable(str(e))
-                    future.set_exception(error)
-                return
-            log.warning("a batch of %d writes failed (%s); retrying them one by one", len(batch), e)
-            for item in batch:
-                await self._commit([item])
-            return
+                return self._fail(batch[0], e)
+            log.debug("a batch of %d writes failed (%s); retrying them one by one", len(batch), e)
+            for i, item in enumerate(batch):
+                error = await self._commit([item])
+                if error is not None and not isinstance(error, StoreRejected):
+                    # The store itself is failing: the rest would fail the same way.
+                    for rest in batch[i + 1 :]:
+                        self._fail(rest, error)
+                    break
+            return None
+        self._recovered()
         self._metrics.commits.inc()
         self._metrics.commit_ops.inc(by=len(batch))
         self._metrics.commit_time.observe(time.perf_counter() - started)
@@ -113,3 +136,34 @@ class Committer:
                     log.exception("follow-up of a committed write failed")
             if not future.done():
                 future.set_result(result)
+        return None
+
+    def _fail(self, item: Item, e: Exception) -> Exception:
+        error = e if isinstance(e, StoreRejected | StoreUnavailable) else StoreUnavailable(str(e))
+        now = self._clock.now()
+        if isinstance(error, StoreRejected):
+            log.error("the store refuses a write: %s", error)
+        elif self.failure is not None:
+            self.failure.error, self.failure.last = f"{type(e).__name__}: {e}", now
+        else:
+            self.failure = Failure(f"{type(e).__name__}: {e}", now, now)
+            self._metrics.store_failures.inc()
+            log.error(
+                "the store cannot write (%s: %s); webhooks answer 503 and every write waits "
+                "until it can",
+                type(e).__name__,
+                e,
+            )
+        future = item[1]
+        if not future.done():
+            future.set_exception(error)
+        return error
+
+    def _recovered(self) -> None:
+        if self.failure is not None:
+            log.warning(
+                "the store writes again, after %.0fs (%s)",
+                self._clock.now() - self.failure.since,
+                self.failure.error,
+            )
+            self.failure = None

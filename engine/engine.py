@@ -57,6 +57,7 @@ from .records import STATUS_RANK
 log = logging.getLogger(__name__)
 
 PRUNE_EVERY = 3600.0
+STORE_FAILURE_MEMORY = 10.0  # seconds a failed write keeps /readyz at 503 without a new failure
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +98,7 @@ class Engine:
         self.config = config or EngineConfig()
         self.clock = clock = clock or SystemClock()
         self.directory = Directory()
-        self.committer = Committer(store, self.metrics)
+        self.committer = Committer(store, self.metrics, clock=clock)
         self.delivery = Delivery(
             sender,
             self.committer,
@@ -173,6 +174,21 @@ class Engine:
         await self.delivery.stop(grace)
         await self.actors.stop()
         await self.committer.close()
+
+    async def store_ready(self) -> None:
+        """Raise StoreUnavailable unless the store can write: the last write did not fail in
+        the last STORE_FAILURE_MEMORY seconds, and a write of its own (the store's ping)
+        succeeds. Older failures are left to the ping, so readiness recovers by itself when
+        the store does, even with no traffic to prove it."""
+        failure = self.committer.failure
+        if failure is not None and self.clock.now() - failure.last < STORE_FAILURE_MEMORY:
+            raise StoreUnavailable(failure.error)
+        try:
+            await self.store.ping()
+        except StoreUnavailable:
+            raise
+        except Exception as e:
+            raise StoreUnavailable(f"{type(e).__name__}: {e}") from e
 
     # --- intake ----------------------------------------------------------------------------
 

@@ -126,6 +126,10 @@ class Metrics:
             "engine_provider_errors", "Account-level error webhooks", ("code",)
         )
         self.commits = Counter("engine_store_commits", "Store transactions (group commits)")
+        self.store_failures = Counter(
+            "engine_store_write_failures",
+            "Times the store stopped being able to write (each outage counted once)",
+        )
         self.commit_ops = Counter("engine_store_commit_ops", "Writes carried by those transactions")
         self.commit_time = Histogram("engine_store_commit_seconds", "Time of one group commit")
         self.gc_pause = Histogram("engine_gc_pause_seconds", "Garbage-collector pauses")
