@@ -28,10 +28,12 @@ import asyncpg
 import redis.asyncio as redis
 from aiohttp import web
 
+from adapters.bodies import BodyBudget
 from adapters.console import ConsoleSender
 from adapters.prometheus import EngineCollector
 from adapters.sqlite_store import SqliteStore
 from adapters.web import (
+    BODIES,
     CONFIG,
     ENGINE,
     HEALTH,
@@ -40,6 +42,7 @@ from adapters.web import (
     WebConfig,
     add_routes,
     channel_health,
+    quiet_client_errors,
 )
 from adapters.whatsapp import AccessToken, CloudApiSender
 from engine.engine import Engine, EngineConfig
@@ -64,6 +67,8 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> web.Applica
         admin_token=settings.admin_token,
     )
     app[HEALTH] = Health()
+    app[BODIES] = BodyBudget(settings.max_body_memory, settings.http_read_timeout)
+    quiet_client_errors()
 
     async def engine_ctx(app: web.Application) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
@@ -171,7 +176,15 @@ def make_sender(settings: Settings, session: aiohttp.ClientSession) -> Sender:
 
 async def serve(settings: Settings) -> int:
     app = create_app(settings)
-    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1.0)
+    runner = web.AppRunner(
+        app,
+        handle_signals=False,
+        access_log=None,
+        shutdown_timeout=1.0,
+        # A connection must send a request's headers within this time (from connecting, or
+        # from the previous response); aiohttp closes idle or trickling connections after it.
+        keepalive_timeout=settings.http_read_timeout,
+    )
     try:
         await runner.setup()
     except ConfigError as e:

@@ -3,11 +3,17 @@
 Webhook handlers only verify, translate and hand over: the body is checked against its
 signature, parsed into events, recorded by the engine (one group commit), and answered. No flow
 step, LLM call or send ever runs inside a request.
+
+Anyone on the internet can reach these routes, so everything a request can decide from its
+headers is decided before its body is read (a missing or malformed signature, a full backlog),
+bodies are read under one budget for all requests (`adapters.bodies`), and nothing a client
+sends, however malformed, is answered with a 500 or logged with a traceback.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import hmac
 import logging
 from collections.abc import Awaitable, Callable
@@ -15,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_async.aio.web import server_stats
 
 from engine.engine import Ambiguous, Engine, NotFound, iso
@@ -22,11 +29,13 @@ from engine.errors import ActorStopped, StoreRejected, StoreUnavailable
 from engine.events import scrub
 from engine.settings import Secret
 
-from .meta import parse_body, verify_signature
+from .bodies import BodyBudget, BodyRefused, ClientGone, loads
+from .meta import parse_body, signature_digest
 
 log = logging.getLogger(__name__)
 
 MAX_BODY = 4 * 1024 * 1024  # Meta sends up to 3 MB; aiohttp's default limit is 1 MiB
+MAX_API_BODY = 1024 * 1024
 MAX_AGENT_TEXT = 16 * 4096
 
 
@@ -49,6 +58,7 @@ class Health:
 ENGINE = web.AppKey("engine", Engine)
 CONFIG = web.AppKey("web_config", WebConfig)
 HEALTH = web.AppKey("health", Health)
+BODIES = web.AppKey("bodies", BodyBudget)
 
 
 def add_routes(app: web.Application) -> None:
@@ -70,13 +80,12 @@ def add_routes(app: web.Application) -> None:
 async def whatsapp_verify(request: web.Request) -> web.Response:
     expected = request.app[CONFIG].verify_token
     q = request.query
-    token = q.get("hub.verify_token", "")
     challenge = q.get("hub.challenge", "")
     if (
         expected is not None
         and q.get("hub.mode") == "subscribe"
         and challenge
-        and hmac.compare_digest(token.encode(), expected.reveal().encode())
+        and same(q.get("hub.verify_token", ""), expected.reveal())
     ):
         return web.Response(text=challenge, content_type="text/plain")
     return web.Response(status=403, text="verification failed", content_type="text/plain")
@@ -86,16 +95,13 @@ async def whatsapp_post(request: web.Request) -> web.Response:
     engine = request.app[ENGINE]
     secret = request.app[CONFIG].app_secret
     count = engine.metrics.webhook_requests.inc
-    body = await request.read()
     if secret is None:
         count("meta", "refused")
         return _text(403, "WHATSAPP_APP_SECRET is not set: webhooks are refused")
-    verdict = verify_signature(
-        secret.reveal().encode(), body, request.headers.get("X-Hub-Signature-256")
-    )
-    if verdict != "ok":
-        count("meta", f"signature_{verdict}")
-        return _text(401 if verdict == "missing" else 403, f"signature {verdict}")
+    digest = signature_digest(request.headers.get("X-Hub-Signature-256"))
+    if isinstance(digest, str):  # missing or malformed: no need to read a byte of the body
+        count("meta", f"signature_{digest}")
+        return _text(401 if digest == "missing" else 403, f"signature {digest}")
     if not engine.accepting:
         count("meta", "unavailable")
         return _text(503, "not accepting (starting or stopping)", retry_after=5)
@@ -104,7 +110,25 @@ async def whatsapp_post(request: web.Request) -> web.Response:
         count("meta", "overloaded")
         log.warning("backlog of %d over MAX_BACKLOG: webhook refused with 503", engine.backlog)
         return _text(503, "backlog full, retry later", retry_after=30)
-    parsed = parse_body(body)
+    try:
+        async with request.app[BODIES].read(request, MAX_BODY) as raw:
+            expected = hmac.new(secret.reveal().encode(), raw, hashlib.sha256).hexdigest()
+            if not hmac.compare_digest(digest, expected.encode("ascii")):
+                count("meta", "signature_bad")
+                return _text(403, "signature bad")
+            return await _accept(engine, raw)
+    except BodyRefused as e:
+        count("meta", e.result)
+        return _text(e.status, str(e), retry_after=e.retry_after)
+    except ClientGone as e:
+        count("meta", "client_gone")
+        log.debug("webhook from %s abandoned mid-body: %s", request.remote, e)
+        return _text(400, "incomplete body")
+
+
+async def _accept(engine: Engine, raw: bytearray) -> web.Response:
+    count = engine.metrics.webhook_requests.inc
+    parsed = parse_body(raw)
     for bad in parsed.malformed:
         engine.metrics.malformed.inc()
         log.warning("malformed webhook item at %s: %s", bad.where, bad.reason)
@@ -118,9 +142,44 @@ async def whatsapp_post(request: web.Request) -> web.Response:
     return _text(200, "OK")
 
 
+def same(given: str, expected: str) -> bool:
+    """Compare a secret in constant time, whatever bytes the client put in `given`."""
+    return hmac.compare_digest(
+        given.encode("utf-8", "surrogatepass"), expected.encode("utf-8", "surrogatepass")
+    )
+
+
 def _text(status: int, text: str, retry_after: int | None = None) -> web.Response:
     headers = {"Retry-After": str(retry_after)} if retry_after else None
-    return web.Response(status=status, text=text, content_type="text/plain", headers=headers)
+    response = web.Response(status=status, text=text, content_type="text/plain", headers=headers)
+    if status != 200:
+        # A refused request may still be sending its body: close instead of reading the rest.
+        response.force_close()
+    return response
+
+
+class QuietClientErrors(logging.Filter):
+    """aiohttp logs a request it cannot parse, or a client that vanished, as an ERROR with a
+    traceback: that is what strangers send, not a fault of ours. Such records become one INFO
+    line; a handler that raised (a bug of ours) keeps its traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, HttpProcessingError | ConnectionError):
+            first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+            said = record.getMessage()
+            record.msg = "%s (%s: %s)"
+            record.args = (said, type(error).__name__, first[:200])
+            record.exc_info = record.exc_text = None
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
+def quiet_client_errors() -> None:
+    """Install QuietClientErrors on aiohttp's server logger (once)."""
+    server_log = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, QuietClientErrors) for f in server_log.filters):
+        server_log.addFilter(QuietClientErrors())
 
 
 # --- health ----------------------------------------------------------------------------------
@@ -171,9 +230,7 @@ async def admin_auth(
     if token is None:
         return _error(403, "the admin API is disabled: set ADMIN_TOKEN")
     scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(
-        given.strip().encode(), token.reveal().encode()
-    ):
+    if scheme.lower() != "bearer" or not same(given.strip(), token.reveal()):
         return _error(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
     return await handler(request)
 
@@ -228,8 +285,18 @@ async def api_reply(request: web.Request) -> web.Response:
     if isinstance(key, web.Response):
         return key
     try:
-        data = await request.json()
-    except (ValueError, UnicodeDecodeError):
+        async with request.app[BODIES].read(request, MAX_API_BODY) as raw:
+            data = loads(raw)
+    except BodyRefused as e:
+        headers = {"Retry-After": str(e.retry_after)} if e.retry_after else None
+        refused = _error(e.status, str(e), headers=headers)
+        refused.force_close()
+        return refused
+    except ClientGone:
+        gone = _error(400, "incomplete body")
+        gone.force_close()
+        return gone
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return _error(400, 'send JSON like {"text": "..."}')
     text = data.get("text") if isinstance(data, dict) else None
     if not isinstance(text, str) or not text.strip():

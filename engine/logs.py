@@ -1,8 +1,14 @@
-"""Logging set-up: one line per record, phone numbers masked, secrets redacted.
+"""Logging set-up: one line per record (a traceback's lines follow it, marked), nothing a
+stranger sends can forge a line, phone numbers masked, secrets redacted.
 
-Masking happens in the formatter, over the whole formatted text (tracebacks included), so a
-number that reaches a log line by any path is masked: any run of 7 or more digits keeps only its
-last 4. Known secret values are replaced outright.
+Everything happens in the formatter, in one place, over the whole text of a record:
+- control characters (newlines, carriage returns, escape sequences, Unicode line separators and
+  bidirectional overrides) inside a message are written as escapes (`\\n`, `\\x1b`, `\\u2028`), so a
+  value like a message id that holds a newline cannot start a second, forged record;
+- a traceback keeps its lines, each one indented with `  | ` so that it can never be mistaken
+  for a record of its own;
+- any run of 7 or more digits keeps only its last 4 (`***4567`), so a number that reaches a log
+  line by any path is masked; known secret values are replaced outright.
 """
 
 from __future__ import annotations
@@ -13,6 +19,9 @@ import sys
 from collections.abc import Iterable
 
 _DIGITS = re.compile(r"\d{7,}")
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+_SECRETS: list[str] = []  # longest first, so a secret inside another is not half-replaced
 
 
 def mask(text: str | None) -> str:
@@ -22,7 +31,18 @@ def mask(text: str | None) -> str:
     return _DIGITS.sub(lambda m: "***" + m.group(0)[-4:], text)
 
 
-_SECRETS: list[str] = []  # longest first, so a secret inside another is not half-replaced
+def escape(text: str) -> str:
+    """`text` with every control character written as an escape: one line, nothing hidden."""
+    return _CONTROL.sub(_escape_one, text)
+
+
+def _escape_one(m: re.Match[str]) -> str:
+    ch = m.group(0)
+    named = _NAMED.get(ch)
+    if named:
+        return named
+    code = ord(ch)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
 def redact(secret: str) -> None:
@@ -39,7 +59,15 @@ class MaskingFormatter(logging.Formatter):
             redact(secret)
 
     def format(self, record: logging.LogRecord) -> str:
-        text = super().format(record)
+        record.message = escape(record.getMessage())
+        record.asctime = self.formatTime(record, self.datefmt)
+        text = self.formatMessage(record)
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        blocks = [record.exc_text, self.formatStack(record.stack_info) if record.stack_info else ""]
+        for block in blocks:
+            for line in (block or "").splitlines():
+                text += "\n  | " + escape(line)
         for secret in _SECRETS:
             text = text.replace(secret, "[redacted]")
         return mask(text)

@@ -87,6 +87,8 @@ class Settings:
     dedupe_ttl: float = 8 * 86400.0
     journal_retention: float = 86400.0
     send_max_age: float = 24 * 3600.0
+    http_read_timeout: float = 30.0
+    max_body_memory: int = 64 * 1024 * 1024
     log_level: str = "INFO"
 
     def secrets(self) -> list[str]:
@@ -164,6 +166,8 @@ class Settings:
             dedupe_ttl=_duration(env, "DEDUPE_TTL", "8d"),
             journal_retention=_duration(env, "JOURNAL_RETENTION", "24h"),
             send_max_age=_duration(env, "SEND_MAX_AGE", "24h"),
+            http_read_timeout=_duration(env, "HTTP_READ_TIMEOUT", "30s"),
+            max_body_memory=_size(env, "MAX_BODY_MEMORY", "64MB"),
             log_level=level,
         )
 
@@ -255,6 +259,30 @@ def _int(
     if value < low or (high is not None and value > high):
         bounds = f"between {low} and {high}" if high is not None else f"at least {low}"
         raise ConfigError(f"{name}={value} must be {bounds}")
+    return value
+
+
+_SIZE = re.compile(r"(\d+)\s*(b|kb|kib|mb|mib|gb|gib)?", re.IGNORECASE)
+_BYTES = {"b": 1, "kb": 1000, "kib": 1024, "mb": 1000**2, "mib": 1024**2, "gb": 1000**3}
+_BYTES["gib"] = 1024**3
+
+
+def parse_size(text: str) -> int:
+    """'64MB', '512KiB', '1GB' or plain bytes -> bytes. Raises ValueError."""
+    found = _SIZE.fullmatch(text.strip())
+    if not found:
+        raise ValueError(f"{text!r} is not a size like 64MB or 512KiB")
+    return int(found.group(1)) * _BYTES[(found.group(2) or "b").lower()]
+
+
+def _size(env: Mapping[str, str], name: str, default: str) -> int:
+    raw = env.get(name, default)
+    try:
+        value = parse_size(raw)
+    except ValueError as e:
+        raise ConfigError(f"{name}: {e}") from None
+    if value < 4 * 1024 * 1024:
+        raise ConfigError(f"{name}={raw!r} must be at least 4MiB (one webhook body)")
     return value
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from engine.errors import ConfigError
-from engine.settings import Secret, Settings, parse_duration
+from engine.settings import Secret, Settings, parse_duration, parse_size
 
 
 def test_defaults_need_no_credentials() -> None:
@@ -64,6 +64,14 @@ def test_database_urls(url: str, kind: str, where: Path | None) -> None:
         ({"SQLITE_SYNCHRONOUS": "OFF"}, "SQLITE_SYNCHRONOUS"),
         ({"MAX_BACKLOG": "0"}, "MAX_BACKLOG=0 must be at least 1"),
         ({"SEND_CONCURRENCY": "5000"}, "SEND_CONCURRENCY=5000 must be between 1 and 1024"),
+        ({"MAX_BODY_MEMORY": "lots"}, "MAX_BODY_MEMORY: 'lots' is not a size"),
+        ({"MAX_BODY_MEMORY": "1MB"}, "must be at least 4MiB"),
+        ({"HTTP_READ_TIMEOUT": "0s"}, "HTTP_READ_TIMEOUT='0s' must be longer than zero"),
+        ({"SEND_MAX_AGE": "never"}, "SEND_MAX_AGE"),
+        (
+            {"WHATSAPP_ACCESS_TOKEN": "t", "WHATSAPP_ACCESS_TOKEN_FILE": "/run/token"},
+            "not both",
+        ),
     ],
 )
 def test_bad_values_are_refused_with_the_variable_named(
@@ -72,6 +80,19 @@ def test_bad_values_are_refused_with_the_variable_named(
     """A value that cannot work raises ConfigError naming the variable."""
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
         Settings.from_env(environ)
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [("64MB", 64_000_000), ("64MiB", 64 * 2**20), ("512 kib", 512 * 1024), ("1GB", 10**9)],
+)
+def test_sizes(text: str, size: int) -> None:
+    assert parse_size(text) == size
+
+
+def test_a_token_file_selects_the_whatsapp_sender() -> None:
+    s = Settings.from_env({"WHATSAPP_ACCESS_TOKEN_FILE": "/run/secrets/token"})
+    assert s.sender == "whatsapp" and s.whatsapp_access_token_file == Path("/run/secrets/token")
 
 
 @pytest.mark.parametrize(
