@@ -13,7 +13,9 @@ A failed send says what has to wait (engine.errors):
   After a backoff of at most 30 seconds one probe goes out (the head message of one held contact,
   each in turn), and the first probe the provider answers resumes the number: every held contact
   is ready again, each in its own order. A failed probe only sets the time of the next one.
-- RetryableDelivery (the provider's per-recipient pair rate): only that contact waits.
+- RetryableDelivery (the provider's per-recipient pair rate): only that contact waits. So does a
+  message that keeps failing like an outage while its number delivers other messages in
+  between: that message is the problem, not the provider.
 - PermanentDelivery (an error about the message itself): the message is recorded as failed and
   the contact moves on to its next one.
 
@@ -78,11 +80,22 @@ class Line:
     failed_probes: int = 0
     timer: Timer | None = None  # the next probe
     paused_total: float = 0.0  # seconds spent paused before the current pause
+    accepted: int = 0  # messages the provider accepted from this number
 
     def uptime(self, now: float) -> float:
         """A clock that stands still while the number is paused."""
         paused = self.paused_total + (now - self.down.since if self.down else 0.0)
         return now - paused
+
+
+@dataclass(slots=True)
+class Failing:
+    """A message the provider has not accepted yet, and what happened to it so far."""
+
+    count: int  # failed attempts
+    error: str  # the last one's error
+    mark: int  # its number's accepted sends at the last failure
+    alone: bool = False  # it failed while other messages of its number were accepted
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,7 +132,7 @@ class Delivery:
         self._queues: dict[str, deque[Pending]] = {}
         self._ready: asyncio.Queue[str] = asyncio.Queue()
         self._lines: dict[str, Line] = {}
-        self._failures: dict[str, tuple[int, str]] = {}  # message id -> (failures, last error)
+        self._failures: dict[str, Failing] = {}  # by message id
         self._parked: dict[str, Timer] = {}  # contacts waiting out their own backoff
         self._closing = False
         self._workers: list[asyncio.Task[None]] = []
@@ -243,7 +256,8 @@ class Delivery:
         ident, born = item[0], item[4]
         probe = line.probe == contact
         if line.uptime(self._clock.now()) - born > self._max_age:
-            last = self._failures.get(ident, (0, "none"))[1]
+            failing = self._failures.get(ident)
+            last = failing.error if failing else "none"
             await self._settle(
                 ident,
                 contact,
@@ -255,13 +269,24 @@ class Delivery:
             out = _outgoing(item)
             provider_id = await self._send(out)
         except ChannelDown as e:
-            self._count_retry(ident, e)
+            if self._isolated(line, ident, e):
+                # It failed before, and its number has delivered other messages since: this
+                # message is the problem, not the provider. Only its contact waits.
+                failures = self._count_retry(ident, e, line, alone=True)
+                # As often as a paused number is probed: a partial outage looks like this too,
+                # and those messages must go out soon after it ends.
+                delay = PROBE.delay(failures, self._rand())
+                log.info(
+                    "send %s to %s fails alone: %s; retry in %.0fs", ident, mask(contact), e, delay
+                )
+                return delay
+            self._count_retry(ident, e, line)
             self._down(line, e, probe=probe)
             return HOLD
         except RetryableDelivery as e:
             if probe:  # the provider answered about this recipient: the number works again
                 self._resume(line)
-            failures = self._count_retry(ident, e)
+            failures = self._count_retry(ident, e, line)
             delay = CONTACT.delay(failures, retry_after=e.retry_after)
             log.info("send %s to %s: %s; retry in %.0fs", ident, mask(contact), e, delay)
             return delay
@@ -270,6 +295,7 @@ class Delivery:
                 self._resume(line)
             await self._settle(ident, contact, failed=e.code or e.status, title=str(e))
             return DONE
+        line.accepted += 1
         if probe:
             self._resume(line)
         await self._settle(ident, contact, provider_id=provider_id)
@@ -280,13 +306,35 @@ class Delivery:
             return await self._sender.send(out)
         except (RetryableDelivery, PermanentDelivery):
             raise
-        except Exception as e:  # a sender bug must not lose the message: treat it like a 5xx
+        except Exception as e:  # a sender bug must not lose the message, nor stop the number
             log.exception("sender raised for %s", out.id)
-            raise ChannelDown(f"sender error: {e!r}", cause="outage") from e
+            raise RetryableDelivery(f"sender error: {e!r}") from e
 
-    def _count_retry(self, ident: str, e: RetryableDelivery) -> int:
-        failures = self._failures.get(ident, (0, ""))[0] + 1
-        self._failures[ident] = (failures, str(e))
+    def _isolated(self, line: Line, ident: str, e: ChannelDown) -> bool:
+        """An outage-like failure of a message that failed before, while other messages of its
+        number were accepted in between, is about the message: it must not pause the number
+        (one message the provider always answers with a 500 would otherwise stall it). Once
+        judged so, it stays so; a real outage shows in the other messages' failures."""
+        before = self._failures.get(ident)
+        return (
+            e.cause == "outage"
+            and line.down is None
+            and before is not None
+            and (before.alone or line.accepted > before.mark)
+        )
+
+    def _count_retry(
+        self, ident: str, e: RetryableDelivery, line: Line, *, alone: bool = False
+    ) -> int:
+        before = self._failures.get(ident)
+        failing = Failing(
+            count=(before.count if before else 0) + 1,
+            error=str(e),
+            mark=line.accepted,
+            alone=alone or (before is not None and before.alone),
+        )
+        self._failures[ident] = failing
+        failures = failing.count
         # maybe_sent: the provider may already have it, so this retry may show it twice
         result = "retried_maybe_sent" if e.maybe_sent else "retried"
         self._metrics.outbound.inc(result, str(e.code or e.status or ""))

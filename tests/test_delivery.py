@@ -305,15 +305,22 @@ async def test_sends_under_way_when_the_number_pauses_are_held_not_failed(rig: R
     assert await rig.statuses() == {"accepted"}
 
 
-async def test_a_contact_whose_message_always_fails_does_not_stop_the_others(rig: Rig) -> None:
-    """Probes go round the waiting contacts, so one bad message cannot keep a number paused."""
+async def test_one_message_the_provider_always_fails_pauses_its_number_once(rig: Rig) -> None:
+    """A message answered with a 500 every time, while the number's other messages go out: the
+    first failure pauses the number (it looks like an outage), a probe with another contact
+    resumes it, and from then on only that message's contact waits (as long as between probes)."""
     poisoned = meta_error(131000, "Something went wrong", 500)
     rig.graph.refuse = lambda body: poisoned if body["text"]["body"] == "a-0" else None
     await rig.queue([row("a:0", "a", "a-0")])
     await rig.queue([row(f"{c}:0", c, f"{c}-0") for c in "bcd"])
     await rig.run(120)
+    await rig.queue([row(f"{c}:1", c, f"{c}-1") for c in "bcd"])
     for contact in "bcd":
-        assert texts_to(rig.graph, contact) == [f"{contact}-0"]
+        assert texts_to(rig.graph, contact) == [f"{contact}-0", f"{contact}-1"]
+    assert rig.metrics.pauses.get("outage") == 1
+    assert rig.delivery.paused() == []
+    tries = [r["received"] for r in rig.graph.requests if r["body"]["text"]["body"] == "a-0"]
+    assert [round(b - a) for a, b in itertools.pairwise(tries)][:6] == [1, 2, 4, 8, 16, 30]
     assert (await rig.message("a:0")).status == "pending"
 
 
