@@ -9,13 +9,15 @@ which owns the I/O.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 from urllib.parse import urlsplit
 
 from .errors import ConfigError
+
+N = TypeVar("N", int, float)
 
 DEFAULT_GRAPH_API = "https://graph.facebook.com/v25.0"
 SENDERS = ("console", "whatsapp", "twilio")
@@ -276,22 +278,27 @@ def parse_size(text: str) -> int:
 
 
 def _size(env: Mapping[str, str], name: str, default: str) -> int:
-    raw = env.get(name, default)
-    try:
-        value = parse_size(raw)
-    except ValueError as e:
-        raise ConfigError(f"{name}: {e}") from None
-    if value < 4 * 1024 * 1024:
-        raise ConfigError(f"{name}={raw!r} must be at least 4MiB (one webhook body)")
-    return value
+    return _parsed(env, name, default, parse_size, least=4 * 2**20, bound="at least 4MiB (a body)")
 
 
 def _duration(env: Mapping[str, str], name: str, default: str) -> float:
+    return _parsed(env, name, default, parse_duration, least=1e-9, bound="longer than zero")
+
+
+def _parsed(
+    env: Mapping[str, str],
+    name: str,
+    default: str,
+    parse: Callable[[str], N],
+    *,
+    least: float,
+    bound: str,
+) -> N:
     raw = env.get(name, default)
     try:
-        value = parse_duration(raw)
+        value = parse(raw)
     except ValueError as e:
         raise ConfigError(f"{name}: {e}") from None
-    if value <= 0:
-        raise ConfigError(f"{name}={raw!r} must be longer than zero")
+    if value < least:
+        raise ConfigError(f"{name}={raw!r} must be {bound}")
     return value

@@ -9,7 +9,7 @@ import logging
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -164,29 +164,25 @@ def run_server(tmp_path: Path, database: Path) -> subprocess.CompletedProcess[st
     )
 
 
-def newer_schema(path: Path) -> None:
-    conn = sqlite3.connect(path)
-    conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
-    conn.execute("INSERT INTO schema_version VALUES (99)")
-    conn.commit()
-    conn.close()
+def schema_only(version: int) -> Callable[[Path], None]:
+    """A file that claims a schema version and holds none of its tables."""
 
+    def make(path: Path) -> None:
+        conn = sqlite3.connect(path)
+        conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+        conn.execute(f"INSERT INTO schema_version VALUES ({version})")
+        conn.commit()
+        conn.close()
 
-def missing_tables(path: Path) -> None:
-    """A file that claims the current schema but cannot take the engine's writes."""
-    conn = sqlite3.connect(path)
-    conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
-    conn.execute("INSERT INTO schema_version VALUES (2)")
-    conn.commit()
-    conn.close()
+    return make
 
 
 @pytest.mark.parametrize(
     ("make", "expected"),
     [
         (lambda p: p.write_bytes(b"this is not a database" * 100), "file is not a database"),
-        (newer_schema, "schema version 99, newer than this engine's"),
-        (missing_tables, "no such table: heartbeat"),
+        (schema_only(99), "schema version 99, newer than this engine's"),
+        (schema_only(2), "no such table: heartbeat"),  # opens, but cannot take a write
     ],
     ids=["not a database", "newer schema", "cannot write"],
 )
