@@ -166,10 +166,10 @@ class QuietClientErrors(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         error = record.exc_info[1] if record.exc_info else None
         if isinstance(error, HttpProcessingError | ConnectionError):
-            first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+            detail = getattr(error, "message", "") or str(error)
             said = record.getMessage()
             record.msg = "%s (%s: %s)"
-            record.args = (said, type(error).__name__, first[:200])
+            record.args = (said, type(error).__name__, " ".join(str(detail).split())[:200])
             record.exc_info = record.exc_text = None
             record.levelno, record.levelname = logging.INFO, "INFO"
         return True
