@@ -7,10 +7,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from engine.events import ButtonReply, Content, Customer, Image, ListReply, Location, Message, Text
 from engine.flows import Flow
 from engine.flows.spec import read_flow
+from engine.flows.text import normalize
 from engine.outbound import ButtonsMessage, ListMessage, TextMessage, split_text
 
 
@@ -295,3 +298,34 @@ def test_a_failing_step_leaves_no_half_used_instance(tmp_path: Path) -> None:
     ok = Convo(state="size")
     flow.handle(ok, msg(ListReply("s", "Small")))
     assert ok.state == "where" and flow.live_instances == 1
+
+
+# --- text a customer can send ------------------------------------------------------------------
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.sampled_from("ab _-!?.é\u00e0 \t1٣😀"), max_size=12))
+def test_normalize_trims_what_is_not_a_letter_or_digit_at_both_ends(raw: str) -> None:
+    """The same as the regex ^[\\W_]+|[\\W_]+$ it replaces, on every short text."""
+    import re
+    import unicodedata
+
+    folded = " ".join(raw.casefold().split())
+    if not folded.isascii():
+        decomposed = unicodedata.normalize("NFKD", folded)
+        folded = "".join(c for c in decomposed if not unicodedata.combining(c))
+        folded = " ".join(folded.split())
+    assert normalize(raw) == re.sub(r"^[\W_]+|[\W_]+$", "", folded)
+
+
+def test_the_longest_text_whatsapp_delivers_is_answered_at_once(tmp_path: Path) -> None:
+    """65,536 characters with a long run of punctuation inside: trimming it used to take time
+    quadratic in the run (a customer could stall the whole process for minutes); now it is
+    handled like any other message (the per-test timeout would catch a regression)."""
+    flow = compile_text(tmp_path, SHOP)
+    c = Convo()
+    flow.start(c)
+    effects = flow.handle(c, msg("x" + "!" * 65_534 + "x"))
+    assert effects.messages  # the re-prompt
+    effects = flow.handle(c, msg("I want a human" + "?" * 65_000))
+    assert c.state == "human"

@@ -17,7 +17,7 @@ import logging
 import re
 import socket
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -60,8 +60,8 @@ def status(line: bytes) -> int:
 def request(
     method: str,
     path: str,
-    headers: list[tuple[bytes, bytes]] = (),
-    content: bytes = b"",  # type: ignore[assignment]
+    headers: Sequence[tuple[bytes, bytes]] = (),
+    content: bytes = b"",
 ) -> bytes:
     head = f"{method} {path} HTTP/1.1\r\nHost: x\r\n".encode()
     head += b"".join(name + b": " + value + b"\r\n" for name, value in headers)
