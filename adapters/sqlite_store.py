@@ -164,7 +164,16 @@ class SqliteStore:
             raise
 
     async def _connect(self) -> aiosqlite.Connection:
-        conn = await aiosqlite.connect(self.path, isolation_level=None)
+        conn = aiosqlite.connect(self.path, isolation_level=None)
+        try:
+            await conn
+        except BaseException:
+            # aiosqlite stops its worker thread without waiting for it; left alone, the thread
+            # may outlive the event loop and die with a traceback on the way out.
+            worker = getattr(conn, "_thread", None)
+            if worker is not None:
+                await asyncio.to_thread(worker.join, 5.0)
+            raise
         try:
             await conn.execute("PRAGMA journal_mode=WAL")
             await conn.execute(f"PRAGMA synchronous={self.synchronous}")

@@ -25,7 +25,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_async.aio.web import server_stats
 
 from engine.engine import Ambiguous, Engine, NotFound, iso
-from engine.errors import ActorStopped, StoreRejected, StoreUnavailable
+from engine.errors import ActorStopped, EngineError, StoreRejected, StoreUnavailable
 from engine.events import scrub
 from engine.settings import Secret
 
@@ -197,7 +197,8 @@ async def readyz(request: web.Request) -> web.Response:
             reason = await asyncio.wait_for(check(), timeout=2.0)
         except Exception as e:
             ok = False
-            report[name] = f"down: {type(e).__name__}: {e}"[:300]
+            said = str(e) if isinstance(e, EngineError) else f"{type(e).__name__}: {e}"
+            report[name] = f"down: {said}"[:300]
         else:
             report[name] = "ok" if reason is None else f"degraded: {reason}"[:1000]
     accepting = request.app[ENGINE].accepting

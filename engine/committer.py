@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 from .backoff import STORE
 from .clock import SystemClock
-from .errors import StoreRejected, StoreUnavailable
+from .errors import EngineError, StoreRejected, StoreUnavailable
 from .metrics import Metrics
 from .ports import Accepted, Clock, Op, Store
 
@@ -124,7 +124,7 @@ class Committer:
                         self._fail(rest, error)
                     break
             return None
-        self._recovered()
+        self.recovered()
         self._metrics.commits.inc()
         self._metrics.commit_ops.inc(by=len(batch))
         self._metrics.commit_time.observe(time.perf_counter() - started)
@@ -141,25 +141,26 @@ class Committer:
     def _fail(self, item: Item, e: Exception) -> Exception:
         error = e if isinstance(e, StoreRejected | StoreUnavailable) else StoreUnavailable(str(e))
         now = self._clock.now()
+        said = str(e) if isinstance(e, EngineError) else f"{type(e).__name__}: {e}"
         if isinstance(error, StoreRejected):
             log.error("the store refuses a write: %s", error)
         elif self.failure is not None:
-            self.failure.error, self.failure.last = f"{type(e).__name__}: {e}", now
+            self.failure.error, self.failure.last = said, now
         else:
-            self.failure = Failure(f"{type(e).__name__}: {e}", now, now)
+            self.failure = Failure(said, now, now)
             self._metrics.store_failures.inc()
             log.error(
-                "the store cannot write (%s: %s); webhooks answer 503 and every write waits "
-                "until it can",
-                type(e).__name__,
-                e,
+                "the store cannot write (%s); webhooks answer 503 and every write waits until "
+                "it can",
+                said,
             )
         future = item[1]
         if not future.done():
             future.set_exception(error)
         return error
 
-    def _recovered(self) -> None:
+    def recovered(self) -> None:
+        """The store took a write again (a commit, or readiness's own write)."""
         if self.failure is not None:
             log.warning(
                 "the store writes again, after %.0fs (%s)",

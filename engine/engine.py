@@ -189,6 +189,7 @@ class Engine:
             raise
         except Exception as e:
             raise StoreUnavailable(f"{type(e).__name__}: {e}") from e
+        self.committer.recovered()
 
     # --- intake ----------------------------------------------------------------------------
 
