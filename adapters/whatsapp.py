@@ -81,30 +81,37 @@ def graph_body(out: Outgoing) -> dict[str, Any]:
 def outcome(status: int, data: Any, retry_after: str | None = None) -> str:
     """The provider message id of a successful send; raises a DeliveryError otherwise."""
     error = data.get("error") if isinstance(data, dict) else None
+    wait = _seconds(retry_after)
     if 200 <= status < 300 and not error:
         try:
             return str(data["messages"][0]["id"])
         except (KeyError, IndexError, TypeError):
-            raise PermanentDelivery(f"HTTP {status} without a message id", status=status) from None
-    code = None
-    title = f"HTTP {status}"
-    if isinstance(error, dict):
-        try:
-            code = int(error.get("code"))  # type: ignore[arg-type]
-        except (TypeError, ValueError, OverflowError):
-            code = None
-        details = (
-            (error.get("error_data") or {}).get("details")
-            if isinstance(error.get("error_data"), dict)
-            else None
+            # Not the Graph API talking (a proxy, a captive portal, a wrong URL): not about the
+            # message, and every other message would get the same.
+            raise ChannelDown(
+                f"HTTP {status} without a message id: is WHATSAPP_API_URL the Graph API?",
+                cause="outage",
+                status=status,
+            ) from None
+    if not isinstance(error, dict):
+        raise ChannelDown(
+            f"HTTP {status} without a Graph API error",
+            cause=_cause(status, None) or "outage",
+            status=status,
+            retry_after=wait,
         )
-        title = str(details or error.get("message") or title)[:300]
-        if code is not None:
-            title = f"({code}) {title}"
-    wait = _seconds(retry_after)
-    cause = _cause(status, code)
-    if cause is not None:
-        raise ChannelDown(title, cause=cause, code=code, status=status, retry_after=wait)
+    try:
+        code: int | None = int(error.get("code"))  # type: ignore[arg-type]
+    except (TypeError, ValueError, OverflowError):
+        code = None
+    data_ = error.get("error_data")
+    details = data_.get("details") if isinstance(data_, dict) else None
+    title = str(details or error.get("message") or f"HTTP {status}")[:300]
+    if code is not None:
+        title = f"({code}) {title}"
+    why = _cause(status, code)
+    if why is not None:
+        raise ChannelDown(title, cause=why, code=code, status=status, retry_after=wait)
     if code == PAIR_RATE:
         raise RetryableDelivery(title, code=code, status=status, retry_after=wait)
     raise PermanentDelivery(title, code=code, status=status)

@@ -397,6 +397,7 @@ class Delivery:
         if down is None:
             return
         now = self._clock.now()
+        waiting = len(line.held) + (line.probe is not None)
         line.paused_total += now - down.since
         line.down = None
         line.probe = None
@@ -411,7 +412,7 @@ class Delivery:
             line.number,
             _span(now - down.since),
             down.cause,
-            len(line.held),
+            waiting,
         )
         while line.held:
             self._ready.put_nowait(line.held.popleft())

@@ -404,7 +404,8 @@ def test_request_bodies() -> None:
 # "outage" / "throttled" / "auth" (the number), "contact" (this recipient), "message" (failed).
 OUTCOMES: list[tuple[int, Any, str | None, str]] = [
     (200, {"messages": [{"id": "wamid.OK"}]}, None, "wamid.OK"),
-    (200, {"messages": []}, None, "message"),
+    (200, {"messages": []}, None, "outage"),  # not the Graph API talking: a wrong URL, a proxy
+    (200, "<html>Welcome to the hotel wifi</html>", None, "outage"),
     (400, meta_error(130429)[1], None, "throttled"),
     (429, meta_error(130429)[1], "7", "throttled"),
     (400, meta_error(4)[1], None, "throttled"),
@@ -431,7 +432,9 @@ OUTCOMES: list[tuple[int, Any, str | None, str]] = [
     (400, meta_error(131051)[1], None, "message"),
     (500, meta_error(100)[1], None, "message"),  # the code decides, not the HTTP status
     (400, meta_error(131008)[1], None, "message"),
-    (404, "not json", None, "message"),
+    (404, "not json", None, "outage"),  # no Graph API error: nothing about the message
+    (400, {"oops": 1}, None, "outage"),
+    (403, "<html>Forbidden</html>", None, "auth"),
     (400, {"error": {"code": "9" * 5000}}, None, "message"),
 ]
 
