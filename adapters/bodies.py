@@ -31,7 +31,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 
-def loads(raw: bytes | bytearray, parse_int: Callable[[str], Any] | None = None) -> Any:
+def loads(raw: str | bytes | bytearray, parse_int: Callable[[str], Any] | None = None) -> Any:
     """json.loads for bytes a stranger chose. A body nested a hundred thousand levels deep makes
     the decoder raise RecursionError at the interpreter's limit (the caller answers 400); while
     it is that deep, a garbage collection would run other objects' finalizers with no stack
@@ -115,6 +115,13 @@ class BodyBudget:
     async def read(self, request: web.BaseRequest, max_size: int) -> AsyncIterator[bytearray]:
         """The whole body, counted against the budget until the `async with` block ends."""
         length = request.content_length
+        encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+        if encoding != "identity":
+            # Meta sends bodies as they are; a compressed one would be checked and parsed after
+            # aiohttp inflated it, against a limit it was not sent with.
+            raise BodyRefused(
+                415, f"Content-Encoding {encoding[:40]!r} is not accepted", "body_encoding"
+            )
         if length is not None and length > max_size:
             raise BodyRefused(413, f"body over {max_size} bytes", "body_too_large")
         self._take(length or 0)
@@ -149,7 +156,12 @@ class BodyBudget:
             error = e
         except TimeoutError:
             error = BodyRefused(408, "the body did not arrive in time", "body_timeout")
-        except (ConnectionError, HttpProcessingError, aiohttp.ClientError) as e:
+        except (
+            ConnectionError,
+            HttpProcessingError,
+            web.RequestPayloadError,
+            aiohttp.ClientError,
+        ) as e:
             error = ClientGone(f"{type(e).__name__}: {e}")
         if error is not None:
             # The exception's traceback (kept by aiohttp with the request) holds this frame:

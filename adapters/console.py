@@ -1,11 +1,16 @@
-"""The console sender: prints each outbound message for a person to read (the default)."""
+"""The console sender: prints each outbound message for a person to read (the default).
+
+What it prints holds what customers sent (a profile name, an answer echoed back), and stdout
+often shares a log with stderr: every line is escaped like a log record, so a value with a
+newline or an escape sequence cannot pass for a line of its own.
+"""
 
 from __future__ import annotations
 
 import sys
 from typing import TextIO
 
-from engine.logs import mask
+from engine.logs import escape, mask
 from engine.outbound import ButtonsMessage, ListMessage, OutMessage
 from engine.ports import Outgoing
 
@@ -36,9 +41,9 @@ class ConsoleSender:
         self._stream = stream or sys.stdout
 
     async def send(self, out: Outgoing) -> str:
-        to = mask(out.phone or out.user_id)
-        head, *rest = render(out.message)
-        text = f"-> {to} (via {out.number}): {head}"
+        to = mask(escape(out.phone or out.user_id or ""))
+        head, *rest = (escape(line) for line in render(out.message))
+        text = f"-> {to} (via {escape(out.number)}): {head}"
         for line in rest:
             text += "\n     " + line
         print(text, file=self._stream, flush=True)

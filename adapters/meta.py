@@ -98,13 +98,18 @@ class _Bad(Exception):
 
 
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+_NUMBER_ID = re.compile(r"[0-9]{1,32}")  # Meta's phone_number_id: it also ends up in a URL path
 
 
 def parse_body(body: bytes | bytearray) -> Parsed:
-    """Parse a raw POST body. Invalid JSON is one Malformed note, never an exception."""
+    """Parse a raw POST body. Invalid JSON is one Malformed note, never an exception; bytes that
+    are not UTF-8 become U+FFFD, so they cost only the text that holds them."""
     try:
-        doc = loads(body, parse_int=_int)
-    except (ValueError, UnicodeDecodeError, RecursionError) as e:
+        try:
+            doc = loads(body, parse_int=_int)
+        except UnicodeDecodeError:
+            doc = loads(bytes(body).decode("utf-8", "replace"), parse_int=_int)
+    except (ValueError, RecursionError) as e:
         return Parsed(malformed=[Malformed("body", f"not JSON: {str(e)[:200]}")])
     if _SURROGATE_ESCAPE.search(body):  # emoji are escaped as surrogate pairs; a lone half may hide
         doc = _scrubbed(doc)
@@ -171,6 +176,9 @@ def _parse_change(change: Any, where: str, out: Parsed) -> None:
         return
     metadata = value.get("metadata")
     number = _str(metadata.get("phone_number_id")) if isinstance(metadata, dict) else None
+    if number is not None and not _NUMBER_ID.fullmatch(number):
+        out.malformed.append(Malformed(where, "metadata.phone_number_id is not a number id"))
+        return
     if isinstance(value.get("errors"), list) and value["errors"]:
         out.events.append(ProviderErrors(number, _errors(value["errors"])))
     profiles = _profiles(value.get("contacts"))

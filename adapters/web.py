@@ -159,13 +159,14 @@ def _text(status: int, text: str, retry_after: int | None = None) -> web.Respons
 
 
 class QuietClientErrors(logging.Filter):
-    """aiohttp logs a request it cannot parse, or a client that vanished, as an ERROR with a
-    traceback: that is what strangers send, not a fault of ours. Such records become one INFO
-    line; a handler that raised (a bug of ours) keeps its traceback."""
+    """aiohttp logs a request it cannot parse (its head or its body's framing), or a client that
+    vanished, as an ERROR with a traceback: that is what strangers send, not a fault of ours.
+    Such records become one INFO line; a handler that raised (a bug of ours) keeps its
+    traceback."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         error = record.exc_info[1] if record.exc_info else None
-        if isinstance(error, HttpProcessingError | ConnectionError):
+        if isinstance(error, HttpProcessingError | web.RequestPayloadError | ConnectionError):
             detail = getattr(error, "message", "") or str(error)
             said = record.getMessage()
             record.msg = "%s (%s: %s)"

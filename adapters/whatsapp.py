@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 
@@ -196,7 +197,7 @@ class CloudApiSender:
         self._timeout = aiohttp.ClientTimeout(total=timeout)
 
     async def send(self, out: Outgoing) -> str:
-        url = f"{self._api_url}/{out.number}/messages"
+        url = f"{self._api_url}/{quote(out.number, safe='')}/messages"
         body = graph_body(out)
         headers = {"Authorization": self._token.header()}
         try:

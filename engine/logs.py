@@ -7,6 +7,8 @@ Everything happens in the formatter, in one place, over the whole text of a reco
   value like a message id that holds a newline cannot start a second, forged record;
 - a traceback keeps its lines, each one indented with `  | ` so that it can never be mistaken
   for a record of its own;
+- a message longer than 4,000 characters is cut there, saying how much was left out, so a
+  3 MB value in a webhook does not become a 3 MB line;
 - any run of 7 or more digits keeps only its last 4 (`***4567`), so a number that reaches a log
   line by any path is masked; known secret values are replaced outright.
 """
@@ -22,6 +24,7 @@ _DIGITS = re.compile(r"\d{7,}")
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 _SECRETS: list[str] = []  # longest first, so a secret inside another is not half-replaced
+MAX_MESSAGE = 4000
 
 
 def mask(text: str | None) -> str:
@@ -59,7 +62,10 @@ class MaskingFormatter(logging.Formatter):
             redact(secret)
 
     def format(self, record: logging.LogRecord) -> str:
-        record.message = escape(record.getMessage())
+        message = escape(record.getMessage())
+        if len(message) > MAX_MESSAGE:
+            message = f"{message[:MAX_MESSAGE]}... ({len(message) - MAX_MESSAGE} more characters)"
+        record.message = message
         record.asctime = self.formatTime(record, self.datefmt)
         text = self.formatMessage(record)
         if record.exc_info and not record.exc_text:

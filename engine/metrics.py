@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import bisect
 import gc
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,15 +18,32 @@ Labels = tuple[str, ...]
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
+_LABEL = re.compile(r"[^A-Za-z0-9_.:+-]")
+
+
 @dataclass(slots=True)
 class Counter:
+    """A counter by label values. With a `limit` (for labels that come from what providers send:
+    message kinds, status names, error codes) at most that many label sets are kept, each value
+    reduced to a short run of safe characters, and anything beyond counts under "other": a sender
+    of odd values can neither grow the process nor break the scrape."""
+
     name: str
     help: str
     labelnames: Labels = ()
     values: dict[Labels, float] = field(default_factory=dict)
+    limit: int = 0
 
     def inc(self, *labels: str, by: float = 1.0) -> None:
+        if self.limit and labels not in self.values:
+            labels = self._admit(labels)
         self.values[labels] = self.values.get(labels, 0.0) + by
+
+    def _admit(self, labels: Labels) -> Labels:
+        clean = tuple(_LABEL.sub("_", value)[:64] for value in labels)
+        if clean in self.values or len(self.values) < self.limit:
+            return clean
+        return ("other",) * len(labels)
 
     def get(self, *labels: str) -> float:
         return self.values.get(labels, 0.0)
@@ -80,11 +98,14 @@ class Metrics:
             "Webhook requests by provider and result",
             ("provider", "result"),
         )
-        self.events = Counter("engine_events", "Webhook items received, by type", ("type",))
+        self.events = Counter(
+            "engine_events", "Webhook items received, by type", ("type",), limit=200
+        )
         self.duplicates = Counter(
             "engine_duplicate_events",
             "Items already accepted earlier (retries, re-batches)",
             ("type",),
+            limit=50,
         )
         self.malformed = Counter("engine_malformed_items", "Webhook items that could not be read")
         self.handled = Counter(
@@ -106,7 +127,10 @@ class Metrics:
             "engine_snapshot_restarts", "Conversations restarted because their flow changed"
         )
         self.outbound = Counter(
-            "engine_outbound_messages", "Send attempts by result and error code", ("result", "code")
+            "engine_outbound_messages",
+            "Send attempts by result and error code",
+            ("result", "code"),
+            limit=300,
         )
         self.pauses = Counter(
             "engine_channel_pauses",
@@ -121,9 +145,11 @@ class Metrics:
             "1 while a business number's sending is paused, labelled with why",
             ("number", "cause"),
         )
-        self.statuses = Counter("engine_message_statuses", "Status webhooks applied", ("status",))
+        self.statuses = Counter(
+            "engine_message_statuses", "Status webhooks applied", ("status",), limit=20
+        )
         self.provider_errors = Counter(
-            "engine_provider_errors", "Account-level error webhooks", ("code",)
+            "engine_provider_errors", "Account-level error webhooks", ("code",), limit=100
         )
         self.commits = Counter("engine_store_commits", "Store transactions (group commits)")
         self.store_failures = Counter(

@@ -34,7 +34,18 @@ from server import create_app
 from tests.conftest import AppFactory
 from tests.fakes.graph import FakeGraph
 from tests.process import Server
-from tests.support import ADMIN, ROOT, SECRET, body, change, eventually, signed, text
+from tests.support import (
+    ADMIN,
+    NUMBER,
+    ROOT,
+    SECRET,
+    body,
+    change,
+    eventually,
+    signed,
+    text,
+)
+from tests.support import status as status_item
 
 GOOD_SIGNATURE_SHAPE = "sha256=" + "0" * 64
 
@@ -53,7 +64,7 @@ async def exchange(port: int, request: bytes, *, then_close: bool = False) -> by
         writer.close()
 
 
-def status(line: bytes) -> int:
+def code_of(line: bytes) -> int:
     return int(line.split()[1]) if line else 0
 
 
@@ -177,6 +188,24 @@ async def served(env: dict[str, str]) -> AsyncIterator[tuple[web.Application, in
             b"Transfer-Encoding: chunked\r\n\r\n",
             400,
         ),
+        (
+            request(
+                "POST",
+                "/webhooks/whatsapp",
+                [
+                    (b"X-Hub-Signature-256", GOOD_SIGNATURE_SHAPE.encode()),
+                    (b"Content-Encoding", b"gzip"),
+                ],
+                b"not gzip at all",
+            ),
+            415,
+        ),
+        (
+            b"POST /webhooks/whatsapp HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+            b"X-Hub-Signature-256: " + GOOD_SIGNATURE_SHAPE.encode() + b"\r\n\r\n"
+            b"5\r\nhello\r\nzz\r\nbroken\r\n0\r\n\r\n",
+            400,
+        ),
     ],
     ids=[
         "non-ASCII signature",
@@ -192,12 +221,14 @@ async def served(env: dict[str, str]) -> AsyncIterator[tuple[web.Application, in
         "20 kB request line",
         "negative Content-Length",
         "Content-Length and chunked",
+        "compressed body",
+        "broken chunk size",
     ],
 )
 async def test_bytes_no_client_would_send_get_a_4xx_and_no_traceback(
     app: Any, records: Records, raw: bytes, expected: int
 ) -> None:
-    assert status(await exchange(port_of(app), raw)) == expected
+    assert code_of(await exchange(port_of(app), raw)) == expected
     await asyncio.sleep(0)
     assert records.loud() == []
 
@@ -277,7 +308,7 @@ async def test_bodies_beyond_the_memory_budget_wait_for_their_turn(
     assert second.status == 503 and second.headers["Retry-After"] == "5"
     writer.write(big[1000:])
     await writer.drain()
-    assert status((await asyncio.wait_for(reader.readline(), 10)).strip()) == 200
+    assert code_of((await asyncio.wait_for(reader.readline(), 10)).strip()) == 200
     writer.close()
     assert client.app[BODIES].used == 0
     again = await client.post("/webhooks/whatsapp", data=io.BytesIO(big), headers=headers)
@@ -290,7 +321,7 @@ async def test_a_body_over_the_limit_is_refused_before_it_is_read(app: Any) -> N
     raw = request(
         "POST", "/webhooks/whatsapp", [(b"X-Hub-Signature-256", GOOD_SIGNATURE_SHAPE.encode())]
     ).replace(b"Content-Length: 0", b"Content-Length: 999999999")
-    assert status(await exchange(port_of(app), raw)) == 413
+    assert code_of(await exchange(port_of(app), raw)) == 413
     assert app.app[BODIES].used == 0
 
 
@@ -298,7 +329,7 @@ async def test_an_unsigned_body_is_refused_without_reading_it(app: Any) -> None:
     raw = request("POST", "/webhooks/whatsapp").replace(
         b"Content-Length: 0", b"Content-Length: 4000000"
     )
-    assert status(await exchange(port_of(app), raw)) == 401  # not a byte of the body was sent
+    assert code_of(await exchange(port_of(app), raw)) == 401  # not a byte of the body was sent
 
 
 # --- what the engine does not read costs nothing ---------------------------------------------
@@ -333,6 +364,67 @@ async def test_a_huge_integer_costs_only_the_field_or_message_that_holds_it(
     assert engine.metrics.malformed.total() == 1
 
 
+async def test_bytes_that_are_not_utf8_cost_only_the_text_that_holds_them(
+    start_app: AppFactory, env: dict[str, str], graph: tuple[FakeGraph, str]
+) -> None:
+    fake, _ = graph
+    client = await start_app(env)
+    doc = body(
+        change([text("15550001", "wamid.u1", "__BAD__"), text("15550002", "wamid.u2", "hi")])
+    )
+    raw = json.dumps(doc).encode().replace(b"__BAD__", b"caf\xff \xc0\xaf")
+    r = await client.post(
+        "/webhooks/whatsapp", data=raw, headers={"X-Hub-Signature-256": sign(raw).decode()}
+    )
+    assert r.status == 200
+    await eventually(lambda: len({r["body"]["to"] for r in fake.requests}) == 2)
+    view = await client.app[ENGINE].view(f"{NUMBER}:15550001")
+    assert view["messages"][0]["text"] == "caf\ufffd \ufffd\ufffd"
+
+
+async def test_odd_field_and_status_names_cannot_grow_or_break_the_metrics(
+    start_app: AppFactory, env: dict[str, str]
+) -> None:
+    """2,000 made-up webhook fields and statuses, with control characters in them: the scrape
+    stays parseable and the number of series is bounded."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    client = await start_app(env)
+    changes = [{"field": f"f{i}\r\x00\x1b[2J\n# EOF", "value": {}} for i in range(1000)]
+    changes.append(
+        change(
+            [],
+            statuses=[
+                dict(status_item(f"wamid.s{i}", "sent"), status=f"s{i}\r") for i in range(1000)
+            ],
+        )
+    )
+    raw, headers = signed(body(*changes))
+    assert (await client.post("/webhooks/whatsapp", data=raw, headers=headers)).status == 200
+    page = await (await client.get("/metrics")).text()
+    families = {f.name: f for f in text_string_to_metric_families(page)}
+    events = families["engine_events"].samples
+    assert len(events) <= 201 and any(s.labels["type"] == "other" for s in events)
+    assert all(re.fullmatch(r"[A-Za-z0-9_.:+-]+", s.labels["type"]) for s in events)
+    assert len(families["engine_message_statuses"].samples) <= 21
+    assert "\r" not in page and "\x00" not in page
+
+
+async def test_a_number_id_that_is_not_one_is_refused_as_malformed(
+    start_app: AppFactory, env: dict[str, str], graph: tuple[FakeGraph, str]
+) -> None:
+    """phone_number_id ends up in the Graph API URL path: only digits are taken."""
+    fake, _ = graph
+    client = await start_app(env)
+    bad = change([text("15550001", "wamid.n1", "hi")], number="../../me?x=")
+    good = change([text("15550002", "wamid.n2", "hi")])
+    raw, headers = signed(body(bad, good))
+    assert (await client.post("/webhooks/whatsapp", data=raw, headers=headers)).status == 200
+    await eventually(lambda: fake.requests)
+    assert [r["number"] for r in fake.requests] == [NUMBER]
+    assert client.app[ENGINE].metrics.malformed.total() == 1
+
+
 # --- logs ------------------------------------------------------------------------------------
 
 
@@ -346,6 +438,38 @@ async def test_a_newline_in_a_message_id_cannot_forge_a_log_line(
     (line,) = [line for line in records.lines if "malformed webhook item" in line]
     assert "wamid.x\\n1999-12-31" in line and "\\r\\u2028\\x1b[2J" in line
     assert not any(line.startswith(forged[:10]) for line in records.lines if "refunded" in line)
+
+
+async def test_the_console_sender_cannot_be_made_to_print_a_line_of_its_own() -> None:
+    """stdout often shares a log with stderr: a profile name or an id with a newline, a
+    carriage return or an escape sequence stays inside the message's own lines."""
+    from adapters.console import ConsoleSender
+    from engine.outbound import TextMessage
+    from engine.ports import Outgoing
+
+    stream = io.StringIO()
+    forged = "1999-12-31 23:59:59,000 ERROR engine: forged"
+    out = Outgoing(
+        "r:1",
+        "n:1",
+        f"100\n{forged}",
+        f"1555\r{forged}",
+        None,
+        TextMessage(f"Hi Ana\n{forged}\x1b[2J\u2028{forged}!"),
+    )
+    await ConsoleSender(stream).send(out)
+    lines = stream.getvalue().splitlines()
+    assert lines[0].startswith("-> ") and all(line.startswith("     ") for line in lines[1:])
+    assert "\x1b" not in stream.getvalue() and "\\x1b[2J" in stream.getvalue()
+
+
+async def test_a_3mb_value_does_not_become_a_3mb_log_line(app: Any, records: Records) -> None:
+    doc = body(change([{"id": "w" * 3_000_000, "from": "15550001"}]))
+    raw, headers = signed(doc)
+    r = await app.post("/webhooks/whatsapp", data=io.BytesIO(raw), headers=headers)
+    assert r.status == 200
+    (line,) = [line for line in records.lines if "malformed webhook item" in line]
+    assert len(line) < 4200 and line.endswith("more characters)")
 
 
 def test_every_control_character_is_escaped_and_tracebacks_are_marked() -> None:
@@ -502,7 +626,7 @@ def test_no_request_gets_a_5xx_or_a_traceback(
         conn.sendall(raw)
         answer = conn.makefile("rb").readline()
     assert answer, "no answer"
-    code = status(answer.strip())
+    code = code_of(answer.strip())
     assert 100 <= code < 500, answer
     assert log.loud() == []
 
@@ -546,7 +670,7 @@ async def test_the_attacks_against_the_real_process(
             "POST", "/webhooks/whatsapp", [(b"X-Hub-Signature-256", GOOD_SIGNATURE_SHAPE.encode())]
         ).replace(b"Content-Length: 0", b"Content-Length: 999999999"),
     ]
-    answers = [status(await exchange(port, a)) for a in attacks]
+    answers = [code_of(await exchange(port, a)) for a in attacks]
     assert answers == [403, 401, 400, 400, 413]
     # Headers that never end: the connection is closed after HTTP_READ_TIMEOUT (1s here).
     slow_reader, slow_writer = await asyncio.open_connection("127.0.0.1", port)
@@ -578,7 +702,7 @@ async def test_the_attacks_against_the_real_process(
         late = [await asyncio.wait_for(reader.readline(), 10) for reader, _w in holders]
         for _r, writer in holders:
             writer.close()
-        assert sorted(status(line.strip()) for line in late) == [408, 408, 503, 503, 503, 503]
+        assert sorted(code_of(line.strip()) for line in late) == [408, 408, 503, 503, 503, 503]
         if good == 503:  # the budget was full of strangers' bodies: Meta retries
             async with session.post(url, data=raw, headers=headers) as r:
                 good = r.status
