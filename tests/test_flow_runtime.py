@@ -329,3 +329,16 @@ def test_the_longest_text_whatsapp_delivers_is_answered_at_once(tmp_path: Path) 
     assert effects.messages  # the re-prompt
     effects = flow.handle(c, msg("I want a human" + "?" * 65_000))
     assert c.state == "human"
+
+
+def test_a_regex_condition_looks_at_the_first_1024_characters(tmp_path: Path) -> None:
+    """The README's own "(?P<people>[0-9]+) people" backtracks in time quadratic in a run of
+    digits: 60,000 of them stalled the process for half a minute. Regexes see a window."""
+    flow = compile_text(tmp_path, SHOP)
+    c = Convo(state="size")
+    flow.handle(c, msg("1" * 60_000))  # no match, at once (the per-test timeout would catch it)
+    assert c.state == "size"
+    effects = flow.handle(c, msg("for 12 people " + "." * 60_000))
+    assert bodies(effects.messages) == ["For 12, take the large."]
+    flow.handle(c, msg("." * 2000 + " we are 30 people"))  # beyond the window: not seen
+    assert c.slots["count"] == "12"

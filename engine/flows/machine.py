@@ -37,6 +37,7 @@ from .text import Faq, FaqEntry, Keywords, normalize, render, words
 IDLE = "_idle"  # the value of the machine's initial state; designer names cannot start with '_'
 MEDIA = frozenset({"image", "audio", "video", "document", "sticker"})
 REPLIES = frozenset({"button_reply", "list_reply", "template_button"})
+REGEX_WINDOW = 1024  # characters of a message that a flow's regex conditions look at
 
 
 class ConversationView(Protocol):
@@ -270,7 +271,9 @@ def _condition(branch: Branch, titles: dict[str, str], faq: Faq | None) -> StepF
         assert pattern is not None
 
         def regex(step: Step) -> bool:
-            step.match = pattern.search(step.raw)
+            # A designer's pattern like "([0-9]+) people" backtracks in time quadratic in a
+            # customer's 60,000 digits: patterns see the first REGEX_WINDOW characters only.
+            step.match = pattern.search(step.raw[:REGEX_WINDOW])
             return step.match is not None
 
         return regex
