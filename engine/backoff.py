@@ -17,7 +17,8 @@ class Backoff:
 
     `jitter` is the share of the delay that `rand` (in [0, 1)) may take away, so that many
     waiters do not all come back in the same instant: with jitter 0.5 the delay falls in
-    [half, full]. A provider's own `retry_after` wins, bounded by `max_retry_after`.
+    [half, full]. A provider's own `retry_after` wins, bounded by `base` below (a Retry-After
+    of 0.01 must not become a storm of requests) and `max_retry_after` above.
     """
 
     base: float
@@ -29,7 +30,7 @@ class Backoff:
     def delay(self, attempt: int, rand: float = 1.0, retry_after: float | None = None) -> float:
         """Seconds to wait after failed attempt number `attempt` (1 for the first failure)."""
         if retry_after is not None and retry_after > 0:
-            return min(retry_after, self.max_retry_after)
+            return max(min(retry_after, self.max_retry_after), self.base)
         exponent = max(attempt, 1) - 1
         # Past the cap the exponent only grows the number, never the delay.
         full = self.cap if exponent >= 64 else min(self.base * self.factor**exponent, self.cap)

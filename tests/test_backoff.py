@@ -19,6 +19,9 @@ CASES: list[tuple[Backoff, int, float, float | None, float]] = [
     (Backoff(1.0, 30.0), 2, 1.0, 7.0, 7.0),  # the provider's Retry-After wins
     (Backoff(1.0, 30.0), 2, 1.0, 0.0, 2.0),  # ...when it says something
     (Backoff(1.0, 30.0), 2, 1.0, 9999.0, 300.0),  # ...within reason
+    (Backoff(1.0, 30.0), 2, 1.0, 0.01, 1.0),  # never shorter than the base: no storm
+    (PROBE, 1, 1.0, 0.001, 1.0),
+    (CONTACT, 3, 0.0, 0.5, 1.0),
     (PROBE, 1, 1.0, None, 1.0),
     (PROBE, 5, 1.0, None, 16.0),
     (PROBE, 6, 1.0, None, 30.0),
