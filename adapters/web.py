@@ -129,6 +129,10 @@ async def whatsapp_post(request: web.Request) -> web.Response:
 async def _accept(engine: Engine, raw: bytearray) -> web.Response:
     count = engine.metrics.webhook_requests.inc
     parsed = parse_body(raw)
+    if engine.refuses(parsed.events):
+        count("meta", "overloaded")
+        log.warning("a paused number holds over MAX_BACKLOG replies: webhook refused with 503")
+        return _text(503, "backlog full for this number, retry later", retry_after=30)
     for bad in parsed.malformed:
         engine.metrics.malformed.inc()
         log.warning("malformed webhook item at %s: %s", bad.where, bad.reason)

@@ -9,6 +9,7 @@ the per-recipient pair rate makes one contact wait, and the rest is about the me
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -16,6 +17,7 @@ from urllib.parse import quote
 import aiohttp
 
 from engine.errors import ChannelDown, ConfigError, PermanentDelivery, RetryableDelivery
+from engine.events import scrub
 from engine.logs import redact
 from engine.outbound import ButtonsMessage, ListMessage, TextMessage
 from engine.ports import Outgoing
@@ -24,13 +26,41 @@ from engine.settings import Secret
 log = logging.getLogger(__name__)
 
 # What has to wait, by Meta error code (whatsapp.md §2.8). Meta asks clients to branch on the
-# code, not on the HTTP status; the status decides only when there is no code.
+# code, not on the HTTP status; the status decides only for a code not listed here (or none).
 OUTAGE = frozenset({1, 2, 131000, 131016, 131057})  # the provider is down or in maintenance
-THROTTLED = frozenset({4, 80007, 130429})  # the app, the account or the number is over its rate
-# The token or the account: expired or revoked token, missing permission, restricted, locked or
-# unpaid account, spam limit. Every message of the number would fail the same way until fixed.
-AUTH = frozenset({0, 3, 10, 102, 190, 368, 131031, 131042, 131045, 131048, *range(200, 300)})
+THROTTLED = frozenset({4, 17, 32, 613, 80004, 80007, 80008, 130429})  # over a rate limit
+# The token or the account: expired or revoked token, missing permission, a deleted number,
+# restricted, locked or unpaid account, spam limit. Every message of the number would fail the
+# same way until someone fixes it.
+AUTH = frozenset(
+    {0, 3, 10, 33, 102, 190, 368, 131005, 131031, 131042, 131045, 131048, *range(200, 300)}
+)
+# About this message alone (its recipient, its content, its template, the 24-hour window).
+MESSAGE = frozenset(
+    {
+        100,
+        130403,
+        130472,
+        130497,
+        131008,
+        131009,
+        131021,
+        131026,
+        131030,
+        131047,
+        131049,
+        131050,
+        131051,
+        131052,
+        131053,
+        131062,
+        135000,
+        *range(132000, 132100),
+    }
+)
 PAIR_RATE = 131056  # too many messages to one recipient: only that contact waits
+_TOKEN = re.compile(r"[!-~]+")  # a token is one run of printable ASCII: it goes in a header
+_MESSAGE_ID = re.compile(r"[!-~]{1,512}")  # Meta's wamid.*: printable ASCII
 
 
 def graph_body(out: Outgoing) -> dict[str, Any]:
@@ -40,7 +70,7 @@ def graph_body(out: Outgoing) -> dict[str, Any]:
     elif out.user_id:
         body["recipient"] = out.user_id
     else:
-        raise PermanentDelivery("the contact has neither a phone number nor a user id")
+        raise PermanentDelivery("the contact has neither a phone number nor a user id", local=True)
     body["biz_opaque_callback_data"] = out.id[:512]
     m = out.message
     if isinstance(m, TextMessage):
@@ -85,7 +115,10 @@ def outcome(status: int, data: Any, retry_after: str | None = None) -> str:
     wait = _seconds(retry_after)
     if 200 <= status < 300 and not error:
         try:
-            return str(data["messages"][0]["id"])
+            provider_id = data["messages"][0]["id"]
+            if not isinstance(provider_id, str) or not _MESSAGE_ID.fullmatch(provider_id):
+                raise TypeError(provider_id)
+            return provider_id
         except (KeyError, IndexError, TypeError):
             # Not the Graph API talking (a proxy, a captive portal, a wrong URL): not about the
             # message, and every other message would get the same.
@@ -105,9 +138,11 @@ def outcome(status: int, data: Any, retry_after: str | None = None) -> str:
         code: int | None = int(error.get("code"))  # type: ignore[arg-type]
     except (TypeError, ValueError, OverflowError):
         code = None
+    if code is not None and not 0 <= code < 2**31:
+        code = None  # no such code: it would not even fit the store's column
     data_ = error.get("error_data")
     details = data_.get("details") if isinstance(data_, dict) else None
-    title = str(details or error.get("message") or f"HTTP {status}")[:300]
+    title = scrub(str(details or error.get("message") or f"HTTP {status}")[:300])
     if code is not None:
         title = f"({code}) {title}"
     why = _cause(status, code)
@@ -120,14 +155,16 @@ def outcome(status: int, data: Any, retry_after: str | None = None) -> str:
 
 def _cause(status: int, code: int | None) -> str | None:
     """Why the whole number has to wait, or None when the answer is about this message."""
-    if code is not None:
-        if code in OUTAGE:
-            return "outage"
-        if code in THROTTLED:
-            return "throttled"
-        if code in AUTH:
-            return "auth"
+    if code in OUTAGE:
+        return "outage"
+    if code in THROTTLED:
+        return "throttled"
+    if code in AUTH:
+        return "auth"
+    if code in MESSAGE or code == PAIR_RATE:
         return None
+    # A code this table does not know, or none: the HTTP status decides, so that an outage
+    # with a new code does not fail every reply.
     if status == 429:
         return "throttled"
     if status in (401, 403):
@@ -154,6 +191,8 @@ class AccessToken:
         if (value is None) == (path is None):
             raise ValueError("give the token or the file that holds it, not both")
         self._path = path
+        if value is not None and not _TOKEN.fullmatch(value.reveal()):
+            raise ConfigError("WHATSAPP_ACCESS_TOKEN holds spaces or control characters")
         self._value = value.reveal() if value is not None else self._read()
         self._stale = False
 
@@ -165,6 +204,11 @@ class AccessToken:
             raise ConfigError(f"WHATSAPP_ACCESS_TOKEN_FILE: cannot read {self._path}: {e}") from e
         if not value:
             raise ConfigError(f"WHATSAPP_ACCESS_TOKEN_FILE: {self._path} is empty")
+        if not _TOKEN.fullmatch(value):
+            raise ConfigError(
+                f"WHATSAPP_ACCESS_TOKEN_FILE: the token in {self._path} holds spaces, line "
+                "breaks or control characters (one line, the token alone)"
+            )
         redact(value)
         return value
 

@@ -42,7 +42,7 @@ from functools import partial
 
 from .backoff import CONTACT, PROBE
 from .committer import Committer, retrying
-from .errors import ChannelDown, PermanentDelivery, RetryableDelivery
+from .errors import ChannelDown, PermanentDelivery, RetryableDelivery, StoreRejected
 from .logs import mask
 from .metrics import Metrics
 from .outbound import from_json
@@ -81,6 +81,7 @@ class Line:
     timer: Timer | None = None  # the next probe
     paused_total: float = 0.0  # seconds spent paused before the current pause
     accepted: int = 0  # messages the provider accepted from this number
+    pending: int = 0  # messages of this number waiting to be settled
 
     def uptime(self, now: float) -> float:
         """A clock that stands still while the number is paused."""
@@ -141,6 +142,8 @@ class Delivery:
         self._quiet.set()
         self._empty = asyncio.Event()
         self._empty.set()
+        self._settled = asyncio.Event()  # set while nothing waits for a number that sends
+        self._settled.set()
         self.pending = 0
 
     def start(self) -> None:
@@ -160,20 +163,48 @@ class Delivery:
                 queue = self._queues[row.contact] = deque()
                 self._ready.put_nowait(row.contact)
             queue.append((row.id, row.contact, row.number, row.payload, born))
+            line.pending += 1
             self.pending += 1
         if self.pending:
             self._empty.clear()
+        self._check_settled()
 
     def paused(self) -> list[Paused]:
         """The numbers paused now, with why and how many contacts wait."""
         return [
-            Paused(line.number, line.down.cause, line.down.detail, line.down.since, len(line.held))
+            Paused(
+                line.number,
+                line.down.cause,
+                line.down.detail,
+                line.down.since,
+                len(line.held) + (line.probe is not None),
+            )
             for line in self._lines.values()
             if line.down is not None
         ]
 
+    @property
+    def active(self) -> int:
+        """Messages waiting for numbers that are not paused: what should drain soon."""
+        return self.pending - sum(line.pending for line in self._lines.values() if line.down)
+
+    def held_beyond(self, number: str, limit: int) -> bool:
+        """The number is paused and holds more than `limit` messages."""
+        line = self._lines.get(number)
+        return line is not None and line.down is not None and line.pending > limit
+
     async def wait_empty(self) -> None:
         await self._empty.wait()
+
+    async def wait_settled(self) -> None:
+        """Return once every message waiting is held by a paused number (or none waits)."""
+        await self._settled.wait()
+
+    def _check_settled(self) -> None:
+        if self.active:
+            self._settled.clear()
+        else:
+            self._settled.set()
 
     async def wait_quiet(self) -> None:
         """Return once no send is under way."""
@@ -215,10 +246,12 @@ class Delivery:
             self._quiet.clear()
             try:
                 step = await self._attempt(line, contact, queue[0])
-            except Exception:  # a bug here must not cost the pool a worker, nor wedge the contact
-                log.exception("delivery of %s failed unexpectedly; dropped", queue[0][0])
-                self._metrics.outbound.inc("failed", "")
-                step = DONE
+            except Exception:
+                # A bug here must not cost the pool a worker, nor lose the message (its row is
+                # still pending on disk): the contact tries again later, in order.
+                log.exception("delivery of %s failed unexpectedly; retried later", queue[0][0])
+                self._metrics.outbound.inc("retried", "bug")
+                step = CONTACT.cap
             finally:
                 self._in_flight -= 1
                 if not self._in_flight:
@@ -235,14 +268,16 @@ class Delivery:
             self._parked[contact] = self._clock.call_later(step, partial(self._unpark, contact))
         else:
             queue.popleft()
+            line.pending -= 1
             self.pending -= 1
+            self._check_settled()
             if queue:
                 self._ready.put_nowait(contact)
                 return
             del self._queues[contact]
             if line.probe == contact:  # its last message was given up: probe with another one
                 line.probe = None
-                self._schedule_probe(line, 0.0)
+                self._schedule_probe(line, None, at_once=True)
             if not self._queues:
                 self._empty.set()
 
@@ -284,15 +319,15 @@ class Delivery:
             self._down(line, e, probe=probe)
             return HOLD
         except RetryableDelivery as e:
-            if probe:  # the provider answered about this recipient: the number works again
-                self._resume(line)
+            if probe:  # an answer about this recipient: the number works again
+                self._probed(line, e)
             failures = self._count_retry(ident, e, line)
             delay = CONTACT.delay(failures, retry_after=e.retry_after)
             log.info("send %s to %s: %s; retry in %.0fs", ident, mask(contact), e, delay)
             return delay
         except PermanentDelivery as e:
             if probe:
-                self._resume(line)
+                self._probed(line, e)
             await self._settle(ident, contact, failed=e.code or e.status, title=str(e))
             return DONE
         line.accepted += 1
@@ -308,7 +343,19 @@ class Delivery:
             raise
         except Exception as e:  # a sender bug must not lose the message, nor stop the number
             log.exception("sender raised for %s", out.id)
-            raise RetryableDelivery(f"sender error: {e!r}") from e
+            raise RetryableDelivery(f"sender error: {e!r}", local=True) from e
+
+    def _probed(self, line: Line, e: RetryableDelivery | PermanentDelivery) -> None:
+        """A probe that did not go through: the provider's answer about the message means the
+        number works; an error of our own (the message could not be built or sent) says nothing
+        about the provider, so the number stays paused and another contact probes next."""
+        if not e.local:
+            self._resume(line)
+        elif line.down is not None:
+            line.probe = None
+            line.failed_probes += 1
+            self._metrics.probes.inc("failed")
+            self._schedule_probe(line, None)
 
     def _isolated(self, line: Line, ident: str, e: ChannelDown) -> bool:
         """An outage-like failure of a message that failed before, while other messages of its
@@ -353,6 +400,7 @@ class Delivery:
         if line.down is None:
             line.down = Down(e.cause, str(e), e.code, now)
             line.failed_probes = 0
+            self._check_settled()
             self._metrics.pauses.inc(e.cause)
             log.warning(
                 "number %s paused (%s: %s); its replies wait and a probe goes out every 30s "
@@ -369,13 +417,12 @@ class Delivery:
             self._metrics.probes.inc("failed")
             self._schedule_probe(line, e.retry_after)
 
-    def _schedule_probe(self, line: Line, retry_after: float | None) -> None:
+    def _schedule_probe(
+        self, line: Line, retry_after: float | None, *, at_once: bool = False
+    ) -> None:
         if line.timer is not None:
             line.timer.cancel()
-        if retry_after is not None and retry_after <= 0:
-            delay = 0.0
-        else:
-            delay = PROBE.delay(line.failed_probes + 1, self._rand(), retry_after)
+        delay = 0.0 if at_once else PROBE.delay(line.failed_probes + 1, self._rand(), retry_after)
         line.timer = self._clock.call_later(delay, partial(self._probe, line))
 
     def _probe(self, line: Line) -> None:
@@ -400,6 +447,7 @@ class Delivery:
         waiting = len(line.held) + (line.probe is not None)
         line.paused_total += now - down.since
         line.down = None
+        self._check_settled()
         line.probe = None
         line.failed_probes = 0
         if line.timer is not None:
@@ -436,7 +484,14 @@ class Delivery:
             op = Delivered(ident, "failed", self._clock.now(), error_code=failed, error_title=title)
             self._metrics.outbound.inc("failed", str(failed or ""))
             log.warning("message %s to %s failed: %s", ident, mask(contact), title)
-        await retrying(lambda: self._committer.submit(op), self._clock)
+        try:
+            await retrying(lambda: self._committer.submit(op), self._clock)
+        except StoreRejected as e:
+            # Something the provider sent cannot be stored (the store says why): the outcome
+            # is recorded without it, or the message would stay pending and go out again.
+            log.error("outcome of %s recorded without the provider's details: %s", ident, e)
+            bare = Delivered(ident, op.status, op.at, error_title="(not storable)")
+            await retrying(lambda: self._committer.submit(bare), self._clock)
 
 
 def _outgoing(item: Pending) -> Outgoing:
@@ -452,7 +507,7 @@ def _outgoing(item: Pending) -> Outgoing:
             message=from_json(data["message"]),
         )
     except (ValueError, KeyError, TypeError, AttributeError) as e:
-        raise PermanentDelivery(f"unreadable outbox payload: {e!r}") from e
+        raise PermanentDelivery(f"unreadable outbox payload: {e!r}", local=True) from e
 
 
 def _span(seconds: float) -> str:

@@ -159,12 +159,13 @@ class Engine:
         deadline = loop.time() + seconds
         try:
             await asyncio.wait_for(self.actors.wait_idle(), max(0.0, deadline - loop.time() - 1.0))
+            # Replies held for a paused number cannot drain: they stay in the outbox, on disk.
             await asyncio.wait_for(
-                self.delivery.wait_empty(), max(0.0, deadline - loop.time() - 1.0)
+                self.delivery.wait_settled(), max(0.0, deadline - loop.time() - 1.0)
             )
-            return True
         except TimeoutError:
             return False
+        return not self.delivery.pending
 
     async def close(self, grace: float = 1.0) -> None:
         self.accepting = False
@@ -195,13 +196,24 @@ class Engine:
 
     @property
     def backlog(self) -> int:
-        """Work waiting in memory: events in mailboxes and replies in the outbox."""
-        return self.actors.depth + self.delivery.pending
+        """Work waiting in memory that should drain: events in mailboxes and replies for
+        numbers that are sending. Replies held by a paused number have a bound of their own
+        (`refuses`), so one number's outage does not close intake for the others."""
+        return self.actors.depth + self.delivery.active
 
     @property
     def overloaded(self) -> bool:
         """True while the backlog is over its bound: intake answers 503 until it drains."""
         return self.backlog > self.config.max_backlog
+
+    def refuses(self, events: Sequence[Event]) -> bool:
+        """True when `events` bring messages to a paused number that already holds more than
+        MAX_BACKLOG replies: those wait at the provider (a 503 is retried) rather than here."""
+        limit = self.config.max_backlog
+        return any(
+            isinstance(e, Message) and self.delivery.held_beyond(e.customer.number, limit)
+            for e in events
+        )
 
     def route(self, contact: str, item: Deliver) -> None:
         """The one place an event meets its actor."""

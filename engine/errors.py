@@ -58,12 +58,22 @@ class StoreRejected(EngineError):
 
 
 class DeliveryError(EngineError):
-    """A send failed; `code` is the provider's error code when it gave one."""
+    """A send failed; `code` is the provider's error code when it gave one. `local` is set when
+    the provider said nothing (the message could not even be built or sent from here): such an
+    error tells nothing about the provider's state."""
 
-    def __init__(self, message: str, *, code: int | None = None, status: int | None = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: int | None = None,
+        status: int | None = None,
+        local: bool = False,
+    ):
         super().__init__(message)
         self.code = code
         self.status = status
+        self.local = local
 
 
 class RetryableDelivery(DeliveryError):
@@ -77,8 +87,9 @@ class RetryableDelivery(DeliveryError):
         status: int | None = None,
         retry_after: float | None = None,
         maybe_sent: bool = False,
+        local: bool = False,
     ):
-        super().__init__(message, code=code, status=status)
+        super().__init__(message, code=code, status=status, local=local)
         self.retry_after = retry_after
         # True when the provider may have received the message (a timeout or a connection
         # lost after sending): sending it again may show it twice.

@@ -275,7 +275,7 @@ async def test_a_message_the_provider_keeps_refusing_for_its_recipient_is_given_
     up-time the message is recorded as failed, and the contact's next message goes out."""
     async with make_rig(graph, AccessToken(Secret("tok")), max_age=600) as rig:
         pair_rate = meta_error(131056, "Pair rate limit hit")
-        rig.graph.refuse = lambda body: pair_rate if body["text"]["body"] == "a-0" else None
+        rig.graph.refuse = lambda _n, body: pair_rate if body["text"]["body"] == "a-0" else None
         await rig.queue([row("a:0", "a", "a-0")])
         await rig.queue([row("b:0", "b", "b-0")])
         assert rig.delivery.paused() == []  # the number was never paused
@@ -310,7 +310,7 @@ async def test_one_message_the_provider_always_fails_pauses_its_number_once(rig:
     first failure pauses the number (it looks like an outage), a probe with another contact
     resumes it, and from then on only that message's contact waits (as long as between probes)."""
     poisoned = meta_error(131000, "Something went wrong", 500)
-    rig.graph.refuse = lambda body: poisoned if body["text"]["body"] == "a-0" else None
+    rig.graph.refuse = lambda _n, body: poisoned if body["text"]["body"] == "a-0" else None
     await rig.queue([row("a:0", "a", "a-0")])
     await rig.queue([row(f"{c}:0", c, f"{c}-0") for c in "bcd"])
     await rig.run(120)
@@ -322,6 +322,83 @@ async def test_one_message_the_provider_always_fails_pauses_its_number_once(rig:
     tries = [r["received"] for r in rig.graph.requests if r["body"]["text"]["body"] == "a-0"]
     assert [round(b - a) for a, b in itertools.pairwise(tries)][:6] == [1, 2, 4, 8, 16, 30]
     assert (await rig.message("a:0")).status == "pending"
+
+
+async def test_a_retry_after_of_zero_is_not_a_storm_of_probes(rig: Rig) -> None:
+    """Retry-After: 0 (or 0.01) is honoured no faster than one probe a second."""
+    for wait in ("0", "0.01"):
+        rig.graph.requests.clear()
+        rig.graph.failing = (*meta_error(130429, "Rate limit hit", 429), {"Retry-After": wait})
+        await rig.queue([row(f"a:{wait}", "a", f"a-{wait}")])
+        await rig.run(10, step=0.25)
+        assert len(rig.graph.requests) <= 12, len(rig.graph.requests)
+        rig.graph.failing = None
+        await rig.until_empty()
+
+
+async def test_a_probe_that_fails_here_does_not_resume_the_number(rig: Rig) -> None:
+    """A probe whose message cannot even be built (no recipient) says nothing about the
+    provider: that message is recorded as failed, the number stays paused, another probes."""
+    rig.graph.failing = meta_error(2, "Temporary downtime", 503)
+    await rig.queue([row("a:0", "a", "a-0"), row("b:0", "b", "b-0")])
+    await rig.queue([row("c:0", "c", "c-0", phone=None, user_id=None)])
+    await rig.run(20)  # probes: a at 1 s, b at 3 s, c at 7 s, a again...
+    failed = await rig.message("c:0")
+    assert failed.status == "failed" and "neither a phone number" in (failed.error_title or "")
+    assert rig.delivery.paused() and rig.metrics.probes.get("ok") == 0
+    rig.graph.failing = None
+    await rig.until_empty()
+    assert {(await rig.message(i)).status for i in ("a:0", "b:0")} == {"accepted"}
+
+
+async def test_an_answer_the_store_cannot_hold_still_settles_the_message(
+    graph: tuple[FakeGraph, str], tmp_path: Path
+) -> None:
+    """A provider id SQLite cannot store (half an emoji) must not leave the message pending, to
+    go out again after a restart behind the contact's later replies."""
+    from adapters.sqlite_store import SqliteStore
+
+    class Odd:
+        async def send(self, out: Outgoing) -> str:
+            return "wamid.\ud83d" if out.id == "a:0" else f"wamid.{out.id}"
+
+    store = SqliteStore(tmp_path / "s.sqlite3")
+    await store.open()
+    metrics = Metrics()
+    committer = Committer(store, metrics)
+    committer.start()
+    delivery = Delivery(Odd(), committer, metrics, clock=FakeClock(), concurrency=1)
+    delivery.start()
+    rows = [row("a:0", "a", "a-0"), row("a:1", "a", "a-1")]
+    await store.write([Commit(ConversationRow("a", NUMBER, "f", "s", False, 1.0, {"v": 1}), rows)])
+    delivery.enqueue(rows)
+    await delivery.wait_empty()
+    await delivery.stop(1.0)
+    await committer.close()
+    assert await store.outbox() == []
+    statuses = [(m.id, m.status) for m in await store.transcript("a", 10)]
+    assert statuses == [("a:0", "accepted"), ("a:1", "accepted")]
+    await store.close()
+
+
+def test_a_token_file_with_a_line_break_is_refused_and_the_old_token_kept(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from engine.errors import ConfigError
+
+    token = tmp_path / "token"
+    token.write_text("new-\ntoken\n")
+    with pytest.raises(ConfigError, match="line breaks"):
+        AccessToken(path=token)
+    token.write_text("good-token\n")
+    access = AccessToken(path=token)
+    token.write_text("half\ntoken")
+    access.refused()
+    assert access.header() == "Bearer good-token"
+    assert any("line breaks" in r.getMessage() for r in caplog.records)
+    token.write_text("renewed")
+    access.refused()
+    assert access.header() == "Bearer renewed"
 
 
 async def test_permanent_errors_are_recorded_and_the_next_message_goes_out(rig: Rig) -> None:
@@ -431,6 +508,15 @@ OUTCOMES: list[tuple[int, Any, str | None, str]] = [
     (400, meta_error(131026)[1], None, "message"),
     (400, meta_error(131051)[1], None, "message"),
     (500, meta_error(100)[1], None, "message"),  # the code decides, not the HTTP status
+    (503, meta_error(999999)[1], None, "outage"),  # an unknown code: the status decides
+    (502, meta_error(133004)[1], None, "outage"),
+    (400, meta_error(999999)[1], None, "message"),
+    (400, meta_error(131005)[1], None, "auth"),
+    (400, meta_error(33)[1], None, "auth"),
+    (400, meta_error(17)[1], None, "throttled"),
+    (400, meta_error(613)[1], None, "throttled"),
+    (200, {"messages": [{"id": "wamid.\ud83d"}]}, None, "outage"),  # not a Graph API id
+    (200, {"messages": [{"id": ""}]}, None, "outage"),
     (400, meta_error(131008)[1], None, "message"),
     (404, "not json", None, "outage"),  # no Graph API error: nothing about the message
     (400, {"oops": 1}, None, "outage"),

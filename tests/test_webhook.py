@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 from typing import Any
 
 from adapters.web import ENGINE
 from tests.conftest import AppFactory
-from tests.fakes.graph import FakeGraph
+from tests.fakes.graph import FakeGraph, meta_error
 from tests.support import VERIFY, body, change, eventually, signed, text
 
 
@@ -155,3 +156,29 @@ async def test_503_when_the_backlog_is_full(
     await eventually(lambda: client.app[ENGINE].backlog == 0, timeout=10)
     again = await post(client, body(change([text("15559990000", "wamid.bpx", "hi")])))
     assert again.status == 200  # Meta's retry is taken once the backlog drained
+
+
+async def test_a_paused_number_holding_many_replies_does_not_close_intake_for_the_others(
+    start_app: AppFactory, env: dict[str, str], graph: tuple[FakeGraph, str]
+) -> None:
+    """Number 111 is down and holds more than MAX_BACKLOG replies: its own webhooks get 503 (Meta
+    keeps them), the other number's are accepted and answered; SIGTERM's drain does not wait
+    for what cannot drain."""
+    fake, _ = graph
+    fake.refuse = lambda number, _body: meta_error(2, "down", 503) if number == "111" else None
+    env["MAX_BACKLOG"] = "5"
+    client = await start_app(env)
+    engine = client.app[ENGINE]
+    codes = []
+    for i in range(10):
+        r = await post(
+            client, body(change([text(f"1555000{i:04d}", f"w.a{i}", "hi")], number="111"))
+        )
+        codes.append((r.status, r.headers.get("Retry-After")))
+        await engine.actors.wait_idle()
+    assert engine.delivery.paused() and engine.delivery.pending > 5
+    assert codes[:6] == [(200, None)] * 6 and (503, "30") in codes[6:]
+    r = await post(client, body(change([text("15550001111", "w.b1", "hi")], number="222")))
+    assert r.status == 200
+    await eventually(lambda: any(q["number"] == "222" and q["wamid"] for q in fake.requests))
+    assert await asyncio.wait_for(engine.drain(7.0), 3.0) is False  # held, not waited for

@@ -44,8 +44,9 @@ class FakeGraph:
     requests: list[dict[str, Any]] = field(default_factory=list)
     script: deque[tuple[Any, ...]] = field(default_factory=deque)
     failing: tuple[Any, ...] | None = None  # (status, body[, headers]) for every request
-    # An answer for the requests whose body it picks (a message the provider keeps refusing).
-    refuse: Callable[[dict[str, Any]], tuple[Any, ...] | None] | None = None
+    # An answer for the requests it picks, by business number and body (a message the provider
+    # keeps refusing, a number that is down while another works).
+    refuse: Callable[[str, dict[str, Any]], tuple[Any, ...] | None] | None = None
     token: str | None = None  # when set, the only Bearer token accepted
     clock: Callable[[], float] = time.time  # what `received` and `at` are measured with
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
@@ -83,7 +84,9 @@ class FakeGraph:
             answer = meta_error(190, "Error validating access token: Session has expired", 401)
         elif self.failing is not None:
             answer = self.failing
-        elif self.refuse is not None and (refused := self.refuse(body)) is not None:
+        elif (
+            self.refuse is not None and (refused := self.refuse(record["number"], body)) is not None
+        ):
             answer = refused
         elif self.script:
             answer = self.script.popleft()
