@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from engine.events import ButtonReply, Content, Customer, Image, ListReply, Location, Message, Text
 from engine.flows import Flow
-from engine.flows.spec import read_flow
+from engine.flows.reader import read_flow
 from engine.flows.text import normalize
 from engine.outbound import ButtonsMessage, ListMessage, TextMessage, split_text
 

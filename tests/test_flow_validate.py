@@ -11,7 +11,7 @@ import pytest
 
 from engine.flows import load_flows, validate_path
 from engine.flows.source import load
-from engine.flows.spec import read_flow
+from engine.flows.reader import read_flow
 from tests.support import ROOT
 
 

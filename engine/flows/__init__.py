@@ -7,7 +7,8 @@ from pathlib import Path
 
 from ..errors import FlowError, Problem
 from .machine import IDLE, Effects, Flow
-from .spec import FlowSpec, read_flow
+from .reader import read_flow
+from .spec import FlowSpec
 
 __all__ = ["IDLE", "Effects", "Flow", "FlowSpec", "Flows", "load_flows", "validate_path"]
 

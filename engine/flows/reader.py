@@ -1,0 +1,340 @@
+"""Reading a flow file into a checked `FlowSpec`, every mistake at its file:line."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+from typing import Any
+
+from ..errors import Problem
+from ..outbound import LIMITS
+from .checks import all_branches, choices, reachability, targets, then_cycles
+from .reading import Reading
+from .says import say_items, says, template
+from .source import YList, YMap
+from .spec import (
+    BRANCH_KEYS,
+    CONDITIONS,
+    DEFAULT_REPROMPT,
+    FLOW_KEYS,
+    MESSAGE_KINDS,
+    NAME,
+    REPROMPT_KEYS,
+    STATE_KEYS,
+    Branch,
+    FlowSpec,
+    Reprompt,
+    Say,
+    StateSpec,
+)
+from .text import BUILTIN_VALUES, Faq, FaqEntry, Keywords, normalize
+
+
+def read_flow(path: Path) -> tuple[FlowSpec | None, list[Problem]]:
+    """Read and check one flow file: (spec, []) when valid, (None, problems) otherwise."""
+    reader = FlowReader(path)
+    spec = reader.flow()
+    if reader.problems:
+        return None, sorted(reader.problems, key=lambda p: (p.file, p.line))
+    return spec, []
+
+
+class FlowReader(Reading):
+    def __init__(self, path: Path) -> None:
+        super().__init__(str(path))
+        self.path = path
+
+    # --- document --------------------------------------------------------------------------
+
+    def flow(self) -> FlowSpec | None:
+        name = self.path.stem
+        if not NAME.fullmatch(name):
+            self.err(1, f"flow file name {name!r} must be letters, digits, '_', '-' or '.'")
+        try:
+            raw = self.path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            self.err(1, f"cannot read flow: {e}")
+            return None
+        doc = self.yaml(raw, self.file)
+        if doc is None:
+            return None
+        if not isinstance(doc, YMap):
+            self.err(getattr(doc, "line", 1), "a flow must be a mapping with start: and states:")
+            return None
+        self.keys(doc, FLOW_KEYS, "flow")
+        faq, faq_text = self.faq(doc)
+        slots = self.slot_defaults(doc)
+        anywhere = self.branches(doc, "anywhere", "anywhere") if "anywhere" in doc else ()
+        otherwise = self.reprompts(doc, "otherwise") if "otherwise" in doc else None
+        states = self.states(doc)
+        start = self.scalar(doc, "start", required=True) or ""
+        if faq is None and any(b.when == "faq" for b in all_branches(states, anywhere)):
+            self.err(doc.line, "a branch uses faq: true but the flow names no faq: file")
+        spec = FlowSpec(
+            name=name,
+            path=self.file,
+            version=hashlib.sha256((raw + "\0" + faq_text).encode()).hexdigest()[:12],
+            start=start,
+            states=states,
+            anywhere=anywhere,
+            otherwise=otherwise
+            or (Reprompt(doc.line, (Say(doc.line, "text", DEFAULT_REPROMPT),), repeat=True),),
+            faq=faq,
+            slots=slots,
+        )
+        if start and start not in states:
+            self.err(
+                doc.line_of("start"), f"start: unknown state {start!r}{self.hint(start, states)}"
+            )
+        targets(self, spec)
+        if start in states:
+            reachability(self, spec)
+            then_cycles(self, spec)
+        choices(self, spec)
+        for line, file, name_ in self.used:
+            if name_ not in BUILTIN_VALUES and name_ not in self.slots:
+                self.err(
+                    line, f"unknown placeholder {{{name_}}}: no step sets a slot by that name", file
+                )
+        return spec
+
+    def faq(self, doc: YMap) -> tuple[Faq | None, str]:
+        ref = self.scalar(doc, "faq")
+        if ref is None:
+            return None, ""
+        path = self.path.parent / ref
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            self.err(doc.line_of("faq"), f"faq: cannot read {ref!r}: {e.__class__.__name__}")
+            return None, ""
+        file = str(path)
+        items = self.yaml(text, file)
+        if not isinstance(items, YList) or not items:
+            self.err(
+                getattr(items, "line", 1),
+                "an FAQ file is a list of {question, keywords, answer}",
+                file,
+            )
+            return None, text
+        entries = []
+        for i, item in enumerate(items):
+            line = items.line_of(i)
+            if not isinstance(item, YMap):
+                self.err(line, "an FAQ entry is a mapping with question, keywords and answer", file)
+                continue
+            self.keys(item, ("question", "keywords", "answer"), "FAQ entry", file)
+            keywords = item.get("keywords")
+            answer = item.get("answer")
+            if (
+                not isinstance(keywords, YList)
+                or not keywords
+                or not all(isinstance(k, str) for k in keywords)
+            ):
+                self.err(
+                    item.line_of("keywords"), "keywords: a non-empty list of words or phrases", file
+                )
+                continue
+            if not isinstance(answer, str) or not answer.strip():
+                self.err(item.line_of("answer"), "answer: the text to send", file)
+                continue
+            template(self, answer, item.line_of("answer"), LIMITS["text"], "answer", file=file)
+            entries.append(
+                FaqEntry(str(item.get("question") or answer[:40]), Keywords.of(keywords), answer)
+            )
+        return Faq(tuple(entries)), text
+
+    def slot_defaults(self, doc: YMap) -> dict[str, str]:
+        raw = doc.get("slots")
+        if raw is None:
+            return {}
+        if not isinstance(raw, YMap):
+            self.err(doc.line_of("slots"), "slots: a mapping of slot names to starting values")
+            return {}
+        out = {}
+        for key, value in raw.items():
+            if self.slot_name(key, raw.line_of(key)) and isinstance(value, str | None):
+                out[key] = value or ""
+            elif not isinstance(value, str | None):
+                self.err(raw.line_of(key), f"slots: {key} must be text")
+        return out
+
+    def states(self, doc: YMap) -> dict[str, StateSpec]:
+        raw = doc.get("states")
+        if not isinstance(raw, YMap) or not raw:
+            self.err(doc.line_of("states"), "states: a mapping of step names to steps is required")
+            return {}
+        states = {}
+        for name, body in raw.items():
+            line = raw.line_of(name)
+            if name.startswith("_") or not name.strip():
+                self.err(line, f"state name {name!r}: names may not be empty or start with '_'")
+            elif len(name) > 100:
+                self.err(line, "state name longer than 100 characters")
+            state = self.state(name, body, line)
+            if state is not None:
+                states[name] = state
+        return states
+
+    # --- steps -------------------------------------------------------------------------------
+
+    def state(self, name: str, body: Any, line: int) -> StateSpec | None:
+        if not isinstance(body, YMap):
+            self.err(line, f"state {name!r} must be a mapping (say:, on:, then:, handoff: or end:)")
+            return None
+        self.keys(body, STATE_KEYS, f"state {name!r}")
+        modes = [
+            k
+            for k in ("on", "then", "handoff", "end")
+            if k in body and body[k] not in (None, False)
+        ]
+        if len(modes) != 1:
+            what = "none" if not modes else " and ".join(modes)
+            self.err(
+                line,
+                f"state {name!r} needs exactly one of on:, then:, handoff: true or end: true"
+                f" (has {what})",
+            )
+        for flag in ("handoff", "end"):
+            if flag in body and not isinstance(body[flag], bool):
+                self.err(body.line_of(flag), f"{flag}: write true or false")
+        then = self.scalar(body, "then")
+        on = self.branches(body, "on", f"state {name!r}") if "on" in body else ()
+        if "on" in body and not on and isinstance(body.get("on"), YList):
+            self.err(body.line_of("on"), "on: needs at least one branch")
+        otherwise = self.reprompts(body, "otherwise") if "otherwise" in body else None
+        if otherwise is not None and "on" not in body:
+            self.err(
+                body.line_of("otherwise"), "otherwise: only applies to a state that waits (on:)"
+            )
+        return StateSpec(
+            name=name,
+            line=line,
+            says=says(self, body, "say"),
+            sets=self.sets(body),
+            on=on,
+            then=then,
+            then_line=body.line_of("then"),
+            otherwise=otherwise,
+            handoff=body.get("handoff") is True,
+            end=body.get("end") is True,
+        )
+
+    def branches(self, parent: YMap, key: str, where: str) -> tuple[Branch, ...]:
+        raw = parent.get(key)
+        if not isinstance(raw, YList):
+            self.err(parent.line_of(key), f"{key}: a list of branches (- choice: ..., go: ...)")
+            return ()
+        out = []
+        for i, item in enumerate(raw):
+            line = raw.line_of(i)
+            if not isinstance(item, YMap):
+                self.err(line, f"{where}: a branch is a mapping like {{choice: yes, go: next}}")
+                continue
+            branch = self.branch(item, line)
+            if branch is not None:
+                out.append(branch)
+        return tuple(out)
+
+    def branch(self, item: YMap, line: int) -> Branch | None:
+        self.keys(item, BRANCH_KEYS, "branch")
+        conds = [c for c in CONDITIONS if c in item]
+        if len(conds) != 1:
+            self.err(
+                line, f"a branch needs exactly one of {', '.join(CONDITIONS)} (has {len(conds)})"
+            )
+            return None
+        when = conds[0]
+        condition = self.condition(when, item[when], item.line_of(when))
+        if condition is None:
+            return None
+        values, pattern = condition
+        save = self.scalar(item, "save")
+        if save is not None:
+            self.slot_name(save, item.line_of("save"))
+        return Branch(
+            line=line,
+            when=when,
+            values=values,
+            pattern=pattern,
+            says=says(self, item, "say"),
+            sets=self.sets(item),
+            save=save,
+            go=self.scalar(item, "go"),
+            go_line=item.line_of("go"),
+        )
+
+    def condition(
+        self, when: str, raw: Any, line: int
+    ) -> tuple[tuple[str, ...], re.Pattern[str] | None] | None:
+        """The values (or pattern) a branch condition tests; None when it cannot be read."""
+        if when == "faq":
+            if raw is not True:
+                self.err(line, "faq: write true")
+            return (), None
+        if when == "regex":
+            if not isinstance(raw, str):
+                self.err(line, "regex: a pattern as text")
+                return None
+            try:
+                pattern = re.compile(raw, re.IGNORECASE)
+            except re.error as e:
+                self.err(line, f"regex: invalid pattern: {e}")
+                return None
+            for group in pattern.groupindex:
+                self.slot_name(group, line)
+            return (), pattern
+        values = self.words(raw, line, when)
+        if when in ("text", "keywords") and not all(normalize(v) for v in values):
+            self.err(line, f"{when}: a value has no letters or digits, so it can never match")
+        if when == "kind":
+            for v in values:
+                if v not in MESSAGE_KINDS:
+                    kinds = ", ".join(sorted(MESSAGE_KINDS))
+                    self.err(line, f"kind: unknown message kind {v!r}; use {kinds}")
+        return values, None
+
+    def reprompts(self, parent: YMap, key: str) -> tuple[Reprompt, ...]:
+        raw = parent[key]
+        line0 = parent.line_of(key)
+        items: list[tuple[Any, int]]
+        if isinstance(raw, YList):
+            items = [(v, raw.line_of(i)) for i, v in enumerate(raw)]
+        else:
+            items = [(raw, line0)]
+        if not items:
+            self.err(line0, "otherwise: needs at least one re-prompt")
+            return ()
+        out = []
+        for i, (item, line) in enumerate(items):
+            if isinstance(item, YMap) and any(k in item for k in REPROMPT_KEYS):
+                self.keys(item, REPROMPT_KEYS, "re-prompt")
+                messages = says(self, item, "say")
+                repeat = item.get("repeat") is True
+                go = self.scalar(item, "go")
+                if go is not None and i != len(items) - 1:
+                    self.err(item.line_of("go"), "otherwise: only the last re-prompt may have go:")
+                out.append(Reprompt(line, messages, repeat, go, item.line_of("go")))
+            else:
+                out.append(Reprompt(line, say_items(self, item, line)))
+        return tuple(out)
+
+    def sets(self, parent: YMap) -> tuple[tuple[str, str], ...]:
+        raw = parent.get("set")
+        if raw is None:
+            return ()
+        if not isinstance(raw, YMap):
+            self.err(parent.line_of("set"), "set: a mapping of slot names to values")
+            return ()
+        out = []
+        for key, value in raw.items():
+            line = raw.line_of(key)
+            if not isinstance(value, str | None):
+                self.err(line, f"set: {key} must be text")
+                continue
+            if self.slot_name(key, line):
+                if value:
+                    template(self, value, line, 10_000, f"set {key}")
+                out.append((key, value or ""))
+        return tuple(out)

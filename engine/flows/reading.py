@@ -1,0 +1,77 @@
+"""What reading a flow file keeps track of: its problems at file:line, the slots the flow sets
+and the names its texts use, and the small checks every part of the reader needs."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+from typing import Any
+
+from ..errors import Problem
+from .source import SourceError, YList, YMap, load
+from .spec import SLOT
+from .text import BUILTIN_VALUES
+
+
+class Reading:
+    def __init__(self, file: str) -> None:
+        self.file = file
+        self.problems: list[Problem] = []
+        self.slots: set[str] = set()  # every slot the flow can set
+        self.used: list[tuple[int, str, str]] = []  # (line, file, placeholder) to check at the end
+
+    def err(self, line: int, message: str, file: str | None = None) -> None:
+        self.problems.append(Problem(file or self.file, line, message))
+
+    def yaml(self, text: str, file: str) -> Any:
+        try:
+            doc, problems = load(text)
+        except SourceError as e:
+            self.err(e.line, e.message, file)
+            return None
+        for p in problems:
+            self.err(p.line, p.message, file)
+        return doc
+
+    def slot_name(self, name: str, line: int) -> bool:
+        if not SLOT.fullmatch(name) or name in BUILTIN_VALUES:
+            self.err(
+                line, f"slot name {name!r}: use letters, digits and '_' (not name, text or phone)"
+            )
+            return False
+        self.slots.add(name)
+        return True
+
+    def words(self, raw: Any, line: int, key: str) -> tuple[str, ...]:
+        items = raw if isinstance(raw, YList) else [raw]
+        if not items or not all(isinstance(v, str) and v.strip() for v in items):
+            self.err(line, f"{key}: text, or a list of texts")
+            return ()
+        return tuple(items)
+
+    def scalar(self, parent: YMap, key: str, *, required: bool = False) -> str | None:
+        if key not in parent or parent[key] is None:
+            if required:
+                self.err(parent.line, f"{key}: is required")
+            return None
+        value = parent[key]
+        if not isinstance(value, str):
+            self.err(parent.line_of(key), f"{key}: must be text")
+            return None
+        return value
+
+    def keys(
+        self, mapping: YMap, allowed: tuple[str, ...], what: str, file: str | None = None
+    ) -> None:
+        for key in mapping:
+            if key not in allowed:
+                self.err(
+                    mapping.line_of(key),
+                    f"unknown key {key!r} in {what}{self.hint(key, allowed)}",
+                    file,
+                )
+
+    @staticmethod
+    def hint(word: str, options: Iterable[str]) -> str:
+        close = difflib.get_close_matches(word, list(options), n=1)
+        return f" (did you mean {close[0]!r}?)" if close else ""

@@ -1,0 +1,192 @@
+"""Reading what a flow says: texts, buttons and lists, checked against WhatsApp's limits.
+
+Texts are templates (`{slot}`, `{slot|default}`); their static length is checked against the
+limit of where they appear, and the names they use are noted for the whole-flow check.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..outbound import LIMITS
+from .reading import Reading
+from .source import YList, YMap
+from .spec import Say, slug
+from .text import placeholders, static_length, stray_brace
+
+
+def says(r: Reading, parent: YMap, key: str) -> tuple[Say, ...]:
+    if key not in parent:
+        return ()
+    return say_items(r, parent[key], parent.line_of(key))
+
+
+def say_items(r: Reading, raw: Any, line: int) -> tuple[Say, ...]:
+    if isinstance(raw, YList):
+        found = [message(r, v, raw.line_of(i)) for i, v in enumerate(raw)]
+        return tuple(s for s in found if s is not None)
+    one = message(r, raw, line)
+    return (one,) if one is not None else ()
+
+
+def message(r: Reading, raw: Any, line: int) -> Say | None:
+    if isinstance(raw, str):
+        template(r, raw, line, LIMITS["text"], "text")
+        return Say(line, "text", raw)
+    if not isinstance(raw, YMap):
+        r.err(line, "say: text, or a mapping with text: and buttons: or list:")
+        return None
+    line = raw.line
+    r.keys(raw, ("text", "buttons", "list", "header", "footer"), "message")
+    body = r.scalar(raw, "text", required=True) or ""
+    if "buttons" in raw and "list" in raw:
+        r.err(line, "a message has buttons: or list:, not both")
+        return None
+    header = r.scalar(raw, "header")
+    footer = r.scalar(raw, "footer")
+    for key, value in (("header", header), ("footer", footer)):
+        if value is not None:
+            template(r, value, raw.line_of(key), LIMITS[key], key)
+    if "buttons" in raw:
+        template(r, body, raw.line_of("text"), LIMITS["button_body"], "text with buttons")
+        options = buttons(r, raw)
+        return Say(line, "buttons", body, buttons=options, header=header, footer=footer)
+    if "list" in raw:
+        template(r, body, raw.line_of("text"), LIMITS["list_body"], "text of a list")
+        button, sections = list_(r, raw)
+        return Say(
+            line,
+            "list",
+            body,
+            list_button=button,
+            sections=sections,
+            header=header,
+            footer=footer,
+        )
+    if header is not None or footer is not None:
+        r.err(line, "header: and footer: need buttons: or list:")
+    template(r, body, raw.line_of("text"), LIMITS["text"], "text")
+    return Say(line, "text", body)
+
+
+def buttons(r: Reading, raw: YMap) -> tuple[tuple[str, str], ...]:
+    items = raw["buttons"]
+    line = raw.line_of("buttons")
+    if not isinstance(items, YList) or not items:
+        r.err(line, "buttons: a list of 1 to 3 buttons")
+        return ()
+    if len(items) > LIMITS["buttons"]:
+        r.err(
+            line,
+            f"{len(items)} buttons: WhatsApp allows at most {LIMITS['buttons']}"
+            " (use list: for more)",
+        )
+    out = [option(r, item, items.line_of(i), "button") for i, item in enumerate(items)]
+    found = tuple((i, t) for i, t, _d in (o for o in out if o is not None))
+    unique(r, found, line, "button")
+    return found
+
+
+def list_(
+    r: Reading, raw: YMap
+) -> tuple[str, tuple[tuple[str | None, tuple[tuple[str, str, str | None], ...]], ...]]:
+    spec = raw["list"]
+    line = raw.line_of("list")
+    if not isinstance(spec, YMap):
+        r.err(line, "list: a mapping with button: and rows: (or sections:)")
+        return "", ()
+    r.keys(spec, ("button", "rows", "sections"), "list")
+    button = r.scalar(spec, "button") or "Options"
+    template(r, button, spec.line_of("button"), LIMITS["list_button"], "list button")
+    sections: list[tuple[str | None, tuple[tuple[str, str, str | None], ...]]] = []
+    if "rows" in spec and "sections" in spec:
+        r.err(line, "list: rows: or sections:, not both")
+    elif "rows" in spec:
+        sections.append((None, rows(r, spec, "rows")))
+    elif isinstance(spec.get("sections"), YList):
+        secs = spec["sections"]
+        if len(secs) > LIMITS["list_sections"]:
+            r.err(
+                spec.line_of("sections"),
+                f"{len(secs)} sections: at most {LIMITS['list_sections']}",
+            )
+        for i, sec in enumerate(secs):
+            if not isinstance(sec, YMap):
+                r.err(secs.line_of(i), "a section is a mapping with title: and rows:")
+                continue
+            r.keys(sec, ("title", "rows"), "section")
+            title = r.scalar(sec, "title")
+            if title is not None:
+                template(r, title, sec.line_of("title"), LIMITS["section_title"], "section title")
+            sections.append((title, rows(r, sec, "rows")))
+    else:
+        r.err(line, "list: needs rows: or sections:")
+    total = sum(len(rows) for _t, rows in sections)
+    if total > LIMITS["list_rows"]:
+        r.err(line, f"{total} list rows: WhatsApp allows at most {LIMITS['list_rows']} in all")
+    unique(r, tuple((row[0], row[1]) for _t, rows in sections for row in rows), line, "row")
+    return button, tuple(sections)
+
+
+def rows(r: Reading, parent: YMap, key: str) -> tuple[tuple[str, str, str | None], ...]:
+    items = parent.get(key)
+    if not isinstance(items, YList) or not items:
+        r.err(parent.line_of(key), f"{key}: a non-empty list of rows")
+        return ()
+    out = [option(r, item, items.line_of(i), "row") for i, item in enumerate(items)]
+    return tuple(o for o in out if o is not None)
+
+
+def option(r: Reading, item: Any, line: int, what: str) -> tuple[str, str, str | None] | None:
+    """A button or list row: 'Title' (id derived) or {id:, title:, description:}."""
+    title_limit = LIMITS["button_title" if what == "button" else "row_title"]
+    id_limit = LIMITS["button_id" if what == "button" else "row_id"]
+    if isinstance(item, str):
+        title, ident, desc = item, slug(item), None
+    elif isinstance(item, YMap):
+        r.keys(item, ("id", "title", "description") if what == "row" else ("id", "title"), what)
+        title = r.scalar(item, "title", required=True) or ""
+        ident = r.scalar(item, "id") or slug(title)
+        desc = r.scalar(item, "description")
+        if desc is not None:
+            template(
+                r, desc, item.line_of("description"), LIMITS["row_description"], "row description"
+            )
+    else:
+        r.err(line, f"a {what} is a title, or a mapping with id: and title:")
+        return None
+    if not ident:
+        r.err(line, f"{what} {title!r} needs an id: (its title has no letters or digits)")
+    elif len(ident) > id_limit:
+        r.err(line, f"{what} id longer than {id_limit} characters")
+    template(r, title, line, title_limit, f"{what} title")
+    return ident, title, desc
+
+
+def unique(r: Reading, options: tuple[tuple[str, str], ...], line: int, what: str) -> None:
+    ids = [i for i, _t in options]
+    titles = [t for _i, t in options]
+    for dup in sorted({i for i in ids if ids.count(i) > 1}):
+        r.err(line, f"{what} id {dup!r} is used twice in one message")
+    for dup in sorted({t for t in titles if titles.count(t) > 1}):
+        r.err(line, f"{what} title {dup!r} is used twice in one message")
+
+
+def template(
+    r: Reading, text: str, line: int, limit: int, what: str, *, file: str | None = None
+) -> None:
+    names = placeholders(text)
+    for name in names:
+        r.used.append((line, file or r.file, name))
+    if stray_brace(text):
+        r.err(
+            line,
+            f"{what}: stray brace; write {{{{ or }}}} for a literal brace,"
+            " {slot} or {slot|default} for a value",
+            file,
+        )
+    size = static_length(text)
+    if size > limit:
+        r.err(line, f"{what} is {size} characters; WhatsApp allows {limit}", file)
+    elif not names and not text.strip():
+        r.err(line, f"{what} is empty", file)
