@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from engine.flows import load_flows, validate_path
-from engine.flows.source import load
 from engine.flows.reader import read_flow
+from engine.flows.source import load
 from tests.support import ROOT
 
 
