@@ -39,6 +39,7 @@ from .events import (
     encode,
 )
 from .flows import Flows
+from .flows.values import to_plain
 from .metrics import Metrics
 from .ports import (
     Accept,
@@ -351,7 +352,7 @@ class Engine:
             "name": snap.get("name"),
             "flow": row.flow,
             "state": row.state,
-            "slots": snap.get("slots") or {},
+            "slots": {k: to_plain(v) for k, v in (snap.get("slots") or {}).items()},
             "handoff": self._held(row, self.clock.now()),
             "handoff_until": iso(snap.get("handoff_until")),
             "last_activity": iso(row.updated_at),

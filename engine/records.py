@@ -10,7 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-SNAPSHOT_VERSION = 1
+from .flows.values import Value, from_json, to_json
+
+SNAPSHOT_VERSION = 2  # 2: typed slot values (numbers, lists, records); 1: text only
 
 # A message's status only moves up this ladder; `failed` is terminal.
 STATUS_RANK = {
@@ -40,7 +42,7 @@ class Conversation:
     flow: str = ""
     flow_version: str = ""
     state: str | None = None  # None: not started; the next message starts the flow
-    slots: dict[str, str] = field(default_factory=dict)
+    slots: dict[str, Value] = field(default_factory=dict)
     misses: int = 0
     handoff_until: float | None = None  # a person holds the conversation until then
     failures: int = 0  # consecutive steps that raised
@@ -61,7 +63,7 @@ class Conversation:
             "flow": self.flow,
             "flow_version": self.flow_version,
             "state": self.state,
-            "slots": self.slots,
+            "slots": {k: to_json(v) for k, v in self.slots.items()},
             "misses": self.misses,
             "handoff_until": self.handoff_until,
             "failures": self.failures,
@@ -73,9 +75,9 @@ class Conversation:
     @classmethod
     def from_snapshot(cls, key: str, data: dict[str, Any]) -> Conversation:
         version = data.get("v")
-        if version != SNAPSHOT_VERSION:
-            # Only one version exists; a future one migrates older shapes here, field by field.
+        if version not in (1, SNAPSHOT_VERSION):
             raise ValueError(f"snapshot of {key} has unknown version {version!r}")
+        # Version 1 held text only, which reads back the same: no migration is needed.
         slots = data.get("slots") or {}
         return cls(
             key=key,
@@ -86,7 +88,7 @@ class Conversation:
             flow=str(data.get("flow") or ""),
             flow_version=str(data.get("flow_version") or ""),
             state=data.get("state"),
-            slots={str(k): str(v) for k, v in slots.items()},
+            slots={str(k): from_json(v) for k, v in slots.items()},
             misses=int(data.get("misses") or 0),
             handoff_until=data.get("handoff_until"),
             failures=int(data.get("failures") or 0),

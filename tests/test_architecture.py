@@ -1,5 +1,6 @@
-"""Dependencies point inward: the engine imports only the stdlib, PyYAML, python-statemachine
-and itself; adapters import the engine; only server.py imports both."""
+"""Dependencies point inward: the engine imports only the stdlib, PyYAML, python-statemachine,
+simpleeval (the flows' expressions: no I/O) and itself; adapters import the engine; only
+server.py imports both."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 
 from tests.support import ROOT
 
-ENGINE_ALLOWED = {"yaml", "statemachine", "engine"}
+ENGINE_ALLOWED = {"yaml", "statemachine", "simpleeval", "engine"}
 FORBIDDEN_IN_ADAPTERS = {"server"}
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import textwrap
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -342,3 +343,136 @@ def test_a_regex_condition_looks_at_the_first_1024_characters(tmp_path: Path) ->
     assert bodies(effects.messages) == ["For 12, take the large."]
     flow.handle(c, msg("." * 2000 + " we are 30 people"))  # beyond the window: not seen
     assert c.slots["count"] == "12"
+
+
+# --- values, conditions, computed slots ---------------------------------------------------------
+
+PIZZA = """
+start: menu
+slots:
+  cart: "= []"
+  total: "= 0"
+states:
+  menu:
+    say:
+      text: "What would you like? ({= len(cart)} in your cart)"
+      buttons: [{id: pizza, title: Pizza}, {id: cola, title: Cola}, {id: done, title: Done}]
+    on:
+      - choice: pizza
+        set: {cart: "= cart + [{'name': 'Pizza', 'price': 9.50}]"}
+        go: menu
+      - choice: cola
+        set: {cart: "= cart + [{'name': 'Cola', 'price': 2.00}]"}
+        go: menu
+      - choice: done
+        when: "len(cart) == 0"
+        say: "Your cart is empty."
+      - choice: done
+        set: {total: "= sum(cart, 'price')"}
+        go:
+          - when: "total >= 20"
+            to: free
+          - to: fee
+  free:
+    say: "Total {= money(total)}, free delivery!"
+    end: true
+  fee:
+    set: {total: "= total + 4.90"}
+    say: "Total {= money(total)} with delivery ({= len(cart)} items: {cart_names})."
+    then: bye
+  bye:
+    set: {cart_names: "unused"}
+    say: Bye!
+    end: true
+"""
+
+
+def tap(flow: Flow, c: Convo, button_id: str) -> list[str]:
+    return bodies(flow.handle(c, msg(ButtonReply(button_id, button_id.title()))).messages)
+
+
+def test_a_cart_a_total_and_a_route_that_depends_on_it(tmp_path: Path) -> None:
+    """Lists built with expressions, a sum in Decimal, when: on a branch, and go: by condition
+    that sees what the branch's own set: just computed."""
+    flow = compile_text(tmp_path, PIZZA.replace("{cart_names}", "{= text([i.name for i in cart])}"))
+    c = Convo()
+    assert bodies(flow.start(c).messages) == ["What would you like? (0 in your cart)"]
+    assert tap(flow, c, "done") == ["Your cart is empty."]
+    assert tap(flow, c, "pizza") == ["What would you like? (1 in your cart)"]
+    tap(flow, c, "pizza")
+    assert tap(flow, c, "done") == ["Total 23.90 with delivery (2 items: Pizza, Pizza).", "Bye!"]
+    assert c.slots["total"] == Decimal("23.90") and c.state == "bye"
+
+    c = Convo()
+    flow.start(c)
+    for _ in range(3):
+        tap(flow, c, "pizza")
+    assert tap(flow, c, "done") == ["Total 28.50, free delivery!"]
+    assert c.state == "free"
+
+
+def test_then_routes_by_condition_after_the_step_sets_its_slots(tmp_path: Path) -> None:
+    flow = compile_text(
+        tmp_path,
+        """
+        start: count
+        slots: {n: "= 0"}
+        states:
+          count:
+            say: "How many?"
+            on:
+              - regex: "(?P<raw>[0-9]+)"
+                go: check
+          check:
+            set: {n: "= number(raw)"}
+            then:
+              - when: "n > 10"
+                to: many
+              - when: "n > 1"
+                to: some
+              - to: one
+          many: {say: "A crowd of {n}.", end: true}
+          some: {say: "{n} it is.", end: true}
+          one: {say: "Just one.", end: true}
+        """,
+    )
+    for typed, said in [
+        ("we are 12", "A crowd of 12."),
+        ("3 please", "3 it is."),
+        ("1", "Just one."),
+    ]:
+        c = Convo()
+        flow.start(c)
+        assert bodies(flow.handle(c, msg(typed)).messages) == [said]
+
+
+def test_save_keeps_a_whole_location_and_a_dropped_pin(tmp_path: Path) -> None:
+    """A place keeps its coordinates, name and address; a pin with no name still has its
+    coordinates (it used to save "")."""
+    flow = compile_text(
+        tmp_path,
+        """
+        start: where
+        states:
+          where:
+            say: Where?
+            on:
+              - kind: location
+                save: place
+                say: "Got {place} ({= place.latitude}, {= place.longitude})."
+        """,
+    )
+    c = Convo()
+    flow.start(c)
+    named = Location(52.3676, 4.9041, name="Dam Square", address="Dam 1")
+    assert bodies(flow.handle(c, msg(named)).messages) == ["Got Dam Square (52.3676, 4.9041)."]
+    assert c.slots["place"] == {
+        "latitude": Decimal("52.3676"),
+        "longitude": Decimal("4.9041"),
+        "name": "Dam Square",
+        "address": "Dam 1",
+    }
+    pin = Location(-33.8688, 151.2093)
+    assert bodies(flow.handle(c, msg(pin)).messages) == [
+        "Got -33.8688, 151.2093 (-33.8688, 151.2093)."
+    ]

@@ -252,7 +252,7 @@ SEEDED = [
         [
             (
                 4,
-                "text: stray brace; write {{ or }} for a literal brace, {slot} or {slot|default} for a value",
+                "text: stray brace; write {{ or }} for a literal brace, {slot} or {slot|default} for a value, {= expression} for a computed one",
             ),
             (4, "unknown placeholder {zero}: no step sets a slot by that name"),
         ],
@@ -301,6 +301,89 @@ SEEDED = [
         [
             (10, "otherwise: only the last re-prompt may have go:"),
             (12, "go to unknown state 'human'"),
+        ],
+    ),
+    (
+        "expressions: unknown names with a hint, syntax, forbidden calls, in every place",
+        """
+        start: a
+        slots:
+          total: "= 0"
+        states:
+          a:
+            say: "Total {= money(totl)}"
+            set: {fee: "= total *"}
+            on:
+              - keywords: [pay]
+                when: "totl > 10"
+                go: a
+              - when: "open('x')"
+                go: a
+              - text: [fee]
+                set: {shown: "= fee + discount"}
+        """,
+        [
+            (
+                6,
+                "unknown name 'totl' in 'money(totl)': no step sets a slot by that name (did you mean 'total'?)",
+            ),
+            (7, "expression 'total *': not an expression: invalid syntax"),
+            (
+                10,
+                "unknown name 'totl' in 'totl > 10': no step sets a slot by that name (did you mean 'total'?)",
+            ),
+            (
+                12,
+                "expression \"open('x')\": unknown function 'open'; use one of len, sum, min, max, abs, round, int, number, money, text, lower, upper, trim, default",
+            ),
+            (15, "unknown name 'discount' in 'fee + discount': no step sets a slot by that name"),
+        ],
+    ),
+    (
+        "routes: a default last, and only last",
+        """
+        start: a
+        states:
+          a:
+            say: Hi
+            on:
+              - text: [go]
+                go:
+                  - to: b
+                  - when: "1 > 0"
+                    to: c
+            then:
+              - when: "2 > 1"
+                to: b
+          b: {say: B, end: true}
+          c: {say: C, end: true}
+        """,
+        [
+            (
+                3,
+                "state 'a' needs exactly one of on:, then:, handoff: true or end: true (has on and then)",
+            ),
+            (8, "go: only the last route may go without when:"),
+            (10, "go: end the routes with one that has no when: (where to go otherwise)"),
+            (13, "then: end the routes with one that has no when: (where to go otherwise)"),
+        ],
+    ),
+    (
+        "a branch with neither a condition nor when:",
+        """
+        start: a
+        states:
+          a:
+            say: Hi
+            on:
+              - say: what
+                go: a
+        """,
+        [
+            (
+                6,
+                "a branch needs one of choice, text, keywords, regex, kind, faq, or when: alone (has 0)",
+            )
         ],
     ),
     (

@@ -16,15 +16,15 @@ def all_branches(states: dict[str, StateSpec], anywhere: tuple[Branch, ...]) -> 
 
 
 def edges(spec: FlowSpec, state: StateSpec) -> Iterable[tuple[str, int]]:
-    if state.then:
-        yield state.then, state.then_line
+    for route in state.then:
+        yield route.to, route.line
     for b in state.on:
-        if b.go:
-            yield b.go, b.go_line
+        for route in b.routes:
+            yield route.to, route.line
     if state.on:
         for b in spec.anywhere:
-            if b.go:
-                yield b.go, b.go_line
+            for route in b.routes:
+                yield route.to, route.line
         for r in state.otherwise or spec.otherwise:
             if r.go:
                 yield r.go, r.go_line
@@ -54,20 +54,28 @@ def reachability(r: Reading, spec: FlowSpec) -> None:
 
 
 def then_cycles(r: Reading, spec: FlowSpec) -> None:
-    """States linked only by then: would loop forever without waiting for the customer."""
-    for name, state in spec.states.items():
-        path = [name]
-        current = state
-        while current.then and current.then in spec.states:
-            if current.then in path:
-                if current.then == name and name == min(path):
-                    r.err(
-                        state.then_line,
-                        f"then: loop {' -> '.join([*path, name])} never waits for the customer",
-                    )
-                break
-            path.append(current.then)
-            current = spec.states[current.then]
+    """Steps that move on by themselves (then:) in a circle would never wait for the customer:
+    any such circle is refused, whatever conditions its routes carry."""
+    graph = {
+        name: [route.to for route in st.then if route.to in spec.states]
+        for name, st in spec.states.items()
+    }
+    reported: set[frozenset[str]] = set()
+    for start in spec.states:
+        stack: list[tuple[str, list[str]]] = [(start, [start])]
+        while stack:
+            current, path = stack.pop()
+            for nxt in graph[current]:
+                if nxt == start:
+                    cycle = frozenset(path)
+                    if cycle not in reported and start == min(path):
+                        reported.add(cycle)
+                        first = path[1] if len(path) > 1 else start
+                        line = next(rt.line for rt in spec.states[start].then if rt.to == first)
+                        loop = " -> ".join([*path, start])
+                        r.err(line, f"then: loop {loop} never waits for the customer")
+                elif nxt not in path:
+                    stack.append((nxt, [*path, nxt]))
 
 
 def choices(r: Reading, spec: FlowSpec) -> None:

@@ -16,11 +16,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any, Protocol
 
 from statemachine.io import create_machine_class_from_definition
 
-from ..events import Message, choice_of
+from ..events import Audio, Document, Image, Location, Message, Sticker, Video, choice_of
 from ..outbound import (
     Button,
     ButtonsMessage,
@@ -31,8 +32,20 @@ from ..outbound import (
     TextMessage,
     fit,
 )
-from .spec import Branch, FlowSpec, Reprompt, Say, StateSpec, offered_says, prompt_of
+from .expr import Evaluator, Expr, parse_cached
+from .spec import (
+    Branch,
+    FlowSpec,
+    Reprompt,
+    Route,
+    Say,
+    SetValue,
+    StateSpec,
+    offered_says,
+    prompt_of,
+)
 from .text import Faq, FaqEntry, Keywords, normalize, render, words
+from .values import Value
 
 IDLE = "_idle"  # the value of the machine's initial state; designer names cannot start with '_'
 MEDIA = frozenset({"image", "audio", "video", "document", "sticker"})
@@ -44,7 +57,7 @@ class ConversationView(Protocol):
     """What a step may read and change of a conversation (the engine's record satisfies it)."""
 
     state: str | None
-    slots: dict[str, str]
+    slots: dict[str, Value]
     misses: int
     name: str | None
     phone: str | None
@@ -64,10 +77,24 @@ class Effects:
 class Step:
     """The argument every condition and action receives."""
 
-    __slots__ = ("choice", "convo", "effects", "faq_hit", "kind", "match", "norm", "padded", "raw")
+    __slots__ = (
+        "choice",
+        "convo",
+        "effects",
+        "evaluate",
+        "faq_hit",
+        "kind",
+        "match",
+        "message",
+        "norm",
+        "padded",
+        "raw",
+    )
 
-    def __init__(self, convo: Any, message: Message | None) -> None:
+    def __init__(self, convo: Any, message: Message | None, evaluate: Evaluator | None) -> None:
         self.convo = convo
+        self.message = message
+        self.evaluate = evaluate
         self.effects = Effects()
         self.raw = message.text.strip() if message is not None else ""
         self.norm = normalize(self.raw)
@@ -77,34 +104,73 @@ class Step:
         self.match: Any = None
         self.faq_hit: FaqEntry | None = None
 
-    def values(self) -> dict[str, str | None]:
+    def values(self) -> dict[str, Value]:
         c = self.convo
         return {**c.slots, "name": c.name, "phone": c.phone, "text": self.raw}
 
+    def compute(self, expr: Expr | str) -> Value:
+        assert self.evaluate is not None
+        if isinstance(expr, str):
+            expr = parse_cached(expr)
+        return self.evaluate(expr, self.values())
+
+    def test(self, expr: Expr) -> bool:
+        return bool(self.compute(expr))
+
+    def render(self, template: str) -> str:
+        return render(template, self.values(), self.compute)
+
+    def assign(self, slot: str, value: SetValue) -> None:
+        self.convo.slots[slot] = (
+            self.compute(value) if isinstance(value, Expr) else self.render(value)
+        )
+
     def say(self, say: Say) -> None:
-        fitted = fit(build_message(say, self.values()))
+        fitted = fit(build_message(say, self))
         self.effects.messages.extend(fitted.messages)
         self.effects.split += fitted.split
         self.effects.shortened += fitted.shortened
 
+    def saved(self) -> Value:
+        """What `save:` keeps of the message: the whole place or media, or the text."""
+        content = self.message.content if self.message is not None else None
+        if isinstance(content, Location):
+            return {
+                "latitude": Decimal(str(content.latitude)),
+                "longitude": Decimal(str(content.longitude)),
+                "name": content.name,
+                "address": content.address,
+            }
+        if isinstance(content, Image | Video | Document | Audio | Sticker):
+            return {
+                "kind": content.kind,
+                "id": content.media_id,
+                "mime_type": content.mime_type,
+                "caption": getattr(content, "caption", None),
+            }
+        return self.raw
 
-def build_message(say: Say, values: dict[str, str | None]) -> OutMessage:
-    body = render(say.body, values)
+
+def build_message(say: Say, step: Step) -> OutMessage:
+    body = step.render(say.body)
     if say.kind == "text":
         return TextMessage(body)
-    header = render(say.header, values) if say.header else None
-    footer = render(say.footer, values) if say.footer else None
+    header = step.render(say.header) if say.header else None
+    footer = step.render(say.footer) if say.footer else None
     if say.kind == "buttons":
-        buttons = tuple(Button(i, render(t, values)) for i, t in say.buttons)
+        buttons = tuple(Button(i, step.render(t)) for i, t in say.buttons)
         return ButtonsMessage(body, buttons, header, footer)
     sections = tuple(
         Section(
-            render(title, values) if title else None,
-            tuple(Row(i, render(t, values), render(d, values) if d else None) for i, t, d in rows),
+            step.render(title) if title else None,
+            tuple(Row(i, step.render(t), step.render(d) if d else None) for i, t, d in rows),
         )
         for title, rows in say.sections
     )
-    return ListMessage(body, render(say.list_button or "Options", values), sections, header, footer)
+    return ListMessage(body, step.render(say.list_button or "Options"), sections, header, footer)
+
+
+_NO_STEP = Step(None, None, None)
 
 
 class Cursor:
@@ -118,7 +184,7 @@ class Cursor:
 
     def __init__(self) -> None:
         self.state: str | None = IDLE
-        self.step: Step = Step(None, None)
+        self.step: Step = _NO_STEP
 
 
 class Flow:
@@ -128,6 +194,7 @@ class Flow:
         self.spec = spec
         self.name = spec.name
         self.version = spec.version
+        self._evaluate = Evaluator()
         self._cursor = Cursor()
         self.machine_class = compile_flow(spec, self._cursor)
         self._instance: Any = None
@@ -144,9 +211,12 @@ class Flow:
         return state is None or state not in self.spec.states or self.spec.states[state].end
 
     def start(self, convo: ConversationView) -> Effects:
-        """Start (or restart) the flow: reset slots and enter the start state."""
-        convo.slots = dict(self.spec.slots)
+        """Start (or restart) the flow: slots to their starting values, enter the start state."""
         convo.misses = 0
+        convo.slots = {}
+        step = Step(convo, None, self._evaluate)
+        for slot, value in self.spec.slots.items():
+            step.assign(slot, value)
         return self._send("start", convo, None, IDLE)
 
     def handle(self, convo: ConversationView, message: Message) -> Effects:
@@ -156,7 +226,7 @@ class Flow:
     def _send(
         self, event: str, convo: ConversationView, message: Message | None, state: str | None
     ) -> Effects:
-        step = Step(convo, message)
+        step = Step(convo, message, self._evaluate)
         if self._instance is None:
             self._instance = self.machine_class(model=self._cursor)
         self._cursor.state = state
@@ -175,11 +245,14 @@ class Flow:
 # --- compiling -------------------------------------------------------------------------------
 
 StepFn = Callable[[Step], Any]
-_NO_STEP = Step(None, None)
 
 
 def compile_flow(spec: FlowSpec, cursor: Cursor) -> Any:
-    """Build the machine class. Its callbacks are pure functions of the step found on `cursor`."""
+    """Build the machine class. Its callbacks are pure functions of the step found on `cursor`.
+
+    Routes with conditions (go: or then: with when:) become eventless transitions out of the
+    step (then:) or out of a hidden routing state the branch goes to (go:), so a route's
+    condition sees what the branch's own set: has just computed."""
 
     def bind(fn: StepFn) -> Callable[[], Any]:
         return lambda: fn(cursor.step)
@@ -188,12 +261,30 @@ def compile_flow(spec: FlowSpec, cursor: Cursor) -> Any:
     states: dict[str, Any] = {
         "s_idle": {"initial": True, "value": IDLE, "on": {"start": [{"target": ids[spec.start]}]}}
     }
+
+    def routed(routes: tuple[Route, ...]) -> list[dict[str, Any]]:
+        return [
+            {"target": ids[r.to], "cond": [bind(_guard(r.guard))]}
+            if r.guard is not None
+            else {"target": ids[r.to]}
+            for r in routes
+        ]
+
+    def target(routes: tuple[Route, ...]) -> str | None:
+        if not routes:
+            return None
+        if len(routes) == 1 and routes[0].guard is None:
+            return ids[routes[0].to]
+        router = f"r{sum(1 for k in states if k.startswith('r'))}"
+        states[router] = {"value": f"_route{router[1:]}", "transitions": routed(routes)}
+        return router
+
     for name, state in spec.states.items():
         definition: dict[str, Any] = {"value": name, "name": name, "enter": [bind(_enter(state))]}
         if state.then:
-            definition["transitions"] = [{"target": ids[state.then]}]
+            definition["transitions"] = routed(state.then)
         if state.on:
-            definition["on"] = {"message": _transitions(spec, state, ids, bind)}
+            definition["on"] = {"message": _transitions(spec, state, target, bind)}
         states[ids[name]] = definition
     return create_machine_class_from_definition(
         _class_name(spec.name),
@@ -201,6 +292,10 @@ def compile_flow(spec: FlowSpec, cursor: Cursor) -> Any:
         catch_errors_as_events=False,  # our callbacks' exceptions reach the engine, which recovers
         validate_trap_states=False,  # end and handoff states wait for the engine to restart them
     )
+
+
+def _guard(expr: Expr) -> StepFn:
+    return lambda step: step.test(expr)
 
 
 def _class_name(flow: str) -> str:
@@ -212,10 +307,8 @@ def _enter(state: StateSpec) -> StepFn:
 
     def enter(step: Step) -> None:
         step.convo.misses = 0
-        if sets:
-            values = step.values()
-            for slot, template in sets:
-                step.convo.slots[slot] = render(template, values)
+        for slot, value in sets:
+            step.assign(slot, value)
         for say in says:
             step.say(say)
         if handoff:
@@ -225,15 +318,19 @@ def _enter(state: StateSpec) -> StepFn:
 
 
 def _transitions(
-    spec: FlowSpec, state: StateSpec, ids: dict[str, str], bind: Callable[[StepFn], Any]
+    spec: FlowSpec,
+    state: StateSpec,
+    target: Callable[[tuple[Route, ...]], str | None],
+    bind: Callable[[StepFn], Any],
 ) -> list[dict[str, Any]]:
     """The state's branches, then the flow's anywhere: branches, then its re-prompt ladder."""
     titles = {i: normalize(t) for say in offered_says(spec, state) for i, t in say.choices()}
+    ids = {name: f"s{i}" for i, name in enumerate(spec.states)}  # the re-prompt ladder's go:
     out = []
     for branch in (*state.on, *spec.anywhere):
         out.append(
             {
-                "target": ids[branch.go] if branch.go else None,
+                "target": target(branch.routes),
                 "cond": [bind(_condition(branch, titles, spec.faq))],
                 "on": [bind(_action(branch))],
             }
@@ -249,7 +346,21 @@ def _transitions(
 
 
 def _condition(branch: Branch, titles: dict[str, str], faq: Faq | None) -> StepFn:
+    """The branch's test of the message, and then its when: guard."""
+    test = _message_test(branch, titles, faq)
+    guard = branch.guard
+    if guard is None:
+        assert test is not None
+        return test
+    if test is None:
+        return lambda step: step.test(guard)
+    return lambda step: test(step) and step.test(guard)
+
+
+def _message_test(branch: Branch, titles: dict[str, str], faq: Faq | None) -> StepFn | None:
     when = branch.when
+    if when == "when":
+        return None
     if when == "choice":
         chosen = frozenset(branch.values)
         typed = frozenset(titles[i] for i in branch.values if i in titles)
@@ -308,13 +419,11 @@ def _action(branch: Branch) -> StepFn:
         step.convo.misses = 0  # understood: the re-prompt ladder starts over
         slots = step.convo.slots
         if save:
-            slots[save] = step.raw
+            slots[save] = step.saved()
         if when == "regex" and step.match is not None:
             slots.update({k: v for k, v in step.match.groupdict().items() if v is not None})
-        if sets:
-            values = step.values()
-            for slot, template in sets:
-                slots[slot] = render(template, values)
+        for slot, value in sets:
+            step.assign(slot, value)
         if when == "faq" and step.faq_hit is not None:
             step.say(Say(branch.line, "text", step.faq_hit.answer))
         for say in says:

@@ -25,7 +25,9 @@ from .spec import (
     Branch,
     FlowSpec,
     Reprompt,
+    Route,
     Say,
+    SetValue,
     StateSpec,
 )
 from .text import BUILTIN_VALUES, Faq, FaqEntry, Keywords, normalize
@@ -97,6 +99,15 @@ class FlowReader(Reading):
                 self.err(
                     line, f"unknown placeholder {{{name_}}}: no step sets a slot by that name", file
                 )
+        for line, file, expr in self.exprs:
+            for name_ in sorted(expr.names - BUILTIN_VALUES - self.slots):
+                known = sorted(self.slots | BUILTIN_VALUES)
+                self.err(
+                    line,
+                    f"unknown name {name_!r} in {expr.source!r}: no step sets a slot by that"
+                    f" name{self.hint(name_, known)}",
+                    file,
+                )
         return spec
 
     def faq(self, doc: YMap) -> tuple[Faq | None, str]:
@@ -145,19 +156,22 @@ class FlowReader(Reading):
             )
         return Faq(tuple(entries)), text
 
-    def slot_defaults(self, doc: YMap) -> dict[str, str]:
+    def slot_defaults(self, doc: YMap) -> dict[str, SetValue]:
         raw = doc.get("slots")
         if raw is None:
             return {}
         if not isinstance(raw, YMap):
             self.err(doc.line_of("slots"), "slots: a mapping of slot names to starting values")
             return {}
-        out = {}
+        out: dict[str, SetValue] = {}
         for key, value in raw.items():
-            if self.slot_name(key, raw.line_of(key)) and isinstance(value, str | None):
-                out[key] = value or ""
-            elif not isinstance(value, str | None):
-                self.err(raw.line_of(key), f"slots: {key} must be text")
+            line = raw.line_of(key)
+            if not isinstance(value, str | None):
+                self.err(line, f"slots: {key} must be text, or an expression after =")
+            elif self.slot_name(key, line):
+                computed = self.value(value or "", line, f"slot {key}")
+                if computed is not None:
+                    out[key] = computed
         return out
 
     def states(self, doc: YMap) -> dict[str, StateSpec]:
@@ -199,9 +213,9 @@ class FlowReader(Reading):
         for flag in ("handoff", "end"):
             if flag in body and not isinstance(body[flag], bool):
                 self.err(body.line_of(flag), f"{flag}: write true or false")
-        then = self.scalar(body, "then")
+        then = self.routes(body, "then")
         on = self.branches(body, "on", f"state {name!r}") if "on" in body else ()
-        if "on" in body and not on and isinstance(body.get("on"), YList):
+        if isinstance(body.get("on"), YList) and not body["on"]:
             self.err(body.line_of("on"), "on: needs at least one branch")
         otherwise = self.reprompts(body, "otherwise") if "otherwise" in body else None
         if otherwise is not None and "on" not in body:
@@ -215,7 +229,6 @@ class FlowReader(Reading):
             sets=self.sets(body),
             on=on,
             then=then,
-            then_line=body.line_of("then"),
             otherwise=otherwise,
             handoff=body.get("handoff") is True,
             end=body.get("end") is True,
@@ -240,16 +253,25 @@ class FlowReader(Reading):
     def branch(self, item: YMap, line: int) -> Branch | None:
         self.keys(item, BRANCH_KEYS, "branch")
         conds = [c for c in CONDITIONS if c in item]
-        if len(conds) != 1:
+        if len(conds) > 1 or (not conds and "when" not in item):
             self.err(
-                line, f"a branch needs exactly one of {', '.join(CONDITIONS)} (has {len(conds)})"
+                line,
+                f"a branch needs one of {', '.join(CONDITIONS)}, or when: alone (has {len(conds)})",
             )
             return None
-        when = conds[0]
-        condition = self.condition(when, item[when], item.line_of(when))
-        if condition is None:
-            return None
-        values, pattern = condition
+        guard = None
+        if "when" in item:
+            guard = self.expression(item["when"], item.line_of("when"))
+            if guard is None:
+                return None
+        when = conds[0] if conds else "when"
+        values: tuple[str, ...] = ()
+        pattern = None
+        if conds:
+            condition = self.condition(when, item[when], item.line_of(when))
+            if condition is None:
+                return None
+            values, pattern = condition
         save = self.scalar(item, "save")
         if save is not None:
             self.slot_name(save, item.line_of("save"))
@@ -258,12 +280,49 @@ class FlowReader(Reading):
             when=when,
             values=values,
             pattern=pattern,
+            guard=guard,
             says=says(self, item, "say"),
             sets=self.sets(item),
             save=save,
-            go=self.scalar(item, "go"),
-            go_line=item.line_of("go"),
+            routes=self.routes(item, "go"),
         )
+
+    def routes(self, parent: YMap, key: str) -> tuple[Route, ...]:
+        """go: or then: as a step name, or as routes tried in order ending with a default:
+        [{when: "total >= 50", to: free_delivery}, {to: checkout}]."""
+        raw = parent.get(key)
+        line = parent.line_of(key)
+        if raw is None:
+            return ()
+        if isinstance(raw, str):
+            return (Route(line, raw),)
+        if not isinstance(raw, YList) or not raw:
+            self.err(line, f"{key}: a step name, or a list of routes like {{when: ..., to: ...}}")
+            return ()
+        out = []
+        for i, item in enumerate(raw):
+            item_line = raw.line_of(i)
+            if not isinstance(item, YMap):
+                self.err(item_line, f"{key}: a route is a mapping like {{when: ..., to: step}}")
+                continue
+            self.keys(item, ("when", "to"), "route")
+            to = self.scalar(item, "to", required=True)
+            guard = None
+            if "when" in item:
+                guard = self.expression(item["when"], item.line_of("when"))
+                if guard is None:
+                    continue
+            if to:
+                out.append(Route(item.line_of("to"), to, guard))
+        for route in out[:-1]:
+            if route.guard is None:
+                self.err(route.line, f"{key}: only the last route may go without when:")
+        if out and out[-1].guard is not None:
+            self.err(
+                out[-1].line,
+                f"{key}: end the routes with one that has no when: (where to go otherwise)",
+            )
+        return tuple(out)
 
     def condition(
         self, when: str, raw: Any, line: int
@@ -320,21 +379,29 @@ class FlowReader(Reading):
                 out.append(Reprompt(line, say_items(self, item, line)))
         return tuple(out)
 
-    def sets(self, parent: YMap) -> tuple[tuple[str, str], ...]:
+    def sets(self, parent: YMap) -> tuple[tuple[str, SetValue], ...]:
         raw = parent.get("set")
         if raw is None:
             return ()
         if not isinstance(raw, YMap):
             self.err(parent.line_of("set"), "set: a mapping of slot names to values")
             return ()
-        out = []
+        out: list[tuple[str, SetValue]] = []
         for key, value in raw.items():
             line = raw.line_of(key)
             if not isinstance(value, str | None):
-                self.err(line, f"set: {key} must be text")
+                self.err(line, f"set: {key} must be text, or an expression after =")
                 continue
             if self.slot_name(key, line):
-                if value:
-                    template(self, value, line, 10_000, f"set {key}")
-                out.append((key, value or ""))
+                computed = self.value(value or "", line, f"set {key}")
+                if computed is not None:
+                    out.append((key, computed))
         return tuple(out)
+
+    def value(self, raw: str, line: int, what: str) -> SetValue | None:
+        """A slot value: "= expression", or a template."""
+        if raw.lstrip().startswith("="):
+            return self.expression(raw.lstrip()[1:], line)
+        if raw:
+            template(self, raw, line, 10_000, what)
+        return raw

@@ -8,6 +8,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from ..errors import Problem
+from .expr import Expr, ExprError, parse
 from .source import SourceError, YList, YMap, load
 from .spec import SLOT
 from .text import BUILTIN_VALUES
@@ -19,9 +20,23 @@ class Reading:
         self.problems: list[Problem] = []
         self.slots: set[str] = set()  # every slot the flow can set
         self.used: list[tuple[int, str, str]] = []  # (line, file, placeholder) to check at the end
+        self.exprs: list[tuple[int, str, Expr]] = []  # (line, file, expression), likewise
 
     def err(self, line: int, message: str, file: str | None = None) -> None:
         self.problems.append(Problem(file or self.file, line, message))
+
+    def expression(self, raw: Any, line: int, *, file: str | None = None) -> Expr | None:
+        """Read an expression; its names are checked once every slot is known."""
+        if not isinstance(raw, str):
+            self.err(line, 'an expression as text, like "total >= 50"', file)
+            return None
+        try:
+            expr = parse(raw)
+        except ExprError as e:
+            self.err(line, f"expression {raw.strip()[:80]!r}: {e}", file)
+            return None
+        self.exprs.append((line, file or self.file, expr))
+        return expr
 
     def yaml(self, text: str, file: str) -> Any:
         try:

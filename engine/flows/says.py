@@ -12,7 +12,7 @@ from ..outbound import LIMITS
 from .reading import Reading
 from .source import YList, YMap
 from .spec import Say, slug
-from .text import placeholders, static_length, stray_brace
+from .text import expressions, placeholders, static_length, stray_brace
 
 
 def says(r: Reading, parent: YMap, key: str) -> tuple[Say, ...]:
@@ -178,15 +178,18 @@ def template(
     names = placeholders(text)
     for name in names:
         r.used.append((line, file or r.file, name))
+    computed = expressions(text)
+    for source in computed:
+        r.expression(source, line, file=file)
     if stray_brace(text):
         r.err(
             line,
             f"{what}: stray brace; write {{{{ or }}}} for a literal brace,"
-            " {slot} or {slot|default} for a value",
+            " {slot} or {slot|default} for a value, {= expression} for a computed one",
             file,
         )
     size = static_length(text)
     if size > limit:
         r.err(line, f"{what} is {size} characters; WhatsApp allows {limit}", file)
-    elif not names and not text.strip():
+    elif not names and not computed and not text.strip():
         r.err(line, f"{what} is empty", file)

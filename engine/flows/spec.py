@@ -14,11 +14,12 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from .expr import Expr
 from .text import Faq, normalize
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 SLOT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-CONDITIONS = ("choice", "text", "keywords", "regex", "kind", "faq")
+CONDITIONS = ("choice", "text", "keywords", "regex", "kind", "faq")  # what the message holds
 MESSAGE_KINDS = frozenset(
     {
         "any",
@@ -40,7 +41,7 @@ MESSAGE_KINDS = frozenset(
 )
 FLOW_KEYS = ("description", "start", "faq", "slots", "anywhere", "otherwise", "states")
 STATE_KEYS = ("description", "say", "set", "on", "then", "otherwise", "handoff", "end")
-BRANCH_KEYS = (*CONDITIONS, "say", "set", "save", "go")
+BRANCH_KEYS = (*CONDITIONS, "when", "say", "set", "save", "go")
 REPROMPT_KEYS = ("say", "repeat", "go")
 DEFAULT_REPROMPT = "Sorry, I didn't understand that."
 
@@ -66,16 +67,29 @@ class Say:
 
 
 @dataclass(frozen=True, slots=True)
+class Route:
+    """Where a branch or a step goes: to `to`, if `guard` holds (None: always)."""
+
+    line: int
+    to: str
+    guard: Expr | None = None
+
+
+# A slot's new value: a template (text with {placeholders}) or an expression ("= ...").
+SetValue = str | Expr
+
+
+@dataclass(frozen=True, slots=True)
 class Branch:
     line: int
-    when: str  # one of CONDITIONS
+    when: str  # one of CONDITIONS, or "when" for a branch that only tests its guard
     values: tuple[str, ...] = ()
     pattern: re.Pattern[str] | None = None
+    guard: Expr | None = None  # `when:`: an expression that must hold as well
     says: tuple[Say, ...] = ()
-    sets: tuple[tuple[str, str], ...] = ()
+    sets: tuple[tuple[str, SetValue], ...] = ()
     save: str | None = None
-    go: str | None = None
-    go_line: int = 0
+    routes: tuple[Route, ...] = ()  # go:, in order; none: stay in the step
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,10 +106,9 @@ class StateSpec:
     name: str
     line: int
     says: tuple[Say, ...] = ()
-    sets: tuple[tuple[str, str], ...] = ()
+    sets: tuple[tuple[str, SetValue], ...] = ()
     on: tuple[Branch, ...] = ()
-    then: str | None = None
-    then_line: int = 0
+    then: tuple[Route, ...] = ()  # where the step moves on by itself, first route that holds
     otherwise: tuple[Reprompt, ...] | None = None
     handoff: bool = False
     end: bool = False
@@ -115,7 +128,7 @@ class FlowSpec:
     anywhere: tuple[Branch, ...] = ()
     otherwise: tuple[Reprompt, ...] = ()
     faq: Faq | None = None
-    slots: dict[str, str] = field(default_factory=dict)
+    slots: dict[str, SetValue] = field(default_factory=dict)
 
 
 def prompt_of(spec: FlowSpec, state: StateSpec) -> tuple[Say, ...]:
@@ -123,7 +136,10 @@ def prompt_of(spec: FlowSpec, state: StateSpec) -> tuple[Say, ...]:
     if state.says:
         return state.says
     return tuple(
-        say for other in spec.states.values() if other.then == state.name for say in other.says
+        say
+        for other in spec.states.values()
+        if any(r.to == state.name for r in other.then)
+        for say in other.says
     )
 
 

@@ -2,17 +2,22 @@
 
 Customers type in any case, with stray spaces and with or without accents, so every comparison
 runs on `normalize`d text: accents removed, case folded, whitespace collapsed. Templates fill
-`{name}`, `{text}` and slots, with an optional default: `{name|there}`.
+`{name}`, `{text}` and slots, with an optional default (`{name|there}`), and the value of an
+expression (`{= money(total)}`); `{{` and `}}` are literal braces.
 """
 
 from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-PLACEHOLDER = re.compile(r"\{\{|\}\}|\{([A-Za-z_][A-Za-z0-9_]*)(?:\|([^{}]*))?\}")
+from .values import Value, to_text
+
+PLACEHOLDER = re.compile(
+    r"\{\{|\}\}|\{=(?P<expr>[^{}]*)\}|\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:\|(?P<default>[^{}]*))?\}"
+)
 WORD = re.compile(r"\w+")
 BUILTIN_VALUES = frozenset({"name", "text", "phone"})
 
@@ -61,7 +66,12 @@ class Keywords:
 
 
 def placeholders(template: str) -> list[str]:
-    return [m.group(1) for m in PLACEHOLDER.finditer(template) if m.group(1)]
+    return [m["name"] for m in PLACEHOLDER.finditer(template) if m["name"]]
+
+
+def expressions(template: str) -> list[str]:
+    """The sources of the template's {= ...} expressions."""
+    return [m["expr"] for m in PLACEHOLDER.finditer(template) if m["expr"] is not None]
 
 
 def stray_brace(template: str) -> bool:
@@ -72,10 +82,17 @@ def stray_brace(template: str) -> bool:
 
 def static_length(template: str) -> int:
     """Length of the template with its placeholders removed (what is known before run time)."""
-    return len(PLACEHOLDER.sub(lambda m: "" if m.group(1) else "{", template))
+    return len(
+        PLACEHOLDER.sub(lambda m: "" if m["name"] or m["expr"] is not None else "{", template)
+    )
 
 
-def render(template: str, values: Mapping[str, str | None]) -> str:
+def render(
+    template: str,
+    values: Mapping[str, Value],
+    compute: Callable[[str], Value] | None = None,
+) -> str:
+    """Fill a template: {slot} and {slot|default} from `values`, {= expr} through `compute`."""
     if "{" not in template and "}" not in template:
         return template
 
@@ -85,10 +102,12 @@ def render(template: str, values: Mapping[str, str | None]) -> str:
             return "{"
         if token == "}}":
             return "}"
-        value = values.get(m.group(1))
+        if m["expr"] is not None:
+            return to_text(compute(m["expr"])) if compute is not None else ""
+        value = values.get(m["name"])
         if value is None or value == "":
-            return m.group(2) or ""
-        return value
+            return m["default"] or ""
+        return to_text(value)
 
     return PLACEHOLDER.sub(fill, template)
 
