@@ -35,6 +35,7 @@ from engine.ports import (
     Op,
     Pruned,
     StatusWrite,
+    TimerWrite,
 )
 from engine.records import STATUS_RANK
 
@@ -108,8 +109,22 @@ MIGRATIONS: list[str] = [
     CREATE TABLE heartbeat (id INTEGER PRIMARY KEY CHECK (id = 1), at REAL NOT NULL);
     INSERT INTO heartbeat VALUES (1, 0);
     """,
+    # 3: timers (a step's timeout or delay, the hand-off expiry), one per contact and kind
+    """
+    CREATE TABLE timers (
+        contact TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        due REAL NOT NULL,
+        step INTEGER NOT NULL,
+        rung INTEGER NOT NULL,
+        PRIMARY KEY (contact, kind)
+    ) WITHOUT ROWID;
+    CREATE INDEX timers_due ON timers (due, contact, kind);
+    ALTER TABLE heartbeat ADD COLUMN pad BLOB;
+    """,
 ]
 
+PROBE_BYTES = 16384  # what readiness writes to prove the store can write
 CHUNK = 500  # rows per multi-row statement (SQLite allows 32766 parameters)
 
 # Errors caused by what a write holds, not by the state of the database: retrying cannot help.
@@ -211,7 +226,12 @@ class SqliteStore:
             conn = self.writer
             await conn.execute("BEGIN IMMEDIATE")
             try:
-                await conn.execute("UPDATE heartbeat SET at = at + 1 WHERE id = 1")
+                # As many pages as a small real write needs: a one-page probe can pass where
+                # the next webhook would not (a failed write leaves a little room in the WAL).
+                await conn.execute(
+                    "UPDATE heartbeat SET at = at + 1, pad = zeroblob(?) WHERE id = 1",
+                    (PROBE_BYTES,),
+                )
                 await conn.execute("COMMIT")
             except BaseException:
                 await _rollback(conn)
@@ -356,6 +376,18 @@ class SqliteStore:
                 for c in (op.conversation for op in commits)
             ],
         )
+        timers = [t for op in commits for t in op.timers]
+        cleared = [(t.contact, t.kind) for t in timers if t.due is None]
+        if cleared:
+            await conn.executemany("DELETE FROM timers WHERE contact = ? AND kind = ?", cleared)
+        armed = [(t.contact, t.kind, t.due, t.step, t.rung) for t in timers if t.due is not None]
+        if armed:
+            await conn.executemany(
+                "INSERT INTO timers (contact, kind, due, step, rung) VALUES (?,?,?,?,?)"
+                " ON CONFLICT (contact, kind) DO UPDATE SET due = excluded.due,"
+                " step = excluded.step, rung = excluded.rung",
+                armed,
+            )
         rows = [m for op in commits for m in op.messages]
         if rows:
             await conn.executemany(
@@ -456,6 +488,19 @@ class SqliteStore:
                 "SELECT key FROM aliases WHERE alias = ? AND number = ?", (alias, number)
             )
         return sorted({r[0] for r in rows})
+
+    async def timers(self, after: tuple[float, str, str] | None, limit: int) -> list[TimerWrite]:
+        sql = "SELECT contact, kind, due, step, rung FROM timers"
+        args: tuple[Any, ...] = ()
+        if after is not None:
+            sql += " WHERE (due, contact, kind) > (?, ?, ?)"
+            args = after
+        rows = await self.reader.execute_fetchall(
+            sql + " ORDER BY due, contact, kind LIMIT ?", (*args, limit)
+        )
+        return [
+            TimerWrite(contact, kind, due, step, rung) for contact, kind, due, step, rung in rows
+        ]
 
     async def prune(self, *, dedupe_before: float, journal_before: float) -> Pruned:
         async with self._lock:

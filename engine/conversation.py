@@ -15,6 +15,7 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,15 +23,17 @@ from .actors import Actor
 from .committer import Committer, retrying
 from .delivery import Delivery
 from .events import Message, System, scrub
-from .flows import Effects, Flow, Flows
+from .flows import KEEP, Effects, Flow, Flows
 from .logs import mask
 from .metrics import Metrics
 from .outbound import OutMessage, TextMessage, fit, kind_of, preview, to_json
-from .ports import Clock, Commit, ConversationRow, MessageRow, Store
+from .ports import Clock, Commit, ConversationRow, MessageRow, Store, TimerWrite
 from .records import Conversation
 
 log = logging.getLogger(__name__)
 
+WINDOW = 24 * 3600.0  # WhatsApp's customer-service window, from the customer's last message
+OUTSIDE_WINDOW = "outside the 24-hour window"
 APOLOGY = "Sorry, something went wrong on our side. Let's start again."
 HANDOFF_APOLOGY = "Sorry, something went wrong on our side. A member of our team will reply here."
 
@@ -61,6 +64,14 @@ class Release:
     reply: asyncio.Future[Any] | None = field(default=None)
 
 
+@dataclass(slots=True)
+class Fire:
+    """One of the contact's timers fell due (see engine.timers)."""
+
+    timer: TimerWrite
+    reply: asyncio.Future[Any] | None = None
+
+
 class ConversationBehaviour:
     def __init__(
         self,
@@ -72,7 +83,9 @@ class ConversationBehaviour:
         metrics: Metrics,
         clock: Clock,
         handoff_ttl: float,
+        on_timers: Callable[[list[TimerWrite]], None] = lambda writes: None,
     ) -> None:
+        self._on_timers = on_timers
         self._store = store
         self._committer = committer
         self._delivery = delivery
@@ -95,6 +108,12 @@ class ConversationBehaviour:
                 raise
         elif isinstance(message, Release):
             await self._release(actor, message)
+        elif isinstance(message, Fire):
+            try:
+                await self._fire(actor, message)
+            except Exception:
+                log.exception("a timer of %s could not be handled", mask(actor.key))
+                actor.state = None  # the stored snapshot is the truth; the timer row remains
         else:
             raise TypeError(f"unexpected mailbox message {message!r}")
 
@@ -108,23 +127,23 @@ class ConversationBehaviour:
             return  # already covered by the snapshot (a replay overlapping live traffic)
         now = self._clock.now()
         self._learn_identity(convo, message)
-        effects = Effects()
+        effects = Effects(timer=KEEP)
+        timers: list[TimerWrite] = []
         if not message.answerable:
             outcome = "silent"
         elif convo.held(now):
             outcome = "held"
         else:
             if convo.handoff_until is not None:  # the person's time ran out: the bot takes over
-                convo.handoff_until = None
-                convo.state = None
-                self._metrics.releases.inc("expired")
-            effects = self._step(convo, message, now)
+                timers += self._hand_back(convo, "expired")
+            effects = self._step(convo, lambda flow: self._run(flow, convo, message), now)
             outcome = "answered"
         if message.answerable:
             convo.last_in_at = now
         convo.last_seq = item.seq
+        timers += self._timers(convo, effects, now)
         replies = self._outbound(convo, f"r:{message.id}", effects.messages, now)
-        await self._commit(convo, [_inbound(convo, message, "received"), *replies], now)
+        await self._commit(convo, [_inbound(convo, message, "received"), *replies], now, timers)
         self._metrics.handled.inc(outcome)
         self._metrics.handling.observe(time.perf_counter() - started)
 
@@ -163,11 +182,18 @@ class ConversationBehaviour:
         if isinstance(content, System) and content.new_user_id:
             convo.user_id = content.new_user_id
 
-    def _step(self, convo: Conversation, message: Message, now: float) -> Effects:
+    @staticmethod
+    def _run(flow: Flow, convo: Conversation, message: Message) -> Effects:
+        return flow.start(convo) if flow.ends(convo.state) else flow.handle(convo, message)
+
+    def _step(self, convo: Conversation, run: Callable[[Flow], Effects], now: float) -> Effects:
+        """Run one event through the conversation's flow; a step that raises is recovered from
+        (apology and a fresh start, then a person) and never escapes."""
         flow = self._flow_of(convo)
         before = (convo.state, dict(convo.slots), convo.misses)
+        convo.step += 1
         try:
-            effects = flow.start(convo) if flow.ends(convo.state) else flow.handle(convo, message)
+            effects = run(flow)
             convo.failures = 0
         except Exception:
             convo.state, convo.slots, convo.misses = before
@@ -186,6 +212,72 @@ class ConversationBehaviour:
             convo.handoff_until = now + self._ttl
             self._metrics.handoffs.inc("error" if convo.failures else "flow")
         return effects
+
+    # --- timers ----------------------------------------------------------------------------
+
+    def _timers(self, convo: Conversation, effects: Effects, now: float) -> list[TimerWrite]:
+        """The contact's timer rows after a step, written with its snapshot."""
+        writes: list[TimerWrite] = []
+        plan = effects.timer
+        if plan is KEEP:
+            if convo.timer_due is not None:  # the same due time, valid at the new step
+                writes.append(
+                    TimerWrite(convo.key, "flow", convo.timer_due, convo.step, convo.timer_rung)
+                )
+        elif plan is None:
+            if convo.timer_due is not None:
+                writes.append(TimerWrite(convo.key, "flow", None))
+                convo.timer_due = None
+        else:
+            convo.timer_due, convo.timer_rung = now + plan.delay, plan.rung
+            writes.append(TimerWrite(convo.key, "flow", convo.timer_due, convo.step, plan.rung))
+        if effects.handoff and convo.handoff_until is not None:
+            writes.append(TimerWrite(convo.key, "handoff", convo.handoff_until, convo.step))
+        return writes
+
+    def _hand_back(self, convo: Conversation, reason: str) -> list[TimerWrite]:
+        """The bot takes the conversation back; the next customer message starts the flow."""
+        convo.handoff_until = None
+        convo.state = None
+        self._metrics.releases.inc(reason)
+        return [TimerWrite(convo.key, "handoff", None)]
+
+    async def _fire(self, actor: Actor, item: Fire) -> None:
+        timer = item.timer
+        convo = await self._activate(actor, None)
+        now = self._clock.now()
+        if timer.kind == "handoff":
+            if convo.handoff_until is None or convo.handoff_until != timer.due:
+                self._metrics.timers.inc("handoff", "void")
+                return  # released, or a person answered since: the row was replaced then
+            self._metrics.timers.inc("handoff", "fired")
+            timers = self._hand_back(convo, "expired")
+            convo.step += 1
+            flow = self._flow_of(convo)
+            effects = flow.handback(convo)
+            timers += self._timers(convo, Effects(), now)
+            log.info("hand-off of %s ran out; the bot has it again", mask(convo.key))
+        else:
+            flow = self._flow_of(convo)
+            if (
+                convo.step != timer.step
+                or convo.held(now)
+                or not flow.times_out(convo.state, timer.rung)
+            ):
+                self._metrics.timers.inc(timer.kind, "void")
+                if convo.timer_due is not None and convo.step == timer.step:
+                    # The flow changed under the timer: its step no longer waits for it.
+                    convo.timer_due = None
+                    await self._commit(convo, [], now, [TimerWrite(convo.key, timer.kind, None)])
+                return
+            self._metrics.timers.inc(timer.kind, "fired")
+            convo.timer_due = None
+            effects = self._step(convo, lambda f: f.timeout(convo, timer.rung), now)
+            timers = self._timers(convo, effects, now)
+            if convo.timer_due is None:
+                timers.append(TimerWrite(convo.key, "flow", None))
+        replies = self._outbound(convo, f"t:{convo.key}:{convo.step}", effects.messages, now)
+        await self._commit(convo, replies, now, timers)
 
     def _recover(self, convo: Conversation, flow: Flow) -> Effects:
         """Apology and a fresh start; if the flow fails again, a person takes over."""
@@ -223,19 +315,21 @@ class ConversationBehaviour:
             self._metrics.handoffs.inc("agent")
         # A person who is answering keeps the conversation for another full HANDOFF_TTL.
         convo.handoff_until = now + self._ttl
+        timers = [TimerWrite(convo.key, "handoff", convo.handoff_until, convo.step)]
+        if convo.timer_due is not None:  # the bot's own reminders stop while a person answers
+            convo.timer_due = None
+            timers.append(TimerWrite(convo.key, "flow", None))
         fitted = fit(TextMessage(item.text))
         rows = self._outbound(convo, f"a:{item.request_id}", fitted.messages, now)
-        await self._commit(convo, rows, now)
+        await self._commit(convo, rows, now, timers)
         _answer(item.reply, {"ids": [r.id for r in rows], "handoff": True})
 
     async def _release(self, actor: Actor, item: Release) -> None:
         convo = await self._activate(actor, None)
         now = self._clock.now()
         if convo.handoff_until is not None:
-            convo.handoff_until = None
-            convo.state = None  # the next customer message starts the flow afresh
-            self._metrics.releases.inc("agent")
-            await self._commit(convo, [], now)
+            timers = self._hand_back(convo, "agent")  # the next message starts the flow afresh
+            await self._commit(convo, [], now, timers)
         _answer(item.reply, {"handoff": False})
 
     # --- activation, commit ----------------------------------------------------------------
@@ -292,7 +386,22 @@ class ConversationBehaviour:
     def _outbound(
         self, convo: Conversation, cause: str, messages: list[OutMessage], now: float
     ) -> list[MessageRow]:
-        """Outbox rows with ids derived from their cause, so a replay cannot send them twice."""
+        """Outbox rows with ids derived from their cause, so a replay cannot send them twice.
+
+        Outside WhatsApp's 24-hour window (a reminder after a long silence, the bot's message
+        when a hand-off runs out) a free-form message would be refused (131047): it is recorded
+        as not sent, with the reason, instead of being sent to fail."""
+        closed = convo.last_in_at is None or now - convo.last_in_at >= WINDOW
+        if closed and messages:
+            self._metrics.not_sent.inc("window", by=len(messages))
+            log.info(
+                "%d message(s) for %s not sent: %s (flow %s, step %r)",
+                len(messages),
+                mask(convo.key),
+                OUTSIDE_WINDOW,
+                convo.flow,
+                convo.state,
+            )
         return [
             MessageRow(
                 id=f"{cause}:{i}",
@@ -301,7 +410,8 @@ class ConversationBehaviour:
                 number=convo.number,
                 type=kind_of(m),
                 text=preview(m),
-                status="pending",
+                status="failed" if closed else "pending",
+                error_title=OUTSIDE_WINDOW if closed else None,
                 at=now,
                 payload=json.dumps(
                     {"message": to_json(m), "phone": convo.phone, "user_id": convo.user_id},
@@ -311,7 +421,13 @@ class ConversationBehaviour:
             for i, m in enumerate(messages)
         ]
 
-    async def _commit(self, convo: Conversation, messages: list[MessageRow], now: float) -> None:
+    async def _commit(
+        self,
+        convo: Conversation,
+        messages: list[MessageRow],
+        now: float,
+        timers: list[TimerWrite] | None = None,
+    ) -> None:
         convo.updated_at = now
         op = Commit(
             ConversationRow(
@@ -324,11 +440,14 @@ class ConversationBehaviour:
                 snapshot=convo.snapshot(),
             ),
             messages,
+            timers or (),
         )
         # While the store is down the contact waits rather than skip ahead: its events stay in
         # order. A write the store rejects (StoreRejected) is not retried.
         await retrying(lambda: self._committer.submit(op), self._clock)
-        outbound = [m for m in messages if m.direction == "out"]
+        if timers:
+            self._on_timers(timers)
+        outbound = [m for m in messages if m.direction == "out" and m.status == "pending"]
         if outbound:
             self._delivery.enqueue(outbound)
 

@@ -21,10 +21,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .actors import ActorSystem
+from .actors import ActorSystem, Envelope
 from .clock import SystemClock
 from .committer import Committer
-from .conversation import AgentReply, ConversationBehaviour, Deliver, Release
+from .conversation import AgentReply, ConversationBehaviour, Deliver, Fire, Release
 from .delivery import Delivery
 from .directory import Directory
 from .errors import StoreRejected, StoreUnavailable
@@ -54,6 +54,7 @@ from .ports import (
     Store,
 )
 from .records import STATUS_RANK
+from .timers import Scheduler
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +109,12 @@ class Engine:
             concurrency=self.config.send_concurrency,
             max_age=self.config.send_max_age,
         )
+        self.timers = Scheduler(
+            store,
+            clock,
+            lambda timer: self.route(timer.contact, Fire(timer)),
+            busy=lambda: self.overloaded,
+        )
         self.actors = ActorSystem(
             ConversationBehaviour(
                 store=store,
@@ -117,6 +124,7 @@ class Engine:
                 metrics=self.metrics,
                 clock=clock,
                 handoff_ttl=self.config.handoff_ttl,
+                on_timers=self.timers.note,
             ),
             max_resident=self.config.max_actors,
         )
@@ -149,6 +157,9 @@ class Engine:
             log.info(
                 "resuming: %d replies to send, %d events to handle", len(outbox), len(unhandled)
             )
+        # After the journal: a contact's replayed messages are in its mailbox before any timer
+        # that fell due while the process was down.
+        await self.timers.start()
         self.delivery.start()
         self._pruner = asyncio.create_task(self._prune_forever(), name="pruner")
         self.accepting = True
@@ -173,6 +184,7 @@ class Engine:
         if self._pruner is not None:
             self._pruner.cancel()
             await asyncio.gather(self._pruner, return_exceptions=True)
+        await self.timers.stop()
         await self.delivery.stop(grace)
         await self.actors.stop()
         await self.committer.close()
@@ -216,7 +228,7 @@ class Engine:
             for e in events
         )
 
-    def route(self, contact: str, item: Deliver) -> None:
+    def route(self, contact: str, item: Envelope) -> None:
         """The one place an event meets its actor."""
         self.actors.tell(contact, item)
 

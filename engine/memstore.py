@@ -25,6 +25,7 @@ from .ports import (
     Op,
     Pruned,
     StatusWrite,
+    TimerWrite,
 )
 from .records import STATUS_RANK
 
@@ -56,6 +57,7 @@ class MemoryStore:
         self._messages: dict[str, MessageRow] = {}  # insertion order is transcript order
         self._statuses: dict[tuple[str, str], StatusWrite] = {}
         self._raw: list[tuple[str, Any, float]] = []
+        self._timers: dict[tuple[str, str], TimerWrite] = {}
 
     async def open(self) -> None:
         pass
@@ -115,6 +117,11 @@ class MemoryStore:
         for m in op.messages:
             if m.id not in self._messages:
                 self._messages[m.id] = m
+        for t in op.timers:
+            if t.due is None:
+                self._timers.pop((t.contact, t.kind), None)
+            else:
+                self._timers[(t.contact, t.kind)] = t
 
     def _delivered(self, op: Delivered, touched: set[str]) -> None:
         m = self._messages.get(op.id)
@@ -189,6 +196,12 @@ class MemoryStore:
                 if a == alias and (number is None or n == number)
             }
         )
+
+    async def timers(self, after: tuple[float, str, str] | None, limit: int) -> list[TimerWrite]:
+        rows = sorted(self._timers.values(), key=lambda t: t.order)
+        if after is not None:
+            rows = [t for t in rows if t.order > after]
+        return rows[:limit]
 
     async def prune(self, *, dedupe_before: float, journal_before: float) -> Pruned:
         old_keys = [k for k, at in self._dedupe.items() if at < dedupe_before]

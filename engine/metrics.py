@@ -132,6 +132,16 @@ class Metrics:
             ("result", "code"),
             limit=300,
         )
+        self.not_sent = Counter(
+            "engine_messages_not_sent",
+            "Messages recorded as not sent without asking the provider, by reason",
+            ("reason",),
+        )
+        self.timers = Counter(
+            "engine_timers_fired",
+            "Timers that fell due, by kind and outcome (fired, or void: the conversation moved on)",
+            ("kind", "outcome"),
+        )
         self.pauses = Counter(
             "engine_channel_pauses",
             "Times a business number's sending was paused (outage, throttled, auth)",

@@ -6,7 +6,7 @@ operations below, each batch one transaction (see `engine.committer`):
 - `Accept`: a webhook's events (journal entries, statuses, raw updates, new contact links);
   duplicates are dropped by provider id.
 - `Commit`: one handled event: the conversation snapshot with its journal mark, the inbound
-  message for the transcript and the replies (the outbox), together.
+  message for the transcript, the replies (the outbox) and the contact's timers, together.
 - `Delivered`: what the provider answered to one send.
 
 Time is a port too (`Clock`): the engine never reads the system clock or sleeps on its own, so
@@ -108,9 +108,28 @@ class ConversationRow:
 
 
 @dataclass(frozen=True, slots=True)
+class TimerWrite:
+    """One of a contact's timers (one per kind): set to fire at `due`, or cleared (due None).
+    It fires as an event that is void unless the conversation is still at `step`."""
+
+    contact: str
+    kind: str  # flow (a step's timeout or delay) | handoff (HANDOFF_TTL)
+    due: float | None
+    step: int = 0
+    rung: int = 0
+
+    @property
+    def order(self) -> tuple[float, str, str]:
+        """Timers are read and fired in this order."""
+        assert self.due is not None
+        return (self.due, self.contact, self.kind)
+
+
+@dataclass(frozen=True, slots=True)
 class Commit:
     conversation: ConversationRow
     messages: Sequence[MessageRow] = ()
+    timers: Sequence[TimerWrite] = ()  # written in the same transaction as the snapshot
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,6 +190,10 @@ class Store(Protocol):
 
     async def contacts(self, alias: str, number: str | None) -> list[str]:
         """Keys of the contacts known by `alias` (on `number` when given)."""
+        ...
+
+    async def timers(self, after: tuple[float, str, str] | None, limit: int) -> list[TimerWrite]:
+        """Up to `limit` timers in (due, contact, kind) order, those after `after` if given."""
         ...
 
     async def prune(self, *, dedupe_before: float, journal_before: float) -> Pruned: ...

@@ -49,6 +49,9 @@ class Conversation:
     last_seq: int = 0  # the last journal entry this snapshot covers
     last_in_at: float | None = None  # the customer's last message
     updated_at: float = 0.0
+    step: int = 0  # counts handled events; a timer set at another step is void
+    timer_due: float | None = None  # the flow timer (reminders, delays) armed for this step
+    timer_rung: int = 0
 
     def held(self, now: float) -> bool:
         return self.handoff_until is not None and now < self.handoff_until
@@ -70,6 +73,9 @@ class Conversation:
             "last_seq": self.last_seq,
             "last_in_at": self.last_in_at,
             "updated_at": self.updated_at,
+            "step": self.step,
+            "timer_due": self.timer_due,
+            "timer_rung": self.timer_rung,
         }
 
     @classmethod
@@ -95,4 +101,7 @@ class Conversation:
             last_seq=int(data.get("last_seq") or 0),
             last_in_at=data.get("last_in_at"),
             updated_at=float(data.get("updated_at") or 0.0),
+            step=int(data.get("step") or 0),
+            timer_due=data.get("timer_due"),
+            timer_rung=int(data.get("timer_rung") or 0),
         )

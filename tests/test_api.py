@@ -170,7 +170,8 @@ async def test_release_hands_back_and_the_next_message_starts_the_flow(api: Api)
 
 
 async def test_the_bot_takes_back_a_conversation_after_handoff_ttl(api: Api) -> None:
-    """HANDOFF_TTL is measured from the last agent activity, checked when a message arrives."""
+    """HANDOFF_TTL is measured from the last agent activity; when it runs out the bot takes the
+    conversation back at once and says so, without waiting for the customer's next message."""
     await api.say("15550000007", "w1", "hi")
     await api.post("/api/conversations/15550000007/messages", {"text": "Maria here."})
     await api.clock.advance(3600)
@@ -178,11 +179,18 @@ async def test_the_bot_takes_back_a_conversation_after_handoff_ttl(api: Api) -> 
     await api.post("/api/conversations/15550000007/messages", {"text": "Yes!"})  # renews the hold
     await api.clock.advance(7199)
     assert await api.say("15550000007", "w3", "ok") == []
+    before = len(api.fake.requests)
     await api.clock.advance(2)
+    await api.settle()
+    assert [_text_of(r["body"]) for r in api.fake.requests[before:]] == [
+        "Our team has handed this conversation back to the assistant. Send a message any time."
+    ]
+    assert api.engine.metrics.releases.get("expired") == 1
+    _, view = await api.get("/api/conversations/15550000007")
+    assert view["handoff"] is False
     assert await api.say("15550000007", "w4", "hello?") == [
         "Hi Ana! Welcome to Acme Supplies. How can we help you today?"
     ]
-    assert api.engine.metrics.releases.get("expired") == 1
 
 
 async def test_long_agent_text_is_split_not_refused(api: Api) -> None:

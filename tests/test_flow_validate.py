@@ -387,6 +387,53 @@ SEEDED = [
         ],
     ),
     (
+        "timers on steps that do not wait, and ladders out of order",
+        """
+        start: a
+        states:
+          a:
+            say: Hi
+            then: b
+            timeout: {after: 5m, say: "hello"}
+          b:
+            say: Wait
+            after: soon
+            then: c
+          c:
+            say: C
+            after: 10m
+            end: true
+          d:
+            say: D
+            on:
+              - text: [x]
+                go: a
+            timeout:
+              - after: 1h
+                go: a
+              - after: 2h
+                say: late
+              - after: 90m
+                say: early
+              - {say: no after}
+        """,
+        [
+            (
+                6,
+                "timeout: only applies to a step that waits for the customer (on:); to wait before moving on, write after: with then:",
+            ),
+            (9, "after: 'soon' is not a duration like 30s, 15m, 24h or 7d"),
+            (13, "after: delays then:; this step has no then:"),
+            (15, "state 'd' is unreachable from start 'a'"),
+            (21, "timeout: a rung with go: leaves the step; later rungs never run"),
+            (
+                25,
+                "timeout: each rung's after: must be longer than the one before (all count from when the step began waiting)",
+            ),
+            (27, "timeout: each rung needs after: (30m, 24h ...)"),
+        ],
+    ),
+    (
         "yaml syntax",
         """
         start: a

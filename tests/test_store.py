@@ -270,5 +270,5 @@ async def test_sqlite_survives_reopen_and_migrates_once(tmp_path: Path) -> None:
     assert [m.id for m in await again.outbox()] == ["r:1"]
     assert len(await again.unhandled()) == 1
     rows = await again.reader.execute_fetchall("SELECT version FROM schema_version")
-    assert [r[0] for r in rows] == [1, 2]
+    assert [r[0] for r in rows] == [1, 2, 3]
     await again.close()

@@ -6,11 +6,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import FlowError, Problem
-from .machine import IDLE, Effects, Flow
+from .machine import IDLE, KEEP, Effects, Flow, TimerPlan
 from .reader import read_flow
 from .spec import FlowSpec
 
-__all__ = ["IDLE", "Effects", "Flow", "FlowSpec", "Flows", "load_flows", "validate_path"]
+__all__ = [
+    "IDLE",
+    "KEEP",
+    "Effects",
+    "Flow",
+    "FlowSpec",
+    "Flows",
+    "TimerPlan",
+    "load_flows",
+    "validate_path",
+]
 
 
 def flow_files(path: Path) -> list[Path]:

@@ -21,7 +21,10 @@ def edges(spec: FlowSpec, state: StateSpec) -> Iterable[tuple[str, int]]:
     for b in state.on:
         for route in b.routes:
             yield route.to, route.line
-    if state.on:
+    for rung in state.timeout:
+        for route in rung.routes:
+            yield route.to, route.line
+    if state.answers:
         for b in spec.anywhere:
             for route in b.routes:
                 yield route.to, route.line
@@ -59,13 +62,14 @@ def then_cycles(r: Reading, spec: FlowSpec) -> None:
     graph = {
         name: [route.to for route in st.then if route.to in spec.states]
         for name, st in spec.states.items()
+        if st.after is None  # a delay waits
     }
     reported: set[frozenset[str]] = set()
-    for start in spec.states:
+    for start in graph:
         stack: list[tuple[str, list[str]]] = [(start, [start])]
         while stack:
             current, path = stack.pop()
-            for nxt in graph[current]:
+            for nxt in graph.get(current, ()):
                 if nxt == start:
                     cycle = frozenset(path)
                     if cycle not in reported and start == min(path):

@@ -41,6 +41,7 @@ from .spec import (
     Say,
     SetValue,
     StateSpec,
+    Timeout,
     offered_says,
     prompt_of,
 )
@@ -63,15 +64,28 @@ class ConversationView(Protocol):
     phone: str | None
 
 
+@dataclass(frozen=True, slots=True)
+class TimerPlan:
+    """Arm the conversation's flow timer: rung `rung` of its step, `delay` seconds from now."""
+
+    rung: int
+    delay: float
+
+
+KEEP = TimerPlan(-1, 0.0)  # leave the timer as it is (a message during a delay)
+
+
 @dataclass(slots=True)
 class Effects:
-    """What one step decided: messages to send, in order, and whether a person takes over."""
+    """What one step decided: messages to send, in order, whether a person takes over, and the
+    conversation's flow timer afterwards (None: no timer; KEEP: unchanged)."""
 
     messages: list[OutMessage] = field(default_factory=list)
     handoff: bool = False
     reprompts: int = 0
     split: int = 0
     shortened: int = 0
+    timer: TimerPlan | None = None
 
 
 class Step:
@@ -81,6 +95,7 @@ class Step:
         "choice",
         "convo",
         "effects",
+        "entered",
         "evaluate",
         "faq_hit",
         "kind",
@@ -89,6 +104,8 @@ class Step:
         "norm",
         "padded",
         "raw",
+        "rung",
+        "stayed_rung",
     )
 
     def __init__(self, convo: Any, message: Message | None, evaluate: Evaluator | None) -> None:
@@ -103,6 +120,9 @@ class Step:
         self.kind = message.content.kind if message is not None else ""
         self.match: Any = None
         self.faq_hit: FaqEntry | None = None
+        self.rung = 0  # the timeout rung that fired (event "timeout")
+        self.stayed_rung: int | None = None  # a rung without go: ran; the step keeps waiting
+        self.entered = False  # some step was entered (not only a branch that stays)
 
     def values(self) -> dict[str, Value]:
         c = self.convo
@@ -223,10 +243,35 @@ class Flow:
         """Feed one customer message to the state the conversation is in."""
         return self._send("message", convo, message, convo.state)
 
+    def timeout(self, convo: ConversationView, rung: int) -> Effects:
+        """The step's timer ran out: its timeout rung `rung`, or the end of its after: delay."""
+        return self._send("timeout", convo, None, convo.state, rung=rung)
+
+    def times_out(self, state: str | None, rung: int) -> bool:
+        """True when `state` has a timer rung `rung` (a timer set by an older version of the flow
+        may point at a step that no longer waits)."""
+        spec = self.spec.states.get(state) if state is not None else None
+        if spec is None:
+            return False
+        return rung < len(spec.timeout) or (rung == 0 and spec.after is not None)
+
+    def handback(self, convo: ConversationView) -> Effects:
+        """What the bot says when a person's HANDOFF_TTL runs out and it takes over again."""
+        step = Step(convo, None, self._evaluate)
+        for say in self.spec.handback:
+            step.say(say)
+        return step.effects
+
     def _send(
-        self, event: str, convo: ConversationView, message: Message | None, state: str | None
+        self,
+        event: str,
+        convo: ConversationView,
+        message: Message | None,
+        state: str | None,
+        rung: int = 0,
     ) -> Effects:
         step = Step(convo, message, self._evaluate)
+        step.rung = rung
         if self._instance is None:
             self._instance = self.machine_class(model=self._cursor)
         self._cursor.state = state
@@ -239,7 +284,28 @@ class Flow:
         finally:
             self._cursor.step = _NO_STEP
         convo.state = self._cursor.state
+        step.effects.timer = self._timer(event, step, convo.state)
         return step.effects
+
+    def _timer(self, event: str, step: Step, state: str | None) -> TimerPlan | None:
+        """The flow timer once the step is over. Silence counts from when a step began waiting
+        or from the customer's last message; a delay (after:) counts from entering its step."""
+        spec = self.spec.states.get(state) if state is not None else None
+        if spec is None or not spec.waits:
+            return None
+        if not step.entered:
+            if event == "timeout":
+                nxt = step.stayed_rung + 1 if step.stayed_rung is not None else len(spec.timeout)
+                if nxt < len(spec.timeout):
+                    return TimerPlan(nxt, spec.timeout[nxt].after - spec.timeout[nxt - 1].after)
+                return None
+            if spec.after is not None:
+                return KEEP
+        if spec.timeout:
+            return TimerPlan(0, spec.timeout[0].after)
+        if spec.after is not None:
+            return TimerPlan(0, spec.after)
+        return None
 
 
 # --- compiling -------------------------------------------------------------------------------
@@ -281,10 +347,24 @@ def compile_flow(spec: FlowSpec, cursor: Cursor) -> Any:
 
     for name, state in spec.states.items():
         definition: dict[str, Any] = {"value": name, "name": name, "enter": [bind(_enter(state))]}
-        if state.then:
+        on: dict[str, list[dict[str, Any]]] = {}
+        if state.then and state.after is None:
             definition["transitions"] = routed(state.then)
-        if state.on:
-            definition["on"] = {"message": _transitions(spec, state, target, bind)}
+        elif state.then:
+            on["timeout"] = [{"target": target(state.then)}]
+        if state.timeout:
+            on["timeout"] = [
+                {
+                    "target": target(rung.routes),
+                    "cond": [bind(_rung_is(i))],
+                    "on": [bind(_timed_out(i, rung))],
+                }
+                for i, rung in enumerate(state.timeout)
+            ]
+        if state.answers:
+            on["message"] = _transitions(spec, state, target, bind)
+        if on:
+            definition["on"] = on
         states[ids[name]] = definition
     return create_machine_class_from_definition(
         _class_name(spec.name),
@@ -298,6 +378,24 @@ def _guard(expr: Expr) -> StepFn:
     return lambda step: step.test(expr)
 
 
+def _rung_is(i: int) -> StepFn:
+    return lambda step: step.rung == i
+
+
+def _timed_out(i: int, rung: Timeout) -> StepFn:
+    sets, says, stays = rung.sets, rung.says, not rung.routes
+
+    def act(step: Step) -> None:
+        for slot, value in sets:
+            step.assign(slot, value)
+        for say in says:
+            step.say(say)
+        if stays:
+            step.stayed_rung = i
+
+    return act
+
+
 def _class_name(flow: str) -> str:
     return "Flow_" + "".join(c if c.isalnum() else "_" for c in flow)
 
@@ -306,6 +404,7 @@ def _enter(state: StateSpec) -> StepFn:
     says, sets, handoff = state.says, state.sets, state.handoff
 
     def enter(step: Step) -> None:
+        step.entered = True
         step.convo.misses = 0
         for slot, value in sets:
             step.assign(slot, value)

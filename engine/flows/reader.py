@@ -9,6 +9,7 @@ from typing import Any
 
 from ..errors import Problem
 from ..outbound import LIMITS
+from ..settings import parse_duration
 from .checks import all_branches, choices, reachability, targets, then_cycles
 from .reading import Reading
 from .says import say_items, says, template
@@ -16,12 +17,14 @@ from .source import YList, YMap
 from .spec import (
     BRANCH_KEYS,
     CONDITIONS,
+    DEFAULT_HANDBACK,
     DEFAULT_REPROMPT,
     FLOW_KEYS,
     MESSAGE_KINDS,
     NAME,
     REPROMPT_KEYS,
     STATE_KEYS,
+    TIMEOUT_KEYS,
     Branch,
     FlowSpec,
     Reprompt,
@@ -29,8 +32,11 @@ from .spec import (
     Say,
     SetValue,
     StateSpec,
+    Timeout,
 )
 from .text import BUILTIN_VALUES, Faq, FaqEntry, Keywords, normalize
+
+MAX_WAIT = 400 * 86400.0  # the longest after: a flow may set
 
 
 def read_flow(path: Path) -> tuple[FlowSpec | None, list[Problem]]:
@@ -69,6 +75,7 @@ class FlowReader(Reading):
         slots = self.slot_defaults(doc)
         anywhere = self.branches(doc, "anywhere", "anywhere") if "anywhere" in doc else ()
         otherwise = self.reprompts(doc, "otherwise") if "otherwise" in doc else None
+        handback = says(self, doc, "handback")
         states = self.states(doc)
         start = self.scalar(doc, "start", required=True) or ""
         if faq is None and any(b.when == "faq" for b in all_branches(states, anywhere)):
@@ -84,6 +91,7 @@ class FlowReader(Reading):
             or (Reprompt(doc.line, (Say(doc.line, "text", DEFAULT_REPROMPT),), repeat=True),),
             faq=faq,
             slots=slots,
+            handback=handback or (Say(doc.line, "text", DEFAULT_HANDBACK),),
         )
         if start and start not in states:
             self.err(
@@ -217,10 +225,21 @@ class FlowReader(Reading):
         on = self.branches(body, "on", f"state {name!r}") if "on" in body else ()
         if isinstance(body.get("on"), YList) and not body["on"]:
             self.err(body.line_of("on"), "on: needs at least one branch")
+        after = self.duration(body, "after")
+        if after is not None and "then" not in body:
+            self.err(body.line_of("after"), "after: delays then:; this step has no then:")
+        waits = "on" in body or (after is not None and "then" in body)
         otherwise = self.reprompts(body, "otherwise") if "otherwise" in body else None
-        if otherwise is not None and "on" not in body:
+        if otherwise is not None and not waits:
             self.err(
                 body.line_of("otherwise"), "otherwise: only applies to a state that waits (on:)"
+            )
+        timeout = self.timeouts(body) if "timeout" in body else ()
+        if "timeout" in body and "on" not in body:
+            self.err(
+                body.line_of("timeout"),
+                "timeout: only applies to a step that waits for the customer (on:);"
+                " to wait before moving on, write after: with then:",
             )
         return StateSpec(
             name=name,
@@ -229,10 +248,69 @@ class FlowReader(Reading):
             sets=self.sets(body),
             on=on,
             then=then,
+            after=after,
+            timeout=timeout,
             otherwise=otherwise,
             handoff=body.get("handoff") is True,
             end=body.get("end") is True,
         )
+
+    def duration(self, parent: YMap, key: str) -> float | None:
+        """A duration like 90s, 30m, 24h or 2d (at least a second, at most 400 days)."""
+        raw = parent.get(key)
+        if key not in parent:
+            return None
+        line = parent.line_of(key)
+        if not isinstance(raw, str):
+            self.err(line, f"{key}: a duration like 30m, 24h or 2d")
+            return None
+        try:
+            seconds = parse_duration(raw)
+        except ValueError as e:
+            self.err(line, f"{key}: {e}")
+            return None
+        if not 1 <= seconds <= MAX_WAIT:
+            self.err(line, f"{key}: from 1s to {MAX_WAIT // 86400:.0f}d")
+            return None
+        return seconds
+
+    def timeouts(self, body: YMap) -> tuple[Timeout, ...]:
+        """The silence ladder: rungs by growing after:, each says, sets and maybe goes."""
+        raw = body["timeout"]
+        line0 = body.line_of("timeout")
+        if isinstance(raw, YMap):
+            raw_items: list[tuple[Any, int]] = [(raw, line0)]
+        elif isinstance(raw, YList) and raw:
+            raw_items = [(v, raw.line_of(i)) for i, v in enumerate(raw)]
+        else:
+            self.err(line0, "timeout: a rung {after: 30m, say: ...}, or a list of them")
+            return ()
+        out: list[Timeout] = []
+        for item, line in raw_items:
+            if not isinstance(item, YMap):
+                self.err(line, "timeout: a rung is a mapping like {after: 30m, say: ..., go: ...}")
+                continue
+            self.keys(item, TIMEOUT_KEYS, "timeout rung")
+            after = self.duration(item, "after")
+            if after is None:
+                if "after" not in item:
+                    self.err(item.line, "timeout: each rung needs after: (30m, 24h ...)")
+                continue
+            if out and after <= out[-1].after:
+                self.err(
+                    item.line_of("after"),
+                    "timeout: each rung's after: must be longer than the one before"
+                    " (all count from when the step began waiting)",
+                )
+                continue
+            routes = self.routes(item, "go")
+            out.append(Timeout(item.line, after, says(self, item, "say"), self.sets(item), routes))
+        for rung in out[:-1]:
+            if rung.routes:
+                self.err(
+                    rung.line, "timeout: a rung with go: leaves the step; later rungs never run"
+                )
+        return tuple(out)
 
     def branches(self, parent: YMap, key: str, where: str) -> tuple[Branch, ...]:
         raw = parent.get(key)

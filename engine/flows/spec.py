@@ -39,11 +39,35 @@ MESSAGE_KINDS = frozenset(
         "unknown",
     }
 )
-FLOW_KEYS = ("description", "start", "faq", "slots", "anywhere", "otherwise", "states")
-STATE_KEYS = ("description", "say", "set", "on", "then", "otherwise", "handoff", "end")
+FLOW_KEYS = (
+    "description",
+    "start",
+    "faq",
+    "slots",
+    "anywhere",
+    "otherwise",
+    "handback",
+    "states",
+)
+STATE_KEYS = (
+    "description",
+    "say",
+    "set",
+    "on",
+    "then",
+    "after",
+    "timeout",
+    "otherwise",
+    "handoff",
+    "end",
+)
 BRANCH_KEYS = (*CONDITIONS, "when", "say", "set", "save", "go")
 REPROMPT_KEYS = ("say", "repeat", "go")
+TIMEOUT_KEYS = ("after", "say", "set", "go")
 DEFAULT_REPROMPT = "Sorry, I didn't understand that."
+DEFAULT_HANDBACK = (
+    "Our team has handed this conversation back to the assistant. Send a message any time."
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +126,18 @@ class Reprompt:
 
 
 @dataclass(frozen=True, slots=True)
+class Timeout:
+    """One rung of a waiting step's silence ladder: `after` seconds of silence since the step
+    began waiting, say and set, then go (or, with no go:, keep waiting for the next rung)."""
+
+    line: int
+    after: float
+    says: tuple[Say, ...] = ()
+    sets: tuple[tuple[str, SetValue], ...] = ()
+    routes: tuple[Route, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class StateSpec:
     name: str
     line: int
@@ -109,13 +145,21 @@ class StateSpec:
     sets: tuple[tuple[str, SetValue], ...] = ()
     on: tuple[Branch, ...] = ()
     then: tuple[Route, ...] = ()  # where the step moves on by itself, first route that holds
+    after: float | None = None  # then: only after this many seconds (a delay: the step waits)
+    timeout: tuple[Timeout, ...] = ()  # the silence ladder of a waiting step
     otherwise: tuple[Reprompt, ...] | None = None
     handoff: bool = False
     end: bool = False
 
     @property
     def waits(self) -> bool:
-        return bool(self.on)
+        """The step waits for the customer (or for time to pass) instead of moving on."""
+        return bool(self.on) or self.after is not None
+
+    @property
+    def answers(self) -> bool:
+        """Customer messages in this step meet branches and the re-prompt ladder."""
+        return self.waits
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +173,7 @@ class FlowSpec:
     otherwise: tuple[Reprompt, ...] = ()
     faq: Faq | None = None
     slots: dict[str, SetValue] = field(default_factory=dict)
+    handback: tuple[Say, ...] = ()  # said when HANDOFF_TTL runs out and the bot takes over
 
 
 def prompt_of(spec: FlowSpec, state: StateSpec) -> tuple[Say, ...]:
