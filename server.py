@@ -30,6 +30,7 @@ from aiohttp import web
 
 from adapters.bodies import BodyBudget
 from adapters.console import ConsoleSender
+from adapters.http_action import HttpAction
 from adapters.prometheus import EngineCollector
 from adapters.sqlite_store import SqliteStore
 from adapters.web import (
@@ -45,6 +46,7 @@ from adapters.web import (
     quiet_client_errors,
 )
 from adapters.whatsapp import AccessToken, CloudApiSender
+from engine.clock import SystemClock
 from engine.engine import Engine, EngineConfig
 from engine.errors import ConfigError
 from engine.flows import load_flows
@@ -72,7 +74,10 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> web.Applica
 
     async def engine_ctx(app: web.Application) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
-            flows = load_flows(settings.flows_dir, settings.entry_flow)
+            secret = settings.actions_secret
+            http = HttpAction(clock or SystemClock(), secret.reveal() if secret else None)
+            stack.push_async_callback(http.close)
+            flows = load_flows(settings.flows_dir, settings.entry_flow, {"http": http.call})
             store = await open_store(settings.database)
             stack.push_async_callback(store.close)
             await stack.enter_async_context(_redis(settings, app[HEALTH]))

@@ -7,6 +7,11 @@ the store. At most `max_running` actors run at once; others with mail wait their
 queue, so a 1000-message batch does not flood the event loop with 1000 tasks in front of the next
 webhook. A message that raises is logged and counted by the behaviour's own handling; if it still
 escapes, the actor goes on with its next message. Stopping fails every pending ask.
+
+An actor whose behaviour waits on something slow (an action calling a business system) is
+suspended: it gives up its run slot so other contacts proceed, its later mail waits in order,
+and it is neither run nor passivated until `resume` puts the awaited result at the front of its
+mailbox. A suspended actor counts as busy, so draining waits for it.
 """
 
 from __future__ import annotations
@@ -29,13 +34,14 @@ class Envelope(Protocol):
 
 
 class Actor:
-    __slots__ = ("key", "mailbox", "queued", "state", "task")
+    __slots__ = ("key", "mailbox", "queued", "state", "suspended", "task")
 
     def __init__(self, key: str) -> None:
         self.key = key
         self.mailbox: deque[Envelope] = deque()
         self.task: asyncio.Task[None] | None = None
         self.queued = False  # waiting in the run queue for a free slot
+        self.suspended = False  # waiting for `resume`: its mail is not handled meanwhile
         self.state: Any = None
 
 
@@ -76,15 +82,39 @@ class ActorSystem:
             self._idle_lru.pop(key, None)
         actor.mailbox.append(message)
         self.depth += 1
-        if actor.task is None and not actor.queued:
+        if actor.task is None and not actor.queued and not actor.suspended:
             self._busy += 1
             self._idle.clear()
-            if self._running < self._max_running:
-                self._start(actor)
-            else:
-                actor.queued = True
-                self._runnable.append(actor)
+            self._schedule(actor)
         self._passivate()
+
+    def suspend(self, actor: Actor) -> None:
+        """Called by the behaviour while it handles a message: once that returns, the actor
+        stops taking mail (keeping it in order) until `resume`."""
+        actor.suspended = True
+
+    def requeue(self, actor: Actor, message: Envelope) -> None:
+        """Put `message` back at the front of the actor's mailbox (it runs next)."""
+        actor.mailbox.appendleft(message)
+        self.depth += 1
+
+    def resume(self, key: str, message: Envelope) -> None:
+        """Wake a suspended actor with `message`, which it handles before its other mail."""
+        actor = self._actors.get(key)
+        if self._stopped or actor is None or not actor.suspended:
+            _fail(message, ActorStopped(key))
+            return
+        actor.suspended = False
+        self.requeue(actor, message)
+        if actor.task is None and not actor.queued:
+            self._schedule(actor)  # still counted busy since it was suspended
+
+    def _schedule(self, actor: Actor) -> None:
+        if self._running < self._max_running:
+            self._start(actor)
+        else:
+            actor.queued = True
+            self._runnable.append(actor)
 
     def _start(self, actor: Actor) -> None:
         self._running += 1
@@ -98,7 +128,7 @@ class ActorSystem:
 
     async def _run(self, actor: Actor) -> None:
         try:
-            while actor.mailbox:
+            while actor.mailbox and not actor.suspended:
                 message = actor.mailbox.popleft()
                 self.depth -= 1
                 try:
@@ -112,9 +142,10 @@ class ActorSystem:
         finally:
             actor.task = None
             self._running -= 1
-            self._busy -= 1
-            if not actor.mailbox:
-                self._idle_lru[actor.key] = None
+            if not actor.suspended:
+                self._busy -= 1
+                if not actor.mailbox:
+                    self._idle_lru[actor.key] = None
             if self._runnable and not self._stopped:
                 following = self._runnable.popleft()
                 following.queued = False

@@ -12,9 +12,11 @@ import os
 import sys
 import time
 import uuid
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import TextIO
 
+from .actions import Fn
 from .engine import Engine, EngineConfig
 from .errors import FlowError
 from .events import ButtonReply, Content, Customer, ListReply, Message, Text
@@ -26,7 +28,13 @@ from .ports import Outgoing
 CHAT_NUMBER = "chat"
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(
+    argv: list[str] | None = None,
+    provided: Mapping[str, Fn] | None = None,
+    close: Callable[[], Awaitable[None]] | None = None,
+) -> int:
+    """`provided`: the built-in actions this process implements (see engine/__main__.py);
+    `close` releases what they hold once a chat ends."""
     parser = argparse.ArgumentParser(
         prog="python -m engine", description="WhatsApp conversation engine"
     )
@@ -47,15 +55,24 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     flows_dir = os.environ.get("FLOWS_DIR", "flows")
     if args.command == "flows":
-        return validate_command(Path(args.path or flows_dir))
+        return validate_command(Path(args.path or flows_dir), provided)
     entry = args.flow or os.environ.get("ENTRY_FLOW", "support")
-    return asyncio.run(
-        chat_command(Path(args.flows_dir or flows_dir), entry, args.contact, args.name)
+    talk = chat_command(
+        Path(args.flows_dir or flows_dir), entry, args.contact, args.name, provided=provided
     )
 
+    async def run() -> int:
+        try:
+            return await talk
+        finally:
+            if close is not None:
+                await close()
 
-def validate_command(path: Path) -> int:
-    problems = validate_path(path)
+    return asyncio.run(run())
+
+
+def validate_command(path: Path, provided: Mapping[str, Fn] | None = None) -> int:
+    problems = validate_path(path, provided)
     for p in problems:
         print(p)
     if problems:
@@ -98,9 +115,16 @@ class ChatSender:
         return Text(line)
 
 
-async def chat_command(flows_dir: Path, entry: str, phone: str, name: str) -> int:
+async def chat_command(
+    flows_dir: Path,
+    entry: str,
+    phone: str,
+    name: str,
+    *,
+    provided: Mapping[str, Fn] | None = None,
+) -> int:
     try:
-        flows = load_flows(flows_dir, entry)
+        flows = load_flows(flows_dir, entry, provided)
     except FlowError as e:
         for p in e.problems:
             print(p, file=sys.stderr)

@@ -12,6 +12,7 @@ its flow; if that fails again it goes to a person, who sees it in the handoff li
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import time
@@ -19,11 +20,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .actors import Actor
+from .actions import ActionContext
+from .actors import Actor, ActorSystem
+from .calls import Calls, Done
 from .committer import Committer, retrying
 from .delivery import Delivery
 from .events import Message, System, scrub
-from .flows import KEEP, Effects, Flow, Flows
+from .flows import KEEP, ActionRequest, Effects, Flow, Flows, values
 from .logs import mask
 from .metrics import Metrics
 from .outbound import OutMessage, TextMessage, fit, kind_of, preview, to_json
@@ -36,6 +39,7 @@ WINDOW = 24 * 3600.0  # WhatsApp's customer-service window, from the customer's 
 OUTSIDE_WINDOW = "outside the 24-hour window"
 APOLOGY = "Sorry, something went wrong on our side. Let's start again."
 HANDOFF_APOLOGY = "Sorry, something went wrong on our side. A member of our team will reply here."
+CALL_GRACE = 5.0  # seconds past an action's within: before its timer treats the call as lost
 
 
 @dataclass(slots=True)
@@ -83,9 +87,12 @@ class ConversationBehaviour:
         metrics: Metrics,
         clock: Clock,
         handoff_ttl: float,
+        calls: Calls | None = None,
         on_timers: Callable[[list[TimerWrite]], None] = lambda writes: None,
     ) -> None:
         self._on_timers = on_timers
+        self._calls = calls
+        self.system: ActorSystem | None = None  # set by the system that runs this behaviour
         self._store = store
         self._committer = committer
         self._delivery = delivery
@@ -95,27 +102,40 @@ class ConversationBehaviour:
         self._ttl = handoff_ttl
 
     async def receive(self, actor: Actor, message: Any) -> None:
+        try:
+            if isinstance(message, Done):
+                await self._done(actor, message)
+            elif not await self._lost_call(actor, message):
+                await self._handle(actor, message)
+        except Exception as e:
+            await self._failed(actor, message, e)
+
+    async def _handle(self, actor: Actor, message: Any) -> None:
         if isinstance(message, Deliver):
-            try:
-                await self._deliver(actor, message)
-            except Exception as e:  # a rejected write or a bug outside the flow step
-                await self._record_failure(actor, message, e)
+            await self._deliver(actor, message)
         elif isinstance(message, AgentReply):
-            try:
-                await self._agent_reply(actor, message)
-            except Exception:
-                actor.state = None  # memory may hold a hand-off that was never stored
-                raise
+            await self._agent_reply(actor, message)
         elif isinstance(message, Release):
             await self._release(actor, message)
         elif isinstance(message, Fire):
-            try:
-                await self._fire(actor, message)
-            except Exception:
-                log.exception("a timer of %s could not be handled", mask(actor.key))
-                actor.state = None  # the stored snapshot is the truth; the timer row remains
+            await self._fire(actor, message)
         else:
             raise TypeError(f"unexpected mailbox message {message!r}")
+
+    async def _failed(self, actor: Actor, message: Any, error: Exception) -> None:
+        """A message could not be handled (a rejected write, a bug outside the flow step)."""
+        if isinstance(message, Deliver):
+            await self._record_failure(actor, message, error)
+            return
+        actor.state = None  # memory may hold what was never stored: the snapshot is the truth
+        if isinstance(message, Fire):  # the timer row remains
+            log.error("a timer of %s could not be handled", mask(actor.key), exc_info=error)
+        elif isinstance(message, Done):  # the snapshot still records the call: made again
+            log.error(
+                "the end of a call of %s could not be handled", mask(actor.key), exc_info=error
+            )
+        else:
+            raise error
 
     # --- customer messages -----------------------------------------------------------------
 
@@ -143,7 +163,8 @@ class ConversationBehaviour:
         convo.last_seq = item.seq
         timers += self._timers(convo, effects, now)
         replies = self._outbound(convo, f"r:{message.id}", effects.messages, now)
-        await self._commit(convo, [_inbound(convo, message, "received"), *replies], now, timers)
+        rows = [_inbound(convo, message, "received"), *replies]
+        await self._finish(actor, convo, effects, rows=rows, now=now, timers=timers)
         self._metrics.handled.inc(outcome)
         self._metrics.handling.observe(time.perf_counter() - started)
 
@@ -246,6 +267,9 @@ class ConversationBehaviour:
         timer = item.timer
         convo = await self._activate(actor, None)
         now = self._clock.now()
+        if timer.kind == "action":  # its call ended, or was made again, since it was set
+            self._metrics.timers.inc("action", "void")
+            return
         if timer.kind == "handoff":
             if convo.handoff_until is None or convo.handoff_until != timer.due:
                 self._metrics.timers.inc("handoff", "void")
@@ -277,7 +301,126 @@ class ConversationBehaviour:
             if convo.timer_due is None:
                 timers.append(TimerWrite(convo.key, "flow", None))
         replies = self._outbound(convo, f"t:{convo.key}:{convo.step}", effects.messages, now)
-        await self._commit(convo, replies, now, timers)
+        await self._finish(actor, convo, effects, rows=replies, now=now, timers=timers)
+
+    # --- actions -------------------------------------------------------------------------
+
+    async def _finish(
+        self,
+        actor: Actor,
+        convo: Conversation,
+        effects: Effects,
+        *,
+        rows: list[MessageRow],
+        now: float,
+        timers: list[TimerWrite],
+    ) -> None:
+        """Commit a step; if it entered an action, record the call with it, then make it."""
+        if effects.action is not None:
+            timers.append(self._record_call(convo, effects.action, now))
+        await self._commit(convo, rows, now, timers)
+        if effects.action is not None:
+            self._begin(actor, convo)
+
+    def _record_call(self, convo: Conversation, request: ActionRequest, now: float) -> TimerWrite:
+        """The call goes into the snapshot before it is made; its key is derived from the step
+        that makes it, so a replay of that step after a crash makes it with the same key."""
+        cause = f"{convo.key}:{convo.flow}:{convo.state}:{convo.step}"
+        convo.action = {
+            "key": hashlib.sha256(cause.encode()).hexdigest()[:32],
+            "name": request.name,
+            "args": values.to_json(request.args),
+            "within": request.within,
+            "attempt": 1,
+            "step": convo.step,
+        }
+        return TimerWrite(convo.key, "action", now + request.within + CALL_GRACE, convo.step)
+
+    def _begin(self, actor: Actor, convo: Conversation) -> None:
+        """Make the recorded call outside the actor's run slot: the actor is suspended (its
+        later mail waits, in order) until the call's Done arrives."""
+        call = convo.action
+        assert call is not None and self.system is not None
+        if self._calls is None:
+            raise RuntimeError("this engine runs no actions")
+        within = float(call["within"])
+        ctx = ActionContext(
+            key=call["key"],
+            contact=convo.key,
+            flow=convo.flow,
+            state=convo.state or "",
+            deadline=self._clock.now() + within,
+            attempt=int(call["attempt"]),
+        )
+        args = values.from_json(call["args"])
+        assert isinstance(args, dict)
+        self.system.suspend(actor)
+        self._calls.start(ctx, call["name"], args, within)
+
+    async def _lost_call(self, actor: Actor, message: Any) -> bool:
+        """Before anything else reaches a conversation whose recorded call is not in flight (a
+        crash or restart lost it), make the call again and let `message` wait behind it.
+        True when `message` was put back to wait."""
+        convo: Conversation | None = actor.state
+        if convo is None:
+            if isinstance(message, Deliver) and message.fresh:
+                return False
+            convo = await self._activate(
+                actor, message.message if isinstance(message, Deliver) else None
+            )
+        call = convo.action
+        if call is None:
+            return False
+        assert self.system is not None
+        now = self._clock.now()
+        flow = self._flow_of(convo)
+        if flow.action_of(convo.state) is None:  # the flow changed: its step calls nothing now
+            log.info(
+                "%s: a recorded call of %s is void (its flow changed)",
+                mask(convo.key),
+                call.get("name"),
+            )
+            convo.action = None
+            await self._commit(convo, [], now, [TimerWrite(convo.key, "action", None)])
+            return False
+        if isinstance(message, Fire) and message.timer.kind == "action":
+            self._metrics.timers.inc("action", "fired")
+        call["attempt"] = int(call.get("attempt") or 1) + 1
+        within = float(call["within"])
+        timer = TimerWrite(convo.key, "action", now + within + CALL_GRACE, convo.step)
+        await self._commit(convo, [], now, [timer])
+        log.info(
+            "%s: action %s is made again (attempt %d)",
+            mask(convo.key),
+            call["name"],
+            call["attempt"],
+        )
+        self.system.requeue(actor, message)
+        self._begin(actor, convo)
+        return True
+
+    async def _done(self, actor: Actor, item: Done) -> None:
+        """The call ended: save its result and take on_done:, or on_error: with its error."""
+        convo = await self._activate(actor, None)
+        now = self._clock.now()
+        call = convo.action
+        if call is None or call.get("key") != item.key:
+            return  # a call made again after a restart ended twice; the first end counted
+        convo.action = None
+        timers = [TimerWrite(convo.key, "action", None)]
+        flow = self._flow_of(convo)
+        if flow.action_of(convo.state) is None:  # the flow changed while the call ran
+            await self._commit(convo, [], now, timers)
+            return
+        outcome = item.outcome
+        if outcome.ok:
+            effects = self._step(convo, lambda f: f.done(convo, outcome.result), now)
+        else:
+            kind = outcome.kind or "error"
+            effects = self._step(convo, lambda f: f.failed(convo, kind, outcome.message), now)
+        timers += self._timers(convo, effects, now)
+        replies = self._outbound(convo, f"x:{item.key}", effects.messages, now)
+        await self._finish(actor, convo, effects, rows=replies, now=now, timers=timers)
 
     def _recover(self, convo: Conversation, flow: Flow) -> Effects:
         """Apology and a fresh start; if the flow fails again, a person takes over."""

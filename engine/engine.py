@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .actors import ActorSystem, Envelope
+from .calls import Calls, Done
 from .clock import SystemClock
 from .committer import Committer
 from .conversation import AgentReply, ConversationBehaviour, Deliver, Fire, Release
@@ -115,27 +116,32 @@ class Engine:
             lambda timer: self.route(timer.contact, Fire(timer)),
             busy=lambda: self.overloaded,
         )
-        self.actors = ActorSystem(
-            ConversationBehaviour(
-                store=store,
-                committer=self.committer,
-                delivery=self.delivery,
-                flows=flows,
-                metrics=self.metrics,
-                clock=clock,
-                handoff_ttl=self.config.handoff_ttl,
-                on_timers=self.timers.note,
-            ),
-            max_resident=self.config.max_actors,
+        self.calls = Calls(flows.actions, clock, self.metrics, self._call_ended)
+        behaviour = ConversationBehaviour(
+            store=store,
+            committer=self.committer,
+            delivery=self.delivery,
+            flows=flows,
+            metrics=self.metrics,
+            clock=clock,
+            handoff_ttl=self.config.handoff_ttl,
+            calls=self.calls,
+            on_timers=self.timers.note,
         )
+        self.actors = ActorSystem(behaviour, max_resident=self.config.max_actors)
+        behaviour.system = self.actors
         self.accepting = False
         self._pruner: asyncio.Task[None] | None = None
         m = self.metrics
         m.resident.read = lambda: float(self.actors.resident)
         m.mailbox.read = lambda: float(self.actors.depth)
         m.outbox.read = lambda: float(self.delivery.pending)
+        m.calls.read = lambda: float(self.calls.in_flight)
         m.machines.read = lambda: float(self.flows.live_instances)
         m.paused.read = lambda: {(p.number, p.cause): 1.0 for p in self.delivery.paused()}
+
+    def _call_ended(self, contact: str, done: Done) -> None:
+        self.actors.resume(contact, done)
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -185,6 +191,7 @@ class Engine:
             self._pruner.cancel()
             await asyncio.gather(self._pruner, return_exceptions=True)
         await self.timers.stop()
+        await self.calls.stop()  # calls in flight stay recorded: made again after the restart
         await self.delivery.stop(grace)
         await self.actors.stop()
         await self.committer.close()

@@ -142,6 +142,13 @@ class Metrics:
             "Timers that fell due, by kind and outcome (fired, or void: the conversation moved on)",
             ("kind", "outcome"),
         )
+        self.actions = Counter(
+            "engine_action_calls",
+            "Action calls by action and outcome (done, or the error kind)",
+            ("action", "outcome"),
+            limit=500,
+        )
+        self.action_time = Histogram("engine_action_seconds", "Time of one action call")
         self.pauses = Counter(
             "engine_channel_pauses",
             "Times a business number's sending was paused (outage, throttled, auth)",
@@ -173,6 +180,7 @@ class Metrics:
         self.machines = Gauge("engine_machines_live", "Live python-statemachine instances")
         self.mailbox = Gauge("engine_mailbox_depth", "Events waiting in all mailboxes")
         self.outbox = Gauge("engine_outbox_pending", "Messages waiting to be sent")
+        self.calls = Gauge("engine_actions_in_flight", "Action calls running now")
 
     def all(self) -> list[Counter | Gauge | LabeledGauge | Histogram]:
         return [

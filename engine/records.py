@@ -52,6 +52,9 @@ class Conversation:
     step: int = 0  # counts handled events; a timer set at another step is void
     timer_due: float | None = None  # the flow timer (reminders, delays) armed for this step
     timer_rung: int = 0
+    # The action call this step is waiting for, recorded before it runs (see engine.calls):
+    # {key, name, args (tagged JSON), within, attempt}; None when no call is outstanding.
+    action: dict[str, Any] | None = None
 
     def held(self, now: float) -> bool:
         return self.handoff_until is not None and now < self.handoff_until
@@ -76,6 +79,7 @@ class Conversation:
             "step": self.step,
             "timer_due": self.timer_due,
             "timer_rung": self.timer_rung,
+            "action": self.action,
         }
 
     @classmethod
@@ -104,4 +108,5 @@ class Conversation:
             step=int(data.get("step") or 0),
             timer_due=data.get("timer_due"),
             timer_rung=int(data.get("timer_rung") or 0),
+            action=data.get("action") if isinstance(data.get("action"), dict) else None,
         )

@@ -81,6 +81,7 @@ class Settings:
     whatsapp_phone_number_id: str | None = None
     whatsapp_api_url: str = DEFAULT_GRAPH_API
     admin_token: Secret | None = None
+    actions_secret: Secret | None = None  # signs the built-in http action's requests
     # Tuning, with defaults that suit one small container.
     max_actors: int = 10_000
     send_concurrency: int = 32
@@ -102,6 +103,7 @@ class Settings:
                 self.whatsapp_app_secret,
                 self.whatsapp_verify_token,
                 self.admin_token,
+                self.actions_secret,
             )
             if s is not None
         ]
@@ -161,6 +163,7 @@ class Settings:
             whatsapp_phone_number_id=env.get("WHATSAPP_PHONE_NUMBER_ID"),
             whatsapp_api_url=api_url,
             admin_token=_secret(env, "ADMIN_TOKEN"),
+            actions_secret=_secret(env, "ACTIONS_SECRET"),
             max_actors=_int(env, "MAX_ACTORS", 10_000, low=1),
             send_concurrency=_int(env, "SEND_CONCURRENCY", 32, low=1, high=1024),
             max_backlog=_int(env, "MAX_BACKLOG", 50_000, low=1),

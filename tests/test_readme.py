@@ -10,13 +10,23 @@ from engine.flows import load_flows, validate_path
 from tests.support import ROOT
 
 
-def test_the_flow_in_the_readme_is_valid(tmp_path: Path) -> None:
+def test_the_flows_in_the_readme_are_valid(tmp_path: Path) -> None:
+    """Every YAML example is a whole flow; the one with action: steps validates with the
+    README's actions.py beside it."""
     readme = (ROOT / "README.md").read_text()
-    (example,) = re.findall(r"```yaml\n(.*?)```", readme, re.S)
-    (tmp_path / "pizza.yaml").write_text(example)
-    shutil.copytree(ROOT / "flows" / "data", tmp_path / "data")
-    assert validate_path(tmp_path / "pizza.yaml") == []
-    assert load_flows(tmp_path, "pizza").entry_flow.spec.start == "welcome"
+    examples = re.findall(r"```yaml\n(.*?)```", readme, re.S)
+    (code,) = [c for c in re.findall(r"```python\n(.*?)```", readme, re.S) if "@action" in c]
+    assert len(examples) >= 4
+    for i, example in enumerate(examples):
+        folder = tmp_path / f"example{i}"
+        folder.mkdir()
+        (folder / "example.yaml").write_text(example)
+        shutil.copytree(ROOT / "flows" / "data", folder / "data")
+        if "action: create_order" in example:
+            (folder / "actions.py").write_text(code)
+        assert validate_path(folder) == [], example
+        assert load_flows(folder, "example").entry_flow.spec.name == "example"
+    assert "start: welcome" in examples[0]
 
 
 def test_the_readme_names_every_setting() -> None:

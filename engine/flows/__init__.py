@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..actions import Actions, Fn, load_actions
 from ..errors import FlowError, Problem
-from .machine import IDLE, KEEP, Effects, Flow, TimerPlan
+from .machine import IDLE, KEEP, ActionRequest, Effects, Flow, TimerPlan
 from .reader import read_flow
 from .spec import FlowSpec
 
 __all__ = [
     "IDLE",
     "KEEP",
+    "ActionRequest",
     "Effects",
     "Flow",
     "FlowSpec",
@@ -30,16 +33,17 @@ def flow_files(path: Path) -> list[Path]:
     return [path]
 
 
-def validate_path(path: Path) -> list[Problem]:
-    """Every problem in the flows at `path`; an empty list means they are all valid."""
+def validate_path(path: Path, provided: Mapping[str, Fn] | None = None) -> list[Problem]:
+    """Every problem in the flows at `path` (and the actions.py beside them); an empty list
+    means they are all valid."""
     if not path.exists():
         return [Problem(str(path), 0, "no such file or folder")]
     files = flow_files(path)
     if not files:
         return [Problem(str(path), 0, "no flow files (*.yaml) here")]
-    problems: list[Problem] = []
+    actions, problems = load_actions(path if path.is_dir() else path.parent, provided)
     for file in files:
-        spec, found = read_flow(file)
+        spec, found = read_flow(file, actions)
         problems.extend(found)
         if spec is not None:
             try:
@@ -55,6 +59,7 @@ class Flows:
 
     by_name: dict[str, Flow]
     entry: str
+    actions: Actions = field(default_factory=Actions)
 
     def get(self, name: str) -> Flow | None:
         return self.by_name.get(name)
@@ -68,14 +73,15 @@ class Flows:
         return sum(f.live_instances for f in self.by_name.values())
 
 
-def load_flows(folder: Path, entry: str) -> Flows:
-    """Load and compile every flow in `folder`; raise FlowError listing every problem."""
+def load_flows(folder: Path, entry: str, provided: Mapping[str, Fn] | None = None) -> Flows:
+    """Load and compile every flow in `folder` and the actions beside them (`provided`: the
+    built-in actions this process implements); raise FlowError listing every problem."""
     if not folder.is_dir():
         raise FlowError([Problem(str(folder), 0, "FLOWS_DIR is not a folder")])
-    problems: list[Problem] = []
+    actions, problems = load_actions(folder, provided)
     flows: dict[str, Flow] = {}
     for file in flow_files(folder):
-        spec, found = read_flow(file)
+        spec, found = read_flow(file, actions)
         problems.extend(found)
         if spec is not None:
             flows[spec.name] = Flow(spec)
@@ -83,4 +89,4 @@ def load_flows(folder: Path, entry: str) -> Flows:
         problems.append(Problem(str(folder), 0, f"ENTRY_FLOW {entry!r}: no {entry}.yaml here"))
     if problems:
         raise FlowError(problems)
-    return Flows(flows, entry)
+    return Flows(flows, entry, actions)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from .reading import Reading
-from .spec import Branch, FlowSpec, StateSpec, offered_says
+from .spec import Branch, FlowSpec, Route, StateSpec, offered_says
 
 
 def all_branches(states: dict[str, StateSpec], anywhere: tuple[Branch, ...]) -> Iterable[Branch]:
@@ -16,21 +16,28 @@ def all_branches(states: dict[str, StateSpec], anywhere: tuple[Branch, ...]) -> 
 
 
 def edges(spec: FlowSpec, state: StateSpec) -> Iterable[tuple[str, int]]:
-    for route in state.then:
-        yield route.to, route.line
-    for b in state.on:
-        for route in b.routes:
-            yield route.to, route.line
-    for rung in state.timeout:
-        for route in rung.routes:
+    groups: list[tuple[Route, ...]] = [
+        state.then if state.after is not None else (),
+        *(b.routes for b in state.on),
+        *(rung.routes for rung in state.timeout),
+        moves_on(state),
+    ]
+    if state.answers:
+        groups.extend(b.routes for b in spec.anywhere)
+    for routes in groups:
+        for route in routes:
             yield route.to, route.line
     if state.answers:
-        for b in spec.anywhere:
-            for route in b.routes:
-                yield route.to, route.line
         for r in state.otherwise or spec.otherwise:
             if r.go:
                 yield r.go, r.go_line
+
+
+def moves_on(state: StateSpec) -> tuple[Route, ...]:
+    """Routes a step takes without the customer: then: (unless delayed) and an action's."""
+    action = state.action
+    then = state.then if state.after is None else ()
+    return then + (action.done + action.error if action else ())
 
 
 def targets(r: Reading, spec: FlowSpec) -> None:
@@ -60,9 +67,8 @@ def then_cycles(r: Reading, spec: FlowSpec) -> None:
     """Steps that move on by themselves (then:) in a circle would never wait for the customer:
     any such circle is refused, whatever conditions its routes carry."""
     graph = {
-        name: [route.to for route in st.then if route.to in spec.states]
+        name: [route.to for route in moves_on(st) if route.to in spec.states]
         for name, st in spec.states.items()
-        if st.after is None  # a delay waits
     }
     reported: set[frozenset[str]] = set()
     for start in graph:
@@ -75,9 +81,11 @@ def then_cycles(r: Reading, spec: FlowSpec) -> None:
                     if cycle not in reported and start == min(path):
                         reported.add(cycle)
                         first = path[1] if len(path) > 1 else start
-                        line = next(rt.line for rt in spec.states[start].then if rt.to == first)
+                        line = next(
+                            rt.line for rt in moves_on(spec.states[start]) if rt.to == first
+                        )
                         loop = " -> ".join([*path, start])
-                        r.err(line, f"then: loop {loop} never waits for the customer")
+                        r.err(line, f"loop {loop} never waits for the customer")
                 elif nxt not in path:
                     stack.append((nxt, [*path, nxt]))
 

@@ -34,6 +34,8 @@ from ..outbound import (
 )
 from .expr import Evaluator, Expr, parse_cached
 from .spec import (
+    ActionCall,
+    Arg,
     Branch,
     FlowSpec,
     Reprompt,
@@ -75,6 +77,15 @@ class TimerPlan:
 KEEP = TimerPlan(-1, 0.0)  # leave the timer as it is (a message during a delay)
 
 
+@dataclass(frozen=True, slots=True)
+class ActionRequest:
+    """Call action `name` with `args` (slot values), giving it `within` seconds."""
+
+    name: str
+    args: dict[str, Value]
+    within: float
+
+
 @dataclass(slots=True)
 class Effects:
     """What one step decided: messages to send, in order, whether a person takes over, and the
@@ -86,6 +97,7 @@ class Effects:
     split: int = 0
     shortened: int = 0
     timer: TimerPlan | None = None
+    action: ActionRequest | None = None  # the step entered calls business code
 
 
 class Step:
@@ -104,6 +116,7 @@ class Step:
         "norm",
         "padded",
         "raw",
+        "result",
         "rung",
         "stayed_rung",
     )
@@ -123,6 +136,7 @@ class Step:
         self.rung = 0  # the timeout rung that fired (event "timeout")
         self.stayed_rung: int | None = None  # a rung without go: ran; the step keeps waiting
         self.entered = False  # some step was entered (not only a branch that stays)
+        self.result: dict[str, Value] = {}  # event "done"/"error": the slots the call fills
 
     def values(self) -> dict[str, Value]:
         c = self.convo
@@ -144,6 +158,18 @@ class Step:
         self.convo.slots[slot] = (
             self.compute(value) if isinstance(value, Expr) else self.render(value)
         )
+
+    def argument(self, arg: Arg) -> Value:
+        """An action parameter's value: expressions computed, templates filled, in depth."""
+        if isinstance(arg, Expr):
+            return self.compute(arg)
+        if isinstance(arg, str):
+            return self.render(arg)
+        if isinstance(arg, dict):
+            return {k: self.argument(v) for k, v in arg.items()}
+        if isinstance(arg, list):
+            return [self.argument(v) for v in arg]
+        return arg
 
     def say(self, say: Say) -> None:
         fitted = fit(build_message(say, self))
@@ -255,6 +281,31 @@ class Flow:
             return False
         return rung < len(spec.timeout) or (rung == 0 and spec.after is not None)
 
+    def action_of(self, state: str | None) -> ActionCall | None:
+        spec = self.spec.states.get(state) if state is not None else None
+        return spec.action if spec is not None else None
+
+    def done(self, convo: ConversationView, result: Value) -> Effects:
+        """The step's action returned `result`: save it as the step says, then on_done:.
+        A result without a field that save: names takes on_error: (kind "result")."""
+        call = self.action_of(convo.state)
+        assert call is not None
+        slots: dict[str, Value] = {}
+        if isinstance(call.save, str):
+            slots[call.save] = result
+        elif call.save:
+            for slot, path in call.save:
+                found, value = _field(result, path)
+                if not found:
+                    return self.failed(convo, "result", f"the result has no field {path!r}")
+                slots[slot] = value
+        return self._send("done", convo, None, convo.state, result=slots)
+
+    def failed(self, convo: ConversationView, kind: str, message: str) -> Effects:
+        """The step's action failed: the slot `error` gets {kind, message}, then on_error:."""
+        error: Value = {"kind": kind, "message": message}
+        return self._send("error", convo, None, convo.state, result={"error": error})
+
     def handback(self, convo: ConversationView) -> Effects:
         """What the bot says when a person's HANDOFF_TTL runs out and it takes over again."""
         step = Step(convo, None, self._evaluate)
@@ -268,10 +319,13 @@ class Flow:
         convo: ConversationView,
         message: Message | None,
         state: str | None,
+        *,
         rung: int = 0,
+        result: dict[str, Value] | None = None,
     ) -> Effects:
         step = Step(convo, message, self._evaluate)
         step.rung = rung
+        step.result = result or {}
         if self._instance is None:
             self._instance = self.machine_class(model=self._cursor)
         self._cursor.state = state
@@ -363,6 +417,7 @@ def compile_flow(spec: FlowSpec, cursor: Cursor) -> Any:
             ]
         if state.answers:
             on["message"] = _transitions(spec, state, target, bind)
+        on.update(_action_events(state.action, ids[name], target, bind))
         if on:
             definition["on"] = on
         states[ids[name]] = definition
@@ -372,6 +427,36 @@ def compile_flow(spec: FlowSpec, cursor: Cursor) -> Any:
         catch_errors_as_events=False,  # our callbacks' exceptions reach the engine, which recovers
         validate_trap_states=False,  # end and handoff states wait for the engine to restart them
     )
+
+
+def _action_events(
+    call: ActionCall | None, me: str, target: Callable[[tuple[Route, ...]], str | None], bind: Any
+) -> dict[str, list[dict[str, Any]]]:
+    if call is None:
+        return {}
+    save = bind(_save_result)
+    return {
+        "done": [{"target": target(call.done), "on": [save]}],
+        "error": [{"target": target(call.error), "on": [save]}],
+        # A message meets this step only when no call is outstanding (the flow changed under
+        # the conversation): the step is entered again, which makes the call.
+        "message": [{"target": me}],
+    }
+
+
+def _save_result(step: Step) -> None:
+    step.convo.slots.update(step.result)
+
+
+def _field(value: Value, path: str) -> tuple[bool, Value]:
+    for part in path.split("."):
+        if isinstance(value, dict) and part in value:
+            value = value[part]
+        elif isinstance(value, list) and part.isdigit() and int(part) < len(value):
+            value = value[int(part)]
+        else:
+            return False, None
+    return True, value
 
 
 def _guard(expr: Expr) -> StepFn:
@@ -401,7 +486,7 @@ def _class_name(flow: str) -> str:
 
 
 def _enter(state: StateSpec) -> StepFn:
-    says, sets, handoff = state.says, state.sets, state.handoff
+    says, sets, handoff, call = state.says, state.sets, state.handoff, state.action
 
     def enter(step: Step) -> None:
         step.entered = True
@@ -412,6 +497,9 @@ def _enter(state: StateSpec) -> StepFn:
             step.say(say)
         if handoff:
             step.effects.handoff = True
+        if call is not None:
+            args = {k: step.argument(v) for k, v in call.args}
+            step.effects.action = ActionRequest(call.name, args, call.within)
 
     return enter
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import re
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from ..actions import BUILTINS, Actions
 from ..errors import Problem
 from ..outbound import LIMITS
 from ..settings import parse_duration
@@ -15,6 +17,7 @@ from .reading import Reading
 from .says import say_items, says, template
 from .source import YList, YMap
 from .spec import (
+    ACTION_KEYS,
     BRANCH_KEYS,
     CONDITIONS,
     DEFAULT_HANDBACK,
@@ -25,6 +28,8 @@ from .spec import (
     REPROMPT_KEYS,
     STATE_KEYS,
     TIMEOUT_KEYS,
+    ActionCall,
+    Arg,
     Branch,
     FlowSpec,
     Reprompt,
@@ -37,11 +42,15 @@ from .spec import (
 from .text import BUILTIN_VALUES, Faq, FaqEntry, Keywords, normalize
 
 MAX_WAIT = 400 * 86400.0  # the longest after: a flow may set
+MAX_WITHIN = 300.0  # the longest an action may take
+DEFAULT_WITHIN = 10.0
+FIELD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*")
 
 
-def read_flow(path: Path) -> tuple[FlowSpec | None, list[Problem]]:
-    """Read and check one flow file: (spec, []) when valid, (None, problems) otherwise."""
-    reader = FlowReader(path)
+def read_flow(path: Path, actions: Actions | None = None) -> tuple[FlowSpec | None, list[Problem]]:
+    """Read and check one flow file: (spec, []) when valid, (None, problems) otherwise.
+    Its action: steps are checked against `actions` (the built-ins when not given)."""
+    reader = FlowReader(path, actions)
     spec = reader.flow()
     if reader.problems:
         return None, sorted(reader.problems, key=lambda p: (p.file, p.line))
@@ -49,9 +58,10 @@ def read_flow(path: Path) -> tuple[FlowSpec | None, list[Problem]]:
 
 
 class FlowReader(Reading):
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, actions: Actions | None = None) -> None:
         super().__init__(str(path))
         self.path = path
+        self.actions = actions
 
     # --- document --------------------------------------------------------------------------
 
@@ -107,6 +117,7 @@ class FlowReader(Reading):
                 self.err(
                     line, f"unknown placeholder {{{name_}}}: no step sets a slot by that name", file
                 )
+        self.check_calls()
         for line, file, expr in self.exprs:
             for name_ in sorted(expr.names - BUILTIN_VALUES - self.slots):
                 known = sorted(self.slots | BUILTIN_VALUES)
@@ -208,16 +219,20 @@ class FlowReader(Reading):
         self.keys(body, STATE_KEYS, f"state {name!r}")
         modes = [
             k
-            for k in ("on", "then", "handoff", "end")
+            for k in ("on", "then", "handoff", "end", "action")
             if k in body and body[k] not in (None, False)
         ]
         if len(modes) != 1:
             what = "none" if not modes else " and ".join(modes)
             self.err(
                 line,
-                f"state {name!r} needs exactly one of on:, then:, handoff: true or end: true"
-                f" (has {what})",
+                f"state {name!r} needs exactly one of on:, then:, action:, handoff: true or"
+                f" end: true (has {what})",
             )
+        action = self.action(body) if "action" in body else None
+        for key in ACTION_KEYS[1:]:
+            if key in body and "action" not in body:
+                self.err(body.line_of(key), f"{key}: belongs to a step with action:")
         for flag in ("handoff", "end"):
             if flag in body and not isinstance(body[flag], bool):
                 self.err(body.line_of(flag), f"{flag}: write true or false")
@@ -253,10 +268,11 @@ class FlowReader(Reading):
             otherwise=otherwise,
             handoff=body.get("handoff") is True,
             end=body.get("end") is True,
+            action=action,
         )
 
-    def duration(self, parent: YMap, key: str) -> float | None:
-        """A duration like 90s, 30m, 24h or 2d (at least a second, at most 400 days)."""
+    def duration(self, parent: YMap, key: str, longest: float = MAX_WAIT) -> float | None:
+        """A duration like 90s, 30m, 24h or 2d (at least a second, at most `longest`)."""
         raw = parent.get(key)
         if key not in parent:
             return None
@@ -269,10 +285,100 @@ class FlowReader(Reading):
         except ValueError as e:
             self.err(line, f"{key}: {e}")
             return None
-        if not 1 <= seconds <= MAX_WAIT:
-            self.err(line, f"{key}: from 1s to {MAX_WAIT // 86400:.0f}d")
+        if not 1 <= seconds <= longest:
+            most = f"{longest // 86400:.0f}d" if longest >= 86400 else f"{longest:.0f}s"
+            self.err(line, f"{key}: from 1s to {most}")
             return None
         return seconds
+
+    # --- actions -----------------------------------------------------------------------------
+
+    def check_calls(self) -> None:
+        actions = self.actions or Actions({b.name: b for b in BUILTINS})
+        for line, name, given in self.calls:
+            definition = actions.get(name)
+            if definition is None:
+                known = actions.names()
+                self.err(
+                    line,
+                    f"unknown action {name!r}{self.hint(name, known)}"
+                    f" (known: {', '.join(known)}; yours go in actions.py beside the flows)",
+                )
+                continue
+            for message in definition.problems_with(given):
+                self.err(line, message)
+
+    def action(self, body: YMap) -> ActionCall | None:
+        """action: name, with: parameters, save: where the result goes, within: how long it may
+        take, then on_done: and on_error: (both required: business systems fail)."""
+        line = body.line_of("action")
+        name = self.scalar(body, "action")
+        if name is None:
+            return None
+        if not NAME.fullmatch(name):
+            self.err(line, f"action: {name!r} is not an action name")
+            return None
+        args: list[tuple[str, Arg]] = []
+        raw = body.get("with")
+        if raw is not None and not isinstance(raw, YMap):
+            self.err(body.line_of("with"), "with: a mapping of parameter names to values")
+        elif raw is not None:
+            for key, value in raw.items():
+                arg = self.arg(value, raw.line_of(key), f"with {key}")
+                if arg is not None:
+                    args.append((key, arg))
+        self.calls.append((line, name, dict(args)))
+        within = self.duration(body, "within", MAX_WITHIN) or DEFAULT_WITHIN
+        save = self.action_save(body)
+        done = self.routes(body, "on_done")
+        error = self.routes(body, "on_error")
+        for key, when in (("on_done", "succeeds"), ("on_error", "fails")):
+            if key not in body:
+                self.err(line, f"action: needs {key}: (where to go when the call {when})")
+        self.slots.add("error")
+        return ActionCall(line, name, tuple(args), save, within, done, error)
+
+    def arg(self, raw: Any, line: int, what: str, depth: int = 0) -> Arg | None:
+        if depth > 8:
+            self.err(line, f"{what}: nested too deeply")
+            return None
+        if isinstance(raw, YMap):
+            out: dict[str, Arg] = {}
+            for key, value in raw.items():
+                arg = self.arg(value, raw.line_of(key), f"{what}.{key}", depth + 1)
+                if arg is not None:
+                    out[str(key)] = arg
+            return out
+        if isinstance(raw, YList):
+            items = [self.arg(v, raw.line_of(i), what, depth + 1) for i, v in enumerate(raw)]
+            return [i for i in items if i is not None]
+        if isinstance(raw, bool) or raw is None:
+            return raw
+        if isinstance(raw, int | float):
+            return Decimal(str(raw))
+        if not isinstance(raw, str):
+            self.err(line, f"{what}: text, a number, or an expression after =")
+            return None
+        return self.value(raw, line, what)
+
+    def action_save(self, body: YMap) -> str | tuple[tuple[str, str], ...] | None:
+        raw = body.get("save")
+        if raw is None:
+            return None
+        line = body.line_of("save")
+        if isinstance(raw, str):
+            return raw if self.slot_name(raw, line) else None
+        if not isinstance(raw, YMap) or not raw:
+            self.err(line, "save: a slot for the whole result, or a mapping of slots to fields")
+            return None
+        out = []
+        for slot, field_ in raw.items():
+            item_line = raw.line_of(slot)
+            if not isinstance(field_, str) or not FIELD.fullmatch(field_):
+                self.err(item_line, f"save: {slot}: a field of the result, like id or order.id")
+            elif self.slot_name(slot, item_line):
+                out.append((slot, field_))
+        return tuple(out)
 
     def timeouts(self, body: YMap) -> tuple[Timeout, ...]:
         """The silence ladder: rungs by growing after:, each says, sets and maybe goes."""

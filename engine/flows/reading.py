@@ -21,6 +21,7 @@ class Reading:
         self.slots: set[str] = set()  # every slot the flow can set
         self.used: list[tuple[int, str, str]] = []  # (line, file, placeholder) to check at the end
         self.exprs: list[tuple[int, str, Expr]] = []  # (line, file, expression), likewise
+        self.calls: list[tuple[int, str, dict[str, Any]]] = []  # (line, action, its with:)
 
     def err(self, line: int, message: str, file: str | None = None) -> None:
         self.problems.append(Problem(file or self.file, line, message))

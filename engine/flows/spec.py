@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from decimal import Decimal
 
 from .expr import Expr
 from .text import Faq, normalize
@@ -60,7 +61,14 @@ STATE_KEYS = (
     "otherwise",
     "handoff",
     "end",
+    "action",
+    "with",
+    "save",
+    "within",
+    "on_done",
+    "on_error",
 )
+ACTION_KEYS = ("action", "with", "save", "within", "on_done", "on_error")
 BRANCH_KEYS = (*CONDITIONS, "when", "say", "set", "save", "go")
 REPROMPT_KEYS = ("say", "repeat", "go")
 TIMEOUT_KEYS = ("after", "say", "set", "go")
@@ -137,6 +145,24 @@ class Timeout:
     routes: tuple[Route, ...] = ()
 
 
+# An action parameter: a slot value or a constant, or a mapping or list of them (an http body).
+Arg = SetValue | Decimal | bool | None | dict[str, "Arg"] | list["Arg"]
+
+
+@dataclass(frozen=True, slots=True)
+class ActionCall:
+    """A step that calls business code: `name` with `args`, its result saved into slots (the
+    whole result in one slot, or fields into slots), then on_done: or on_error: routes."""
+
+    line: int
+    name: str
+    args: tuple[tuple[str, Arg], ...] = ()
+    save: str | tuple[tuple[str, str], ...] | None = None  # slot, or (slot, field path) pairs
+    within: float = 10.0
+    done: tuple[Route, ...] = ()
+    error: tuple[Route, ...] = ()
+
+
 @dataclass(frozen=True, slots=True)
 class StateSpec:
     name: str
@@ -150,6 +176,7 @@ class StateSpec:
     otherwise: tuple[Reprompt, ...] | None = None
     handoff: bool = False
     end: bool = False
+    action: ActionCall | None = None
 
     @property
     def waits(self) -> bool:

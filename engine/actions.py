@@ -1,0 +1,268 @@
+"""Actions: business code a flow calls by name (create an order, look one up, notify a kitchen).
+
+An action is a function, plain or async, registered with `@action` in the module
+`FLOWS_DIR/actions.py` (the documented rule: one module beside the flows, imported when they
+load), or one of the built-ins the deployment provides (`http`). Its parameters are read from its
+signature, so the validator checks a flow's `with:` against them: a parameter without a default
+is required; `**kwargs` accepts any. A first parameter named `ctx` receives an `ActionContext`.
+
+    from engine.actions import ActionContext, ActionFailed, action
+
+    @action
+    async def create_order(ctx: ActionContext, items: list, total: Decimal) -> dict:
+        ...  # ctx.key is the idempotency key: the same on a replay after a crash
+        return {"id": "BP-1042"}
+
+The result (a mapping, a list, text, a number, yes/no or nothing) goes into the flow's slots;
+numbers become Decimal. Raising `ActionFailed(message, kind)` takes the step's `on_error:` with
+that kind; any other exception is logged with its traceback and has kind "error".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import inspect
+import sys
+import traceback
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from decimal import Decimal
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .errors import Problem
+
+if TYPE_CHECKING:
+    from .flows.values import Value
+
+MODULE = "actions.py"  # the module beside the flows that holds the deployment's actions
+
+
+class ActionFailed(Exception):
+    """Raised by an action to take its step's on_error: (the slot `error` gets kind, message)."""
+
+    def __init__(self, message: str, kind: str = "failed") -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class ActionContext:
+    """What an action knows of the call besides its parameters."""
+
+    key: str  # idempotency key: derived from the event that caused the call, stable on replay
+    contact: str
+    flow: str
+    state: str
+    deadline: float  # Unix seconds: the call is abandoned (kind "timeout") at this time
+    attempt: int = 1  # 2 and more: a replay after a crash or restart
+
+
+Fn = Callable[..., Any]
+
+
+@dataclass(frozen=True, slots=True)
+class ActionDef:
+    name: str
+    fn: Fn | None  # None: declared (a built-in) but not provided by this deployment
+    required: frozenset[str] = frozenset()
+    optional: frozenset[str] = frozenset()
+    any_params: bool = False  # the function takes **kwargs
+    takes_context: bool = False
+    source: str = ""
+    # Checks of the literal values a flow passes (a built-in's own rules, like http's url).
+    check: Callable[[Mapping[str, Any]], list[str]] | None = None
+
+    def problems_with(self, args: Mapping[str, Any]) -> list[str]:
+        """What is wrong with a flow's `with:` (`args`: its literal values, or expressions)."""
+        given = set(args)
+        out = self.check(args) if self.check is not None else []
+        missing = sorted(self.required - given)
+        if missing:
+            out.append(f"action {self.name!r} needs {', '.join(missing)} in with:")
+        if not self.any_params:
+            known = self.required | self.optional
+            for name in sorted(given - known):
+                takes = ", ".join(sorted(known)) or "no parameters"
+                out.append(f"action {self.name!r} has no parameter {name!r} (it takes {takes})")
+        return out
+
+    async def call(self, ctx: ActionContext, args: Mapping[str, Any]) -> Any:
+        if self.fn is None:
+            raise ActionFailed(f"action {self.name!r} is not available here", "unavailable")
+        positional = (ctx,) if self.takes_context else ()
+        if inspect.iscoroutinefunction(self.fn):
+            return await self.fn(*positional, **args)
+        # A plain function may block (a database driver, requests): it runs in a thread so the
+        # other contacts proceed meanwhile.
+        result = await asyncio.to_thread(self.fn, *positional, **args)
+        if inspect.isawaitable(result):
+            return await result
+        return result
+
+
+def action(fn: Fn | None = None, *, name: str | None = None) -> Any:
+    """Mark a function as an action, by its own name or `name`."""
+
+    def mark(f: Fn) -> Fn:
+        f.__action_name__ = name or f.__name__  # type: ignore[attr-defined]
+        return f
+
+    return mark(fn) if fn is not None else mark
+
+
+def define(fn: Fn, name: str | None = None) -> ActionDef:
+    """An ActionDef from a function's signature."""
+    sig = inspect.signature(fn)
+    params = list(sig.parameters.values())
+    takes_context = bool(params) and params[0].name == "ctx"
+    if takes_context:
+        params = params[1:]
+    required: set[str] = set()
+    optional: set[str] = set()
+    any_params = False
+    for p in params:
+        if p.kind is p.VAR_KEYWORD:
+            any_params = True
+        elif p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY):
+            (required if p.default is p.empty else optional).add(p.name)
+    try:
+        where = f"{inspect.getsourcefile(fn)}:{inspect.getsourcelines(fn)[1]}"
+    except (OSError, TypeError):
+        where = ""
+    return ActionDef(
+        name or str(getattr(fn, "__action_name__", fn.__name__)),
+        fn,
+        frozenset(required),
+        frozenset(optional),
+        any_params,
+        takes_context,
+        where,
+    )
+
+
+@dataclass(slots=True)
+class Actions:
+    """Every action a deployment's flows may call, by name."""
+
+    by_name: dict[str, ActionDef] = field(default_factory=dict)
+
+    def get(self, name: str) -> ActionDef | None:
+        return self.by_name.get(name)
+
+    def add(self, definition: ActionDef) -> None:
+        self.by_name[definition.name] = definition
+
+    def names(self) -> list[str]:
+        return sorted(self.by_name)
+
+
+def _check_http(args: Mapping[str, Any]) -> list[str]:
+    out = []
+    url, method = args.get("url"), args.get("method")
+    if isinstance(url, str) and not url.startswith(("http://", "https://", "{")):
+        out.append(f"action 'http': url {url!r} must start with http:// or https://")
+    methods = ("GET", "POST", "PUT", "PATCH", "DELETE")
+    if isinstance(method, str) and not method.startswith("{") and method.upper() not in methods:
+        out.append(f"action 'http': method {method!r}: use one of {', '.join(methods)}")
+    return out
+
+
+# The built-ins' parameters, known to the validator whether or not this process provides them
+# (the adapters do: see adapters/http_action.py).
+HTTP = ActionDef(
+    "http",
+    None,
+    required=frozenset({"url"}),
+    optional=frozenset({"body", "method", "headers"}),
+    check=_check_http,
+)
+BUILTINS = (HTTP,)
+
+
+def load_actions(
+    folder: Path, provided: Mapping[str, Fn] | None = None
+) -> tuple[Actions, list[Problem]]:
+    """The built-ins (`provided` maps a built-in's name to its implementation) and the
+    `@action` functions of `folder/actions.py`, if there is one."""
+    actions = Actions()
+    for builtin in BUILTINS:
+        fn = (provided or {}).get(builtin.name)
+        if fn is not None and _fits(fn, builtin):
+            actions.add(replace(define(fn, builtin.name), check=builtin.check))
+        else:
+            actions.add(builtin)
+    path = folder / MODULE
+    if not path.is_file():
+        return actions, []
+    try:
+        module = _import(path)
+    except Exception as e:
+        return actions, [Problem(str(path), _line_of(e, path), f"cannot import actions: {e!r}")]
+    problems = []
+    for value in vars(module).values():
+        name = getattr(value, "__action_name__", None)
+        if name is None or not callable(value):
+            continue
+        if name in actions.by_name:
+            line = _def_line(value)
+            problems.append(Problem(str(path), line, f"action {name!r} is defined twice"))
+            continue
+        actions.add(define(value, name))
+    return actions, problems
+
+
+def _fits(fn: Fn, builtin: ActionDef) -> bool:
+    d = define(fn)
+    return d.any_params or (d.required | d.optional) >= builtin.required | builtin.optional
+
+
+def _import(path: Path) -> Any:
+    name = f"_flow_actions_{abs(hash(str(path.resolve())))}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses and typing look modules up by name
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(name, None)
+        raise
+    return module
+
+
+def _line_of(error: BaseException, path: Path) -> int:
+    if isinstance(error, SyntaxError) and error.lineno:
+        return error.lineno
+    for frame in reversed(traceback.extract_tb(error.__traceback__)):
+        if Path(frame.filename) == path and frame.lineno:
+            return frame.lineno
+    return 1
+
+
+def _def_line(fn: Fn) -> int:
+    try:
+        return inspect.getsourcelines(fn)[1]
+    except (OSError, TypeError):
+        return 1
+
+
+def to_value(data: Any, depth: int = 0) -> Value:
+    """An action's result as a slot value: numbers become Decimal, keys text; anything else is
+    refused with ActionFailed(kind "result")."""
+    if depth > 32:
+        raise ActionFailed("the result is nested too deeply", "result")
+    if data is None or isinstance(data, bool | str):
+        return data
+    if isinstance(data, int | float | Decimal):
+        number = Decimal(str(data)) if not isinstance(data, Decimal) else data
+        if not number.is_finite():
+            raise ActionFailed(f"the result holds {data!r}, which is not a number", "result")
+        return number
+    if isinstance(data, list | tuple):
+        return [to_value(v, depth + 1) for v in data]
+    if isinstance(data, Mapping):
+        return {str(k): to_value(v, depth + 1) for k, v in data.items()}
+    raise ActionFailed(f"the result holds a {type(data).__name__}, which a slot cannot", "result")
