@@ -22,6 +22,7 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from functools import partial
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import aiohttp
 import asyncpg
@@ -77,7 +78,12 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> web.Applica
             secret = settings.actions_secret
             http = HttpAction(clock or SystemClock(), secret.reveal() if secret else None)
             stack.push_async_callback(http.close)
-            flows = load_flows(settings.flows_dir, settings.entry_flow, {"http": http.call})
+            flows = load_flows(
+                settings.flows_dir,
+                settings.entry_flow,
+                {"http": http.call},
+                ZoneInfo(settings.timezone),
+            )
             store = await open_store(settings.database)
             stack.push_async_callback(store.close)
             await stack.enter_async_context(_redis(settings, app[HEALTH]))

@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import TextIO
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from .actions import Fn
 from .engine import Engine, EngineConfig
@@ -57,8 +58,19 @@ def main(
     if args.command == "flows":
         return validate_command(Path(args.path or flows_dir), provided)
     entry = args.flow or os.environ.get("ENTRY_FLOW", "support")
+    zone_name = os.environ.get("TIMEZONE", "").strip() or "UTC"
+    try:
+        zone = ZoneInfo(zone_name)
+    except (ValueError, OSError, ZoneInfoNotFoundError):
+        print(f"TIMEZONE={zone_name!r} is not an IANA time zone name", file=sys.stderr)
+        return 2
     talk = chat_command(
-        Path(args.flows_dir or flows_dir), entry, args.contact, args.name, provided=provided
+        Path(args.flows_dir or flows_dir),
+        entry,
+        args.contact,
+        args.name,
+        provided=provided,
+        zone=zone,
     )
 
     async def run() -> int:
@@ -122,9 +134,10 @@ async def chat_command(
     name: str,
     *,
     provided: Mapping[str, Fn] | None = None,
+    zone: ZoneInfo | None = None,
 ) -> int:
     try:
-        flows = load_flows(flows_dir, entry, provided)
+        flows = load_flows(flows_dir, entry, provided, zone)
     except FlowError as e:
         for p in e.problems:
             print(p, file=sys.stderr)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, TypeVar
 from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from .errors import ConfigError
 
@@ -82,6 +83,7 @@ class Settings:
     whatsapp_api_url: str = DEFAULT_GRAPH_API
     admin_token: Secret | None = None
     actions_secret: Secret | None = None  # signs the built-in http action's requests
+    timezone: str = "UTC"  # IANA name: where "tomorrow 5pm" is read
     # Tuning, with defaults that suit one small container.
     max_actors: int = 10_000
     send_concurrency: int = 32
@@ -164,6 +166,7 @@ class Settings:
             whatsapp_api_url=api_url,
             admin_token=_secret(env, "ADMIN_TOKEN"),
             actions_secret=_secret(env, "ACTIONS_SECRET"),
+            timezone=_timezone(env),
             max_actors=_int(env, "MAX_ACTORS", 10_000, low=1),
             send_concurrency=_int(env, "SEND_CONCURRENCY", 32, low=1, high=1024),
             max_backlog=_int(env, "MAX_BACKLOG", 50_000, low=1),
@@ -244,6 +247,18 @@ def _check_http_url(name: str, url: str) -> None:
         parts.port  # noqa: B018
     except ValueError as e:
         raise ConfigError(f"{name}: malformed port ({e})") from e
+
+
+def _timezone(env: Mapping[str, str]) -> str:
+    name = env.get("TIMEZONE", "UTC")
+    try:
+        ZoneInfo(name)
+        return name
+    except (ValueError, OSError, ZoneInfoNotFoundError):
+        pass
+    raise ConfigError(
+        f"TIMEZONE={name!r} is not an IANA time zone name (like Asia/Kolkata or Europe/Lisbon)"
+    )
 
 
 def _secret(env: Mapping[str, str], name: str) -> Secret | None:

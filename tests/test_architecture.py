@@ -1,5 +1,5 @@
 """Dependencies point inward: the engine imports only the stdlib, PyYAML, python-statemachine,
-simpleeval (the flows' expressions: no I/O) and itself; adapters import the engine; only the two
+simpleeval (the flows' expressions) and dateparser (typed answers), which do no I/O, and itself; adapters import the engine; only the two
 composition roots import both: server.py and the command line's engine/__main__.py."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from pathlib import Path
 
 from tests.support import ROOT
 
-ENGINE_ALLOWED = {"yaml", "statemachine", "simpleeval", "engine"}
+ENGINE_ALLOWED = {"yaml", "statemachine", "simpleeval", "dateparser", "engine"}
 FORBIDDEN_IN_ADAPTERS = {"server"}
 
 

@@ -382,7 +382,8 @@ SEEDED = [
         [
             (
                 6,
-                "a branch needs one of choice, text, keywords, regex, kind, faq, or when: alone (has 0)",
+                "a branch needs one of choice, text, keywords, regex, kind, faq, type, or when: alone"
+                " (has 0)",
             )
         ],
     ),

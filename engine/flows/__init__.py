@@ -5,10 +5,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 from ..actions import Actions, Fn, load_actions
 from ..errors import FlowError, Problem
-from .machine import IDLE, KEEP, ActionRequest, Effects, Flow, TimerPlan
+from .machine import IDLE, KEEP, UTC, ActionRequest, Effects, Flow, TimerPlan
 from .reader import read_flow
 from .spec import FlowSpec
 
@@ -73,9 +74,15 @@ class Flows:
         return sum(f.live_instances for f in self.by_name.values())
 
 
-def load_flows(folder: Path, entry: str, provided: Mapping[str, Fn] | None = None) -> Flows:
+def load_flows(
+    folder: Path,
+    entry: str,
+    provided: Mapping[str, Fn] | None = None,
+    zone: ZoneInfo | None = None,
+) -> Flows:
     """Load and compile every flow in `folder` and the actions beside them (`provided`: the
-    built-in actions this process implements); raise FlowError listing every problem."""
+    built-in actions this process implements; `zone`: the business's time zone, in which
+    typed answers like "tomorrow 5pm" are read); raise FlowError listing every problem."""
     if not folder.is_dir():
         raise FlowError([Problem(str(folder), 0, "FLOWS_DIR is not a folder")])
     actions, problems = load_actions(folder, provided)
@@ -84,7 +91,7 @@ def load_flows(folder: Path, entry: str, provided: Mapping[str, Fn] | None = Non
         spec, found = read_flow(file, actions)
         problems.extend(found)
         if spec is not None:
-            flows[spec.name] = Flow(spec)
+            flows[spec.name] = Flow(spec, zone or UTC)
     if not problems and entry not in flows:
         problems.append(Problem(str(folder), 0, f"ENTRY_FLOW {entry!r}: no {entry}.yaml here"))
     if problems:

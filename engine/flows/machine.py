@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Protocol
+from zoneinfo import ZoneInfo
 
 from statemachine.io import create_machine_class_from_definition
 
@@ -48,8 +49,10 @@ from .spec import (
     prompt_of,
 )
 from .text import Faq, FaqEntry, Keywords, normalize, render, words
+from .types import Bounds, describe, read
 from .values import Value
 
+UTC = ZoneInfo("UTC")
 IDLE = "_idle"  # the value of the machine's initial state; designer names cannot start with '_'
 MEDIA = frozenset({"image", "audio", "video", "document", "sticker"})
 REPLIES = frozenset({"button_reply", "list_reply", "template_button"})
@@ -119,6 +122,7 @@ class Step:
         "result",
         "rung",
         "stayed_rung",
+        "typed",
     )
 
     def __init__(self, convo: Any, message: Message | None, evaluate: Evaluator | None) -> None:
@@ -137,6 +141,7 @@ class Step:
         self.stayed_rung: int | None = None  # a rung without go: ran; the step keeps waiting
         self.entered = False  # some step was entered (not only a branch that stays)
         self.result: dict[str, Value] = {}  # event "done"/"error": the slots the call fills
+        self.typed: Any = None  # what a type: branch read from the message
 
     def values(self) -> dict[str, Value]:
         c = self.convo
@@ -236,13 +241,13 @@ class Cursor:
 class Flow:
     """A compiled flow: its spec, its machine class and the one instance every contact shares."""
 
-    def __init__(self, spec: FlowSpec) -> None:
+    def __init__(self, spec: FlowSpec, zone: ZoneInfo = UTC) -> None:
         self.spec = spec
         self.name = spec.name
         self.version = spec.version
         self._evaluate = Evaluator()
         self._cursor = Cursor()
-        self.machine_class = compile_flow(spec, self._cursor)
+        self.machine_class = compile_flow(spec, self._cursor, zone)
         self._instance: Any = None
 
     @property
@@ -367,7 +372,7 @@ class Flow:
 StepFn = Callable[[Step], Any]
 
 
-def compile_flow(spec: FlowSpec, cursor: Cursor) -> Any:
+def compile_flow(spec: FlowSpec, cursor: Cursor, zone: ZoneInfo = UTC) -> Any:
     """Build the machine class. Its callbacks are pure functions of the step found on `cursor`.
 
     Routes with conditions (go: or then: with when:) become eventless transitions out of the
@@ -416,7 +421,7 @@ def compile_flow(spec: FlowSpec, cursor: Cursor) -> Any:
                 for i, rung in enumerate(state.timeout)
             ]
         if state.answers:
-            on["message"] = _transitions(spec, state, target, bind)
+            on["message"] = _transitions(spec, state, target, bind, zone)
         on.update(_action_events(state.action, ids[name], target, bind))
         if on:
             definition["on"] = on
@@ -509,6 +514,7 @@ def _transitions(
     state: StateSpec,
     target: Callable[[tuple[Route, ...]], str | None],
     bind: Callable[[StepFn], Any],
+    zone: ZoneInfo,
 ) -> list[dict[str, Any]]:
     """The state's branches, then the flow's anywhere: branches, then its re-prompt ladder."""
     titles = {i: normalize(t) for say in offered_says(spec, state) for i, t in say.choices()}
@@ -518,11 +524,11 @@ def _transitions(
         out.append(
             {
                 "target": target(branch.routes),
-                "cond": [bind(_condition(branch, titles, spec.faq))],
+                "cond": [bind(_condition(branch, titles, spec.faq, zone))],
                 "on": [bind(_action(branch))],
             }
         )
-    ladder = state.otherwise or spec.otherwise
+    ladder = state.otherwise or _typed_ladder(state, spec.otherwise)
     reprompt = bind(_reprompt(ladder, prompt_of(spec, state)))
     if ladder[-1].go is not None:
         last = len(ladder) - 1
@@ -532,9 +538,24 @@ def _transitions(
     return out
 
 
-def _condition(branch: Branch, titles: dict[str, str], faq: Faq | None) -> StepFn:
+def _typed_ladder(state: StateSpec, flow: tuple[Reprompt, ...]) -> tuple[Reprompt, ...]:
+    """A step that asks for a type and has no otherwise: of its own first says what it asks
+    for ("Please send a whole number from 1 to 20."), then follows the flow's ladder."""
+    typed = [b for b in state.on if b.when == "type"]
+    if not typed:
+        return flow
+    wanted = " or ".join(describe(b.values[0], b.bounds or Bounds()) for b in typed)
+    hint = Say(
+        typed[0].line, "text", f"Please send {wanted}.".replace("{", "{{").replace("}", "}}")
+    )
+    return (Reprompt(typed[0].line, (hint,)), *flow[1:])
+
+
+def _condition(
+    branch: Branch, titles: dict[str, str], faq: Faq | None, zone: ZoneInfo = UTC
+) -> StepFn:
     """The branch's test of the message, and then its when: guard."""
-    test = _message_test(branch, titles, faq)
+    test = _message_test(branch, titles, faq, zone)
     guard = branch.guard
     if guard is None:
         assert test is not None
@@ -544,10 +565,14 @@ def _condition(branch: Branch, titles: dict[str, str], faq: Faq | None) -> StepF
     return lambda step: test(step) and step.test(guard)
 
 
-def _message_test(branch: Branch, titles: dict[str, str], faq: Faq | None) -> StepFn | None:
+def _message_test(
+    branch: Branch, titles: dict[str, str], faq: Faq | None, zone: ZoneInfo
+) -> StepFn | None:
     when = branch.when
     if when == "when":
         return None
+    if when == "type":
+        return _type_test(branch.values[0], branch.bounds or Bounds(), zone)
     if when == "choice":
         chosen = frozenset(branch.values)
         typed = frozenset(titles[i] for i in branch.values if i in titles)
@@ -586,6 +611,17 @@ def _message_test(branch: Branch, titles: dict[str, str], faq: Faq | None) -> St
     return faq_hit
 
 
+def _type_test(kind: str, bounds: Bounds, zone: ZoneInfo) -> StepFn:
+    def typed(step: Step) -> bool:
+        if step.message is None or not (step.raw or step.choice):
+            return False
+        at = float(step.message.timestamp)
+        step.typed, ok = read(kind, step.raw, bounds, choice=step.choice, at=at, zone=zone)
+        return ok
+
+    return typed
+
+
 def _kind_test(kinds: frozenset[str]) -> StepFn:
     def kind(step: Step) -> bool:
         k = step.kind
@@ -606,7 +642,7 @@ def _action(branch: Branch) -> StepFn:
         step.convo.misses = 0  # understood: the re-prompt ladder starts over
         slots = step.convo.slots
         if save:
-            slots[save] = step.saved()
+            slots[save] = step.typed if when == "type" else step.saved()
         if when == "regex" and step.match is not None:
             slots.update({k: v for k, v in step.match.groupdict().items() if v is not None})
         for slot, value in sets:

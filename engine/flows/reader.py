@@ -40,6 +40,7 @@ from .spec import (
     Timeout,
 )
 from .text import BUILTIN_VALUES, Faq, FaqEntry, Keywords, normalize
+from .types import TYPES, Bounds
 
 MAX_WAIT = 400 * 86400.0  # the longest after: a flow may set
 MAX_WITHIN = 300.0  # the longest an action may take
@@ -459,6 +460,7 @@ class FlowReader(Reading):
         save = self.scalar(item, "save")
         if save is not None:
             self.slot_name(save, item.line_of("save"))
+        bounds = self.bounds(item, values[0] if when == "type" and values else None)
         return Branch(
             line=line,
             when=when,
@@ -469,7 +471,37 @@ class FlowReader(Reading):
             sets=self.sets(item),
             save=save,
             routes=self.routes(item, "go"),
+            bounds=bounds,
         )
+
+    def bounds(self, item: YMap, kind: str | None) -> Bounds | None:
+        """min: and max: of a typed branch: a number's range, or a text's length."""
+        found: dict[str, Decimal] = {}
+        for key in ("min", "max"):
+            if key not in item:
+                continue
+            line = item.line_of(key)
+            if kind not in ("integer", "number", "text"):
+                self.err(line, f"{key}: belongs to a branch with type: integer, number or text")
+                continue
+            raw = item[key]
+            try:
+                if isinstance(raw, bool) or not isinstance(raw, int | float | str):
+                    raise ValueError
+                found[key] = Decimal(str(raw).strip())
+                if not found[key].is_finite():
+                    raise ValueError
+            except (ValueError, ArithmeticError):
+                self.err(line, f"{key}: a number, like 1 or 2.5")
+                found.pop(key, None)
+                continue
+            if kind == "text" and (found[key] < 0 or found[key] != int(found[key])):
+                self.err(line, f"{key}: a text's length is a whole number of characters")
+        if "min" in found and "max" in found and found["min"] > found["max"]:
+            self.err(item.line_of("max"), f"max: {found['max']} is below min: {found['min']}")
+        if kind is None:
+            return None
+        return Bounds(found.get("min"), found.get("max"))
 
     def routes(self, parent: YMap, key: str) -> tuple[Route, ...]:
         """go: or then: as a step name, or as routes tried in order ending with a default:
@@ -528,6 +560,8 @@ class FlowReader(Reading):
             for group in pattern.groupindex:
                 self.slot_name(group, line)
             return (), pattern
+        if when == "type":
+            return self.answer_type(raw, line)
         values = self.words(raw, line, when)
         if when in ("text", "keywords") and not all(normalize(v) for v in values):
             self.err(line, f"{when}: a value has no letters or digits, so it can never match")
@@ -537,6 +571,13 @@ class FlowReader(Reading):
                     kinds = ", ".join(sorted(MESSAGE_KINDS))
                     self.err(line, f"kind: unknown message kind {v!r}; use {kinds}")
         return values, None
+
+    def answer_type(self, raw: Any, line: int) -> tuple[tuple[str, ...], None] | None:
+        if raw not in TYPES:
+            hint = self.hint(str(raw), TYPES)
+            self.err(line, f"type: {raw!r} is not a type{hint}; use {', '.join(TYPES)}")
+            return None
+        return (raw,), None
 
     def reprompts(self, parent: YMap, key: str) -> tuple[Reprompt, ...]:
         raw = parent[key]

@@ -17,10 +17,19 @@ from decimal import Decimal
 
 from .expr import Expr
 from .text import Faq, normalize
+from .types import Bounds
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 SLOT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-CONDITIONS = ("choice", "text", "keywords", "regex", "kind", "faq")  # what the message holds
+CONDITIONS = (
+    "choice",
+    "text",
+    "keywords",
+    "regex",
+    "kind",
+    "faq",
+    "type",
+)  # what the message holds
 MESSAGE_KINDS = frozenset(
     {
         "any",
@@ -69,7 +78,7 @@ STATE_KEYS = (
     "on_error",
 )
 ACTION_KEYS = ("action", "with", "save", "within", "on_done", "on_error")
-BRANCH_KEYS = (*CONDITIONS, "when", "say", "set", "save", "go")
+BRANCH_KEYS = (*CONDITIONS, "min", "max", "when", "say", "set", "save", "go")
 REPROMPT_KEYS = ("say", "repeat", "go")
 TIMEOUT_KEYS = ("after", "say", "set", "go")
 DEFAULT_REPROMPT = "Sorry, I didn't understand that."
@@ -122,6 +131,7 @@ class Branch:
     sets: tuple[tuple[str, SetValue], ...] = ()
     save: str | None = None
     routes: tuple[Route, ...] = ()  # go:, in order; none: stay in the step
+    bounds: Bounds | None = None  # type: with min:/max:
 
 
 @dataclass(frozen=True, slots=True)
