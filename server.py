@@ -84,6 +84,8 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> web.Applica
                 {"http": http.call},
                 ZoneInfo(settings.timezone),
             )
+            for warning in flows.warnings:
+                log.warning("flow %s", warning)
             store = await open_store(settings.database)
             stack.push_async_callback(store.close)
             await stack.enter_async_context(_redis(settings, app[HEALTH]))

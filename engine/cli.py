@@ -19,7 +19,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from .actions import Fn
 from .engine import Engine, EngineConfig
-from .errors import FlowError
+from .errors import FlowError, errors_in
 from .events import ButtonReply, Content, Customer, ListReply, Message, Text
 from .flows import load_flows, validate_path
 from .memstore import MemoryStore
@@ -87,10 +87,13 @@ def validate_command(path: Path, provided: Mapping[str, Fn] | None = None) -> in
     problems = validate_path(path, provided)
     for p in problems:
         print(p)
-    if problems:
-        print(f"{len(problems)} problem(s)", file=sys.stderr)
+    errors = errors_in(problems)
+    warnings = len(problems) - len(errors)
+    if errors:
+        also = f" and {warnings} warning(s)" if warnings else ""
+        print(f"{len(errors)} problem(s){also}", file=sys.stderr, flush=True)
         return 1
-    print(f"ok: {path} is valid")
+    print(f"ok: {path} is valid" + (f" ({warnings} warning(s))" if warnings else ""))
     return 0
 
 

@@ -33,9 +33,15 @@ class Problem:
     file: str
     line: int
     message: str
+    warning: bool = False  # legal but almost always a mistake: reported, does not fail
 
     def __str__(self) -> str:
-        return f"{self.file}:{self.line}: {self.message}"
+        kind = "warning: " if self.warning else ""
+        return f"{self.file}:{self.line}: {kind}{self.message}"
+
+
+def errors_in(problems: list[Problem]) -> list[Problem]:
+    return [p for p in problems if not p.warning]
 
 
 class FlowError(ConfigError):

@@ -507,3 +507,143 @@ def test_names_that_would_break_a_state_machine_are_mapped(tmp_path: Path) -> No
     path = write(tmp_path, text)
     spec, found = read_flow(path)
     assert found == [] and spec is not None
+
+
+# --- mistakes that used to pass ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text", ["", "# just a comment\n\n# another\n", "\n\n"])
+def test_an_empty_or_comment_only_file_is_an_error(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "empty.yaml"
+    path.write_text(text)
+    assert [(p.line, p.message) for p in validate_path(path)] == [
+        (1, "the file holds no flow (it is empty or only comments)")
+    ]
+
+
+def test_an_unclosed_quote_points_at_the_line_that_opens_it(tmp_path: Path) -> None:
+    text = 'start: a\nstates:\n  a:\n    say: "Hello\n    end: true\n  b:\n    say: x\n'
+    path = tmp_path / "q.yaml"
+    path.write_text(text)
+    assert [(p.line, p.message) for p in validate_path(path)] == [
+        (4, "YAML syntax error: a quote opened here is never closed")
+    ]
+
+
+def test_faq_true_without_a_faq_file_points_at_the_branch(tmp_path: Path) -> None:
+    found = problems(
+        tmp_path,
+        """
+        start: a
+        states:
+          a:
+            say: Ask me.
+            on:
+              - text: hi
+                say: Hi.
+              - faq: true
+        """,
+    )
+    assert found == [(8, "faq: true, but the flow names no faq: file")]
+
+
+def test_two_list_sections_need_titles(tmp_path: Path) -> None:
+    found = problems(
+        tmp_path,
+        """
+        start: a
+        states:
+          a:
+            say:
+              text: Pick one
+              list:
+                button: Menu
+                sections:
+                  - title: Pizza
+                    rows: [Margherita]
+                  - rows: [Cola]
+            on:
+              - choice: [margherita, cola]
+                go: a
+        """,
+    )
+    assert found == [(11, "section: needs a title: when a list has several sections")]
+
+
+def warnings_of(tmp: Path, text: str) -> list[tuple[int, str]]:
+    return [(p.line, p.message) for p in validate_path(write(tmp, text)) if p.warning]
+
+
+def test_a_comma_string_of_keywords_is_a_warning_and_the_flow_still_loads(
+    tmp_path: Path,
+) -> None:
+    text = """
+    start: a
+    anywhere:
+      - keywords: agent, human
+        go: person
+    states:
+      a:
+        say: Hi
+        on:
+          - text: hi
+            go: a
+      person:
+        say: A person will answer.
+        handoff: true
+    """
+    assert warnings_of(tmp_path, text) == [
+        (
+            3,
+            "keywords: 'agent, human' is one phrase, commas included; for several, write a"
+            " list: [agent, human]",
+        )
+    ]
+    flows = load_flows(tmp_path, "shop")
+    assert [w.line for w in flows.warnings] == [3]
+    run = subprocess.run(
+        [sys.executable, "-m", "engine", "flows", "validate", str(tmp_path / "shop.yaml")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr
+    assert f"{tmp_path / 'shop.yaml'}:3: warning: keywords:" in run.stdout
+    assert "1 warning(s)" in run.stdout
+
+
+@pytest.mark.parametrize(
+    "catch_all",
+    ["kind: text", "kind: any", 'regex: ".*"', "type: text"],
+)
+def test_a_catch_all_branch_that_hides_anywhere_is_a_warning(
+    tmp_path: Path, catch_all: str
+) -> None:
+    text = f"""
+    start: ask
+    anywhere:
+      - keywords: [agent]
+        go: person
+    states:
+      ask:
+        say: What's your address?
+        on:
+          - {catch_all}
+            save: address
+            go: done
+      done:
+        say: "Delivering to {{address}}"
+        end: true
+      person:
+        say: A person will answer.
+        handoff: true
+    """
+    assert warnings_of(tmp_path, text) == [
+        (
+            9,
+            "this branch of 'ask' takes every message, so the anywhere: branches (line 3) never"
+            " run in this step; give it a when:, or repeat the ones it needs before it",
+        )
+    ]
+    guarded = text.replace(f"- {catch_all}", f'- {catch_all}\n        when: "len(text) > 3"')
+    assert warnings_of(tmp_path, guarded) == []

@@ -8,7 +8,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from ..actions import Actions, Fn, load_actions
-from ..errors import FlowError, Problem
+from ..errors import FlowError, Problem, errors_in
 from .machine import IDLE, KEEP, UTC, ActionRequest, Effects, Flow, TimerPlan
 from .reader import read_flow
 from .spec import FlowSpec
@@ -61,6 +61,7 @@ class Flows:
     by_name: dict[str, Flow]
     entry: str
     actions: Actions = field(default_factory=Actions)
+    warnings: tuple[Problem, ...] = ()  # legal but almost always wrong: logged at start
 
     def get(self, name: str) -> Flow | None:
         return self.by_name.get(name)
@@ -92,8 +93,10 @@ def load_flows(
         problems.extend(found)
         if spec is not None:
             flows[spec.name] = Flow(spec, zone or UTC)
+    warnings = [p for p in problems if p.warning]
+    problems = errors_in(problems)
     if not problems and entry not in flows:
         problems.append(Problem(str(folder), 0, f"ENTRY_FLOW {entry!r}: no {entry}.yaml here"))
     if problems:
         raise FlowError(problems)
-    return Flows(flows, entry, actions)
+    return Flows(flows, entry, actions, tuple(warnings))

@@ -105,3 +105,35 @@ def choices(r: Reading, spec: FlowSpec) -> None:
                         f"choice {value!r} is not a button or row of state"
                         f" {state.name!r} (it offers: {known})",
                     )
+
+
+def catches_all(branch: Branch) -> bool:
+    """A branch that every message (or every text) meets: nothing after it is ever tried."""
+    if branch.guard is not None:
+        return False
+    if branch.when == "kind":
+        return bool({"any", "text"} & set(branch.values))
+    if branch.when == "regex":
+        return branch.pattern is not None and branch.pattern.search("") is not None
+    if branch.when == "type":
+        bounds = branch.bounds
+        return branch.values[0] == "text" and (bounds is None or bounds == type(bounds)())
+    return False
+
+
+def hidden_anywhere(r: Reading, spec: FlowSpec) -> None:
+    """A step's catch-all branch hides the flow's anywhere: branches (tried after the step's
+    own): "agent" is taken as the answer instead of reaching a person."""
+    if not spec.anywhere:
+        return
+    first = spec.anywhere[0]
+    for state in spec.states.values():
+        for branch in state.on:
+            if catches_all(branch):
+                r.warn(
+                    branch.line,
+                    f"this branch of {state.name!r} takes every message, so the anywhere:"
+                    f" branches (line {first.line}) never run in this step; give it a when:,"
+                    " or repeat the ones it needs before it",
+                )
+                break

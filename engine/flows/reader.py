@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from ..actions import BUILTINS, Actions
-from ..errors import Problem
+from ..errors import Problem, errors_in
 from ..outbound import LIMITS
 from ..settings import parse_duration
-from .checks import all_branches, choices, reachability, targets, then_cycles
+from .checks import all_branches, choices, hidden_anywhere, reachability, targets, then_cycles
 from .reading import Reading
 from .says import say_items, says, template
 from .source import YList, YMap
@@ -53,9 +53,10 @@ def read_flow(path: Path, actions: Actions | None = None) -> tuple[FlowSpec | No
     Its action: steps are checked against `actions` (the built-ins when not given)."""
     reader = FlowReader(path, actions)
     spec = reader.flow()
-    if reader.problems:
-        return None, sorted(reader.problems, key=lambda p: (p.file, p.line))
-    return spec, []
+    problems = sorted(reader.problems, key=lambda p: (p.file, p.line))
+    if errors_in(problems):
+        return None, problems
+    return spec, problems  # warnings only: the flow is valid
 
 
 class FlowReader(Reading):
@@ -77,6 +78,8 @@ class FlowReader(Reading):
             return None
         doc = self.yaml(raw, self.file)
         if doc is None:
+            if not self.problems:
+                self.err(1, "the file holds no flow (it is empty or only comments)")
             return None
         if not isinstance(doc, YMap):
             self.err(getattr(doc, "line", 1), "a flow must be a mapping with start: and states:")
@@ -89,8 +92,10 @@ class FlowReader(Reading):
         handback = says(self, doc, "handback")
         states = self.states(doc)
         start = self.scalar(doc, "start", required=True) or ""
-        if faq is None and any(b.when == "faq" for b in all_branches(states, anywhere)):
-            self.err(doc.line, "a branch uses faq: true but the flow names no faq: file")
+        if faq is None:
+            for b in all_branches(states, anywhere):
+                if b.when == "faq":
+                    self.err(b.line, "faq: true, but the flow names no faq: file")
         spec = FlowSpec(
             name=name,
             path=self.file,
@@ -108,11 +113,17 @@ class FlowReader(Reading):
             self.err(
                 doc.line_of("start"), f"start: unknown state {start!r}{self.hint(start, states)}"
             )
+        self.check(spec)
+        return spec
+
+    def check(self, spec: FlowSpec) -> None:
+        """The checks that need the whole flow: routes, reachability, loops, names."""
         targets(self, spec)
-        if start in states:
+        if spec.start in spec.states:
             reachability(self, spec)
             then_cycles(self, spec)
         choices(self, spec)
+        hidden_anywhere(self, spec)
         for line, file, name_ in self.used:
             if name_ not in BUILTIN_VALUES and name_ not in self.slots:
                 self.err(
@@ -128,7 +139,6 @@ class FlowReader(Reading):
                     f" name{self.hint(name_, known)}",
                     file,
                 )
-        return spec
 
     def faq(self, doc: YMap) -> tuple[Faq | None, str]:
         ref = self.scalar(doc, "faq")
@@ -563,6 +573,7 @@ class FlowReader(Reading):
         if when == "type":
             return self.answer_type(raw, line)
         values = self.words(raw, line, when)
+        self.comma_string(when, raw, line)
         if when in ("text", "keywords") and not all(normalize(v) for v in values):
             self.err(line, f"{when}: a value has no letters or digits, so it can never match")
         if when == "kind":
@@ -571,6 +582,16 @@ class FlowReader(Reading):
                     kinds = ", ".join(sorted(MESSAGE_KINDS))
                     self.err(line, f"kind: unknown message kind {v!r}; use {kinds}")
         return values, None
+
+    def comma_string(self, when: str, raw: Any, line: int) -> None:
+        """`keywords: agent, human` is one phrase, "agent, human", that nobody types."""
+        if when in ("text", "keywords", "choice") and isinstance(raw, str) and "," in raw:
+            parts = ", ".join(p.strip() for p in raw.split(",") if p.strip())
+            self.warn(
+                line,
+                f"{when}: {raw!r} is one {'phrase' if when == 'keywords' else 'value'},"
+                f" commas included; for several, write a list: [{parts}]",
+            )
 
     def answer_type(self, raw: Any, line: int) -> tuple[tuple[str, ...], None] | None:
         if raw not in TYPES:

@@ -26,6 +26,9 @@ class Reading:
     def err(self, line: int, message: str, file: str | None = None) -> None:
         self.problems.append(Problem(file or self.file, line, message))
 
+    def warn(self, line: int, message: str, file: str | None = None) -> None:
+        self.problems.append(Problem(file or self.file, line, message, warning=True))
+
     def expression(self, raw: Any, line: int, *, file: str | None = None) -> Expr | None:
         """Read an expression; its names are checked once every slot is known."""
         if not isinstance(raw, str):

@@ -118,6 +118,8 @@ def list_(
             title = r.scalar(sec, "title")
             if title is not None:
                 template(r, title, sec.line_of("title"), LIMITS["section_title"], "section title")
+            elif len(secs) > 1:
+                r.err(secs.line_of(i), "section: needs a title: when a list has several sections")
             sections.append((title, rows(r, sec, "rows")))
     else:
         r.err(line, "list: needs rows: or sections:")

@@ -60,8 +60,13 @@ def load(text: str) -> tuple[Any, list[SourceError]]:
         node = yaml.compose(text, Loader=_Resolver)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
-        line = mark.line + 1 if mark is not None else 1
         problem = getattr(e, "problem", None) or str(e)
+        context = getattr(e, "context", None) or ""
+        if "quoted scalar" in context and getattr(e, "context_mark", None) is not None:
+            # The scanner notices an unclosed quote where the text ends: point at the quote.
+            mark = e.context_mark  # type: ignore[attr-defined]
+            problem = "a quote opened here is never closed"
+        line = mark.line + 1 if mark is not None else 1
         raise SourceError(line, f"YAML syntax error: {problem}") from e
     problems: list[SourceError] = []
     if node is None:
