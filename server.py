@@ -16,6 +16,7 @@ import gc
 import logging
 import os
 import signal
+import socket
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -198,21 +199,24 @@ async def serve(settings: Settings) -> int:
         # from the previous response); aiohttp closes idle or trickling connections after it.
         keepalive_timeout=settings.http_read_timeout,
     )
+    # The port first: a second engine started by mistake must stop before it touches the store
+    # (its outbox replay would send every pending reply a second time).
     try:
-        await runner.setup()
-    except ConfigError as e:
-        print(f"engine: {e}", file=sys.stderr)
-        return 2
-    site = web.TCPSite(runner, settings.host, settings.port)
-    try:
-        await site.start()
+        sock = socket.create_server((settings.host, settings.port), backlog=1024)
     except OSError as e:
         print(
             f"engine: cannot listen on {settings.host}:{settings.port}: {e.strerror or e}",
             file=sys.stderr,
         )
-        await runner.cleanup()
         return 2
+    try:
+        await runner.setup()
+    except ConfigError as e:
+        sock.close()
+        print(f"engine: {e}", file=sys.stderr)
+        return 2
+    site = web.SockSite(runner, sock)
+    await site.start()
     log.info(
         "listening on %s:%d (%s, sender %s, entry flow %s)",
         settings.host,
@@ -228,9 +232,15 @@ async def serve(settings: Settings) -> int:
     await stop.wait()
     started = time.monotonic()
     log.info("stopping: intake closed, draining mailboxes and the outbox")
-    drained = await app[ENGINE].drain(DRAIN_SECONDS)
+    engine = app[ENGINE]
+    drained = await engine.drain(DRAIN_SECONDS)
     if not drained:
         log.warning("drain timed out; what is left resumes at the next start")
+    elif engine.delivery.pending:
+        log.info(
+            "%d replies held for paused numbers stay in the outbox; sent after the next start",
+            engine.delivery.pending,
+        )
     await runner.cleanup()
     log.info("stopped in %.1fs", time.monotonic() - started)
     return 0

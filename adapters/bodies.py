@@ -115,8 +115,14 @@ class BodyBudget:
     async def read(self, request: web.BaseRequest, max_size: int) -> AsyncIterator[bytearray]:
         """The whole body, counted against the budget until the `async with` block ends."""
         length = request.content_length
-        encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
-        if encoding != "identity":
+        # Every Content-Encoding header counts: aiohttp inflates by the last one it sees.
+        codings = [
+            c.strip().lower()
+            for header in request.headers.getall("Content-Encoding", [])
+            for c in header.split(",")
+        ]
+        encoding = ", ".join(c for c in codings if c not in ("", "identity"))
+        if encoding:
             # Meta sends bodies as they are; a compressed one would be checked and parsed after
             # aiohttp inflated it, against a limit it was not sent with.
             raise BodyRefused(

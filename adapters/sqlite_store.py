@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import json
+import os
 import sqlite3
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import aiosqlite
 
@@ -161,12 +163,14 @@ class SqliteStore:
         self._w: aiosqlite.Connection | None = None
         self._r: aiosqlite.Connection | None = None
         self._lock = asyncio.Lock()
+        self._held: IO[str] | None = None  # the open lock file while this store is open
 
     # --- lifecycle ---------------------------------------------------------------------------
 
     async def open(self) -> None:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._hold()
             self._w = await self._connect()
             await self._migrate(self._w)
             self._r = await self._connect()
@@ -177,6 +181,30 @@ class SqliteStore:
             if isinstance(e, OSError | sqlite3.Error):
                 raise ConfigError(f"DATABASE_URL: cannot use SQLite file {self.path}: {e}") from e
             raise
+
+    def _hold(self) -> None:
+        """One engine per file: a second one (a double start, two replicas on one volume)
+        would replay the same outbox and send every pending reply twice. The lock is the
+        kernel's (flock), so a process killed with -9 gives it up."""
+        lock = open(self.path.with_name(self.path.name + ".lock"), "a+")  # noqa: SIM115
+        try:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip()[:20] or "another process"
+            lock.close()
+            raise ConfigError(
+                f"DATABASE_URL: {self.path} is in use by another engine (process {holder});"
+                " one engine per SQLite file"
+            ) from None
+        except BaseException:
+            lock.close()
+            raise
+        lock.seek(0)
+        lock.truncate()
+        lock.write(str(os.getpid()))
+        lock.flush()
+        self._held = lock
 
     async def _connect(self) -> aiosqlite.Connection:
         conn = aiosqlite.connect(self.path, isolation_level=None)
@@ -219,6 +247,9 @@ class SqliteStore:
             if conn is not None:
                 with contextlib.suppress(sqlite3.Error, ValueError):
                     await conn.close()
+        held, self._held = self._held, None
+        if held is not None:
+            held.close()  # releases the lock
 
     async def ping(self) -> None:
         """Prove the store can write: rewrite the heartbeat row in a transaction of its own."""

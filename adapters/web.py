@@ -16,6 +16,7 @@ import asyncio
 import hashlib
 import hmac
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +34,30 @@ from .bodies import BodyBudget, BodyRefused, ClientGone, loads
 from .meta import parse_body, signature_digest
 
 log = logging.getLogger(__name__)
+
+
+class Throttled:
+    """A warning a stranger can trigger at will (an unverified request meeting a full backlog):
+    logged at most once per `every` seconds, with how many were left out meanwhile."""
+
+    def __init__(self, every: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self._every = every
+        self._clock = clock
+        self._last: float | None = None
+        self.left_out = 0
+
+    def warn(self, message: str) -> None:
+        now = self._clock()
+        if self._last is not None and now - self._last < self._every:
+            self.left_out += 1
+            return
+        more = f" ({self.left_out} more since the last such line)" if self.left_out else ""
+        self._last, self.left_out = now, 0
+        log.warning("%s%s", message, more)
+
+
+_OVERLOADED = Throttled()
+_HELD = Throttled()
 
 MAX_BODY = 4 * 1024 * 1024  # Meta sends up to 3 MB; aiohttp's default limit is 1 MiB
 MAX_API_BODY = 1024 * 1024
@@ -108,7 +133,7 @@ async def whatsapp_post(request: web.Request) -> web.Response:
     if engine.overloaded:
         # Meta keeps retrying for days; holding the work there beats growing without bound here.
         count("meta", "overloaded")
-        log.warning("backlog of %d over MAX_BACKLOG: webhook refused with 503", engine.backlog)
+        _OVERLOADED.warn(f"backlog of {engine.backlog} over MAX_BACKLOG: webhooks refused with 503")
         return _text(503, "backlog full, retry later", retry_after=30)
     try:
         async with request.app[BODIES].read(request, MAX_BODY) as raw:
@@ -131,7 +156,7 @@ async def _accept(engine: Engine, raw: bytearray) -> web.Response:
     parsed = parse_body(raw)
     if engine.refuses(parsed.events):
         count("meta", "overloaded")
-        log.warning("a paused number holds over MAX_BACKLOG replies: webhook refused with 503")
+        _HELD.warn("a paused number holds over MAX_BACKLOG replies: its webhooks refused with 503")
         return _text(503, "backlog full for this number, retry later", retry_after=30)
     for bad in parsed.malformed:
         engine.metrics.malformed.inc()

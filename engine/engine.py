@@ -171,7 +171,9 @@ class Engine:
         self.accepting = True
 
     async def drain(self, seconds: float) -> bool:
-        """Stop intake, finish mailboxes and the outbox within `seconds`; True if all done."""
+        """Stop intake, finish mailboxes and the outbox within `seconds`; True when all that
+        could be done is (replies held for a paused number wait in the store for the next
+        start, and do not make a drain fail)."""
         self.accepting = False
         loop = asyncio.get_running_loop()
         deadline = loop.time() + seconds
@@ -183,7 +185,7 @@ class Engine:
             )
         except TimeoutError:
             return False
-        return not self.delivery.pending
+        return self.delivery.active == 0  # replies a paused number holds stay on disk
 
     async def close(self, grace: float = 1.0) -> None:
         self.accepting = False

@@ -20,7 +20,9 @@ import re
 import sys
 from collections.abc import Iterable
 
-_DIGITS = re.compile(r"\d{7,}")
+# Runs of 7+ digits, and (kept whole, so that digits after one are not taken for its own) the
+# escapes `escape` writes: "\u2028" then "2026-12-06" must not read as "\u***2026".
+_DIGITS = re.compile(r"\\u[0-9a-f]{4}|\\x[0-9a-f]{2}|\d{7,}")
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 _SECRETS: list[str] = []  # longest first, so a secret inside another is not half-replaced
@@ -31,7 +33,12 @@ def mask(text: str | None) -> str:
     """Mask every run of 7+ digits in `text`, keeping its last four: 15551234567 -> ***4567."""
     if not text:
         return "-"
-    return _DIGITS.sub(lambda m: "***" + m.group(0)[-4:], text)
+    return _DIGITS.sub(_mask_one, text)
+
+
+def _mask_one(m: re.Match[str]) -> str:
+    found = m.group(0)
+    return found if found[0] == "\\" else "***" + found[-4:]
 
 
 def escape(text: str) -> str:

@@ -27,8 +27,8 @@ from aiohttp import web
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from adapters.web import BODIES, ENGINE
-from engine.logs import MaskingFormatter
+from adapters.web import BODIES, ENGINE, Throttled
+from engine.logs import MaskingFormatter, escape, mask
 from engine.settings import Settings
 from server import create_app
 from tests.conftest import AppFactory
@@ -201,6 +201,31 @@ async def served(env: dict[str, str]) -> AsyncIterator[tuple[web.Application, in
             415,
         ),
         (
+            request(
+                "POST",
+                "/webhooks/whatsapp",
+                [
+                    (b"X-Hub-Signature-256", GOOD_SIGNATURE_SHAPE.encode()),
+                    (b"Content-Encoding", b"identity"),
+                    (b"Content-Encoding", b"gzip"),
+                ],
+                b"\x1f\x8b\x08\x00" + b"\x00" * 40,
+            ),
+            415,
+        ),
+        (
+            request(
+                "POST",
+                "/webhooks/whatsapp",
+                [
+                    (b"X-Hub-Signature-256", GOOD_SIGNATURE_SHAPE.encode()),
+                    (b"Content-Encoding", b"identity, deflate"),
+                ],
+                b"x" * 40,
+            ),
+            415,
+        ),
+        (
             b"POST /webhooks/whatsapp HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
             b"X-Hub-Signature-256: " + GOOD_SIGNATURE_SHAPE.encode() + b"\r\n\r\n"
             b"5\r\nhello\r\nzz\r\nbroken\r\n0\r\n\r\n",
@@ -222,6 +247,8 @@ async def served(env: dict[str, str]) -> AsyncIterator[tuple[web.Application, in
         "negative Content-Length",
         "Content-Length and chunked",
         "compressed body",
+        "a second Content-Encoding",
+        "a list of encodings",
         "broken chunk size",
     ],
 )
@@ -716,3 +743,25 @@ async def test_the_attacks_against_the_real_process(
         assert record, f"a line that is no record of its own: {line!r}"
         assert record.group(1) in ("DEBUG", "INFO", "WARNING"), line
     assert forged not in log.replace("\\n", "\n").splitlines()
+
+
+def test_a_warning_strangers_can_trigger_is_logged_at_most_every_10_seconds(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    now = [0.0]
+    throttled = Throttled(10.0, clock=lambda: now[0])
+    with caplog.at_level(logging.WARNING, logger="adapters.web"):
+        for _ in range(500):
+            throttled.warn("backlog full")
+            now[0] += 0.01  # 500 refusals in 5 seconds
+        now[0] = 10.5
+        throttled.warn("backlog full")
+    assert [r.getMessage() for r in caplog.records] == [
+        "backlog full",
+        "backlog full (499 more since the last such line)",
+    ]
+
+
+def test_masking_keeps_escapes_whole_and_still_masks_numbers_after_them() -> None:
+    line = escape("wamid.x\u20282026-12-06 from 15551234567 \x1b12345678")
+    assert mask(line) == "wamid.x\\u20282026-12-06 from ***4567 \\x1b***5678"

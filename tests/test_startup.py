@@ -10,6 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from adapters.sqlite_store import SqliteStore
+from engine.errors import ConfigError
+from tests.process import Server
 from tests.support import ROOT
 
 
@@ -120,7 +123,43 @@ def test_port_in_use_exits_2(tmp_path: Path) -> None:
             tmp_path,
         )
     assert result.returncode == 2
-    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr  # before the store or the flows are touched
+    assert f"cannot listen on 127.0.0.1:{port}" in lines[0]
+    assert not (tmp_path / "x.sqlite3").exists()
+
+
+async def test_a_second_engine_on_the_same_sqlite_file_exits_2_and_sends_nothing(
+    tmp_path: Path,
+) -> None:
+    """Two engines on one file would both replay the outbox: every pending reply twice."""
+    database = f"sqlite:///{tmp_path / 'shared.sqlite3'}"
+    first = Server({"DATABASE_URL": database, "FLOWS_DIR": str(ROOT / "flows")}, tmp_path)
+    await first.start()
+    try:
+        second = run_server({"DATABASE_URL": database, "HOST": "127.0.0.1"}, tmp_path)
+    finally:
+        first.terminate()
+    assert second.returncode == 2
+    lines = [line for line in second.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, second.stderr
+    assert "shared.sqlite3 is in use by another engine (process" in lines[0]
+    store = SqliteStore(tmp_path / "shared.sqlite3")  # the first one gave the lock up
+    await store.open()
+    await store.close()
+
+
+async def test_the_sqlite_lock_is_one_engine_per_file(tmp_path: Path) -> None:
+    first = SqliteStore(tmp_path / "one.sqlite3")
+    await first.open()
+    try:
+        with pytest.raises(ConfigError, match="in use by another engine"):
+            await SqliteStore(tmp_path / "one.sqlite3").open()
+        other = SqliteStore(tmp_path / "two.sqlite3")  # another file is another engine's
+        await other.open()
+        await other.close()
+    finally:
+        await first.close()
 
 
 def test_reachable_postgres_is_refused_honestly(tmp_path: Path, postgres_url: str) -> None:

@@ -181,4 +181,6 @@ async def test_a_paused_number_holding_many_replies_does_not_close_intake_for_th
     r = await post(client, body(change([text("15550001111", "w.b1", "hi")], number="222")))
     assert r.status == 200
     await eventually(lambda: any(q["number"] == "222" and q["wamid"] for q in fake.requests))
-    assert await asyncio.wait_for(engine.drain(7.0), 3.0) is False  # held, not waited for
+    # Held, not waited for; what a paused number holds does not make the drain a failure.
+    assert await asyncio.wait_for(engine.drain(7.0), 3.0) is True
+    assert engine.delivery.pending > 5
