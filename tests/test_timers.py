@@ -284,3 +284,30 @@ async def commit_timers(store: MemoryStore, writes: list[TimerWrite]) -> None:
 
 async def store_clear(store: MemoryStore, contact: str) -> None:
     await commit_timers(store, [TimerWrite(contact, "flow", None)])
+
+
+async def test_the_support_flow_reminds_a_customer_who_goes_quiet_mid_question(
+    opened: list[Any],
+) -> None:
+    from tests.support import ROOT
+
+    clock = FakeClock()
+    sender = Recorder()
+    engine = Engine(
+        store=MemoryStore(),
+        sender=sender,
+        flows=load_flows(ROOT / "flows", "support"),
+        clock=clock,
+    )
+    await engine.start()
+    opened.append(engine.close)
+    s = Shop(engine, sender, clock)
+    await s.say("hi")
+    assert await s.say("Ask a question") == [
+        "Sure, what would you like to know? Ask in your own words."
+    ]
+    assert await s.wait(9 * 60) == []
+    assert await s.wait(61) == [
+        "Still there? Type your question whenever you're ready, or *agent* to talk to a person."
+    ]
+    assert await s.wait(24 * 3600) == []  # one reminder, not a stream of them
