@@ -16,10 +16,12 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 
 from tests.fakes.graph import FakeGraph
 from tests.process import Server
-from tests.support import ADMIN, body, change, signed, text
+from tests.support import ADMIN, body, change, eventually, signed, text
 
 CONTACTS = 30
 MESSAGES = 12
@@ -135,4 +137,120 @@ async def test_kill_9_loses_nothing_and_repeats_nothing(
     print(
         f"\nkill test: {len(kills)} kills, outbox backlog at kill {backlog_at_kill}, "
         f"{len(fake.requests)} sends for {len(copies)} replies, {sum(n - 1 for n in duplicates.values())} duplicates"
+    )
+
+
+FLOW = """
+start: ask
+states:
+  ask:
+    say: Order?
+    on:
+      - text: order
+        go: place
+    timeout:
+      - after: 4s
+        say: Reminder.
+  place:
+    action: http
+    with: {url: "<endpoint>/orders", body: {phone: "{phone}"}}
+    within: 5s
+    save: {order: id}
+    on_done: placed
+    on_error: failed
+  placed:
+    say: "Placed {order}."
+    end: true
+  failed:
+    say: "Failed: {= error.kind}."
+    end: true
+"""
+
+
+class Business:
+    """The system behind the http action: slow to answer, so calls are in flight at a kill."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str, float]] = []  # (idempotency key, phone, when)
+        self.delay = 1.5
+
+    async def handle(self, request: web.Request) -> web.Response:
+        data = await request.json()
+        self.calls.append((request.headers["Idempotency-Key"], data["phone"], time.time()))
+        await asyncio.sleep(self.delay)
+        return web.json_response({"id": f"BP-{data['phone'][-3:]}"})
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+async def test_kill_9_with_timers_pending_and_actions_in_flight(
+    env: dict[str, str], tmp_path: Path, graph: tuple[FakeGraph, str]
+) -> None:
+    """Every due timer fires once after the restart; every call cut by the kill is made again
+    with the same idempotency key, and its reply goes out once."""
+    fake, _ = graph
+    business = Business()
+    app = web.Application()
+    app.router.add_post("/orders", business.handle)
+    endpoint = TestServer(app)
+    await endpoint.start_server()
+    flows = tmp_path / "flows"
+    flows.mkdir()
+    url = str(endpoint.make_url("")).rstrip("/")
+    (flows / "shop.yaml").write_text(FLOW.lstrip("\n").replace("<endpoint>", url))
+    env = {**env, "FLOWS_DIR": str(flows), "ENTRY_FLOW": "shop"}
+    ordering = [f"1555100{c:04d}" for c in range(8)]
+    waiting = [f"1555200{c:04d}" for c in range(8)]
+
+    async def send(session: aiohttp.ClientSession, server: Server, phone: str, words: str) -> None:
+        raw, headers = signed(body(change([text(phone, f"w.{phone}.{words}", words)])))
+        async with session.post(f"{server.url}/webhooks/whatsapp", data=raw, headers=headers) as r:
+            assert r.status == 200
+
+    def said(phone: str) -> list[str]:
+        return [
+            r["body"]["text"]["body"]
+            for r in fake.requests
+            if r["body"]["to"] == f"+{phone}" and r["body"]["type"] == "text"
+        ]
+
+    try:
+        async with aiohttp.ClientSession() as session:
+            first = Server(env, tmp_path, name="first")
+            await first.start()
+            try:
+                for phone in ordering + waiting:
+                    await send(session, first, phone, "hi")
+                await eventually(lambda: all(said(p) == ["Order?"] for p in ordering + waiting))
+                for phone in ordering:
+                    await send(session, first, phone, "order")
+                await eventually(lambda: len(business.calls) == len(ordering))
+                assert not any(said(p)[1:] for p in ordering + waiting)  # nothing due yet
+                await asyncio.to_thread(first.kill)  # calls in flight, reminders pending
+                killed = time.time()
+            finally:
+                first.stop_quietly()
+            second = Server(env, tmp_path, name="second")
+            await second.start()
+            try:
+                await eventually(
+                    lambda: all(len(said(p)) == 2 for p in ordering + waiting), timeout=30
+                )
+                await asyncio.sleep(1.0)  # anything repeated would arrive by now
+            finally:
+                second.terminate()
+                second.stop_quietly()
+    finally:
+        await endpoint.close()
+
+    for phone in waiting:  # the reminder fell due once, across the kill
+        assert said(phone) == ["Order?", "Reminder."], phone
+    for phone in ordering:
+        assert said(phone) == ["Order?", f"Placed BP-{phone[-3:]}."], phone
+        keys = [k for k, p, _ in business.calls if p == phone]
+        assert len(keys) == 2 and keys[0] == keys[1], (phone, keys)  # made again, same key
+    assert all(at > killed for _k, _p, at in business.calls[len(ordering) :])
+    print(
+        f"\nkill test with timers and actions: {len(business.calls)} calls for"
+        f" {len(ordering)} orders, {len(waiting)} reminders once each"
     )
