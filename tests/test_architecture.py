@@ -1,5 +1,6 @@
 """Dependencies point inward: the engine imports only the stdlib, PyYAML, python-statemachine,
-simpleeval (the flows' expressions) and dateparser (typed answers), which do no I/O, and itself; adapters import the engine; only the two
+simpleeval (the flows' expressions), dateparser (typed answers) and regex (patterns with a
+time bound), which do no I/O, and itself; adapters import the engine; only the two
 composition roots import both: server.py and the command line's engine/__main__.py."""
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from pathlib import Path
 
 from tests.support import ROOT
 
-ENGINE_ALLOWED = {"yaml", "statemachine", "simpleeval", "dateparser", "engine"}
+ENGINE_ALLOWED = {"yaml", "statemachine", "simpleeval", "dateparser", "regex", "engine"}
 FORBIDDEN_IN_ADAPTERS = {"server"}
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import textwrap
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -10,9 +11,11 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from statemachine.io import create_machine_class_from_definition
 
 from engine.events import ButtonReply, Content, Customer, Image, ListReply, Location, Message, Text
 from engine.flows import Flow
+from engine.flows.machine import refuse_async
 from engine.flows.reader import read_flow
 from engine.flows.text import normalize
 from engine.outbound import ButtonsMessage, ListMessage, TextMessage, split_text
@@ -345,6 +348,36 @@ def test_a_regex_condition_looks_at_the_first_1024_characters(tmp_path: Path) ->
     assert c.slots["count"] == "12"
 
 
+def test_a_pattern_that_backtracks_exponentially_is_cut_short(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """ "(a+)+$" against 40 a's and a b takes 2^40 steps even inside the window: the search has
+    a time bound, counts as no match, and the step re-prompts (the per-test timeout would catch
+    a regression)."""
+    flow = compile_text(
+        tmp_path,
+        """
+        start: ask
+        states:
+          ask:
+            say: Say something.
+            on:
+              - regex: "^(a|aa)+$"
+                say: All a's.
+              - text: hi
+                say: Hi.
+        """,
+    )
+    c = Convo()
+    flow.start(c)
+    with caplog.at_level(logging.WARNING):
+        effects = flow.handle(c, msg("a" * 60 + "b"))
+    assert bodies(effects.messages)[0] == "Sorry, I didn't understand that."
+    assert any("gave up after 50 ms" in r.getMessage() for r in caplog.records)
+    assert bodies(flow.handle(c, msg("aaaa")).messages) == ["All a's."]
+    assert bodies(flow.handle(c, msg("hi")).messages) == ["Hi."]
+
+
 # --- values, conditions, computed slots ---------------------------------------------------------
 
 PIZZA = """
@@ -476,3 +509,22 @@ def test_save_keeps_a_whole_location_and_a_dropped_pin(tmp_path: Path) -> None:
     assert bodies(flow.handle(c, msg(pin)).messages) == [
         "Got -33.8688, 151.2093 (-33.8688, 151.2093)."
     ]
+
+
+def test_a_machine_on_the_async_engine_is_refused() -> None:
+    """One async callback would switch python-statemachine to its async engine, where the
+    shared machine's send() returns a coroutine nobody awaits."""
+
+    async def enter_async(*_args: object, **_kwargs: object) -> None:
+        return None
+
+    states = {
+        "a": {"initial": True, "on": {"go": [{"target": "b"}]}},
+        "b": {"enter": [enter_async]},
+    }
+    plain = {"a": {"initial": True, "on": {"go": [{"target": "b"}]}}, "b": {"final": True}}
+    refuse_async(create_machine_class_from_definition("Plain", states=plain))
+    with pytest.raises(TypeError, match="async engine"):
+        refuse_async(
+            create_machine_class_from_definition("Async", states=states, validate_trap_states=False)
+        )

@@ -237,7 +237,7 @@ SEEDED = [
         [
             (5, "unknown placeholder {nmae}: no step sets a slot by that name"),
             (8, "choice 'maybe' is not a button or row of state 'ask' (it offers: yes)"),
-            (10, "regex: invalid pattern: missing ), unterminated subpattern at position 0"),
+            (10, "regex: invalid pattern: missing ) at position 7"),
         ],
     ),
     (

@@ -92,7 +92,10 @@ def load_flows(
         spec, found = read_flow(file, actions)
         problems.extend(found)
         if spec is not None:
-            flows[spec.name] = Flow(spec, zone or UTC)
+            try:
+                flows[spec.name] = Flow(spec, zone or UTC)
+            except Exception as e:  # the library refused what our checks let through
+                problems.append(Problem(str(file), 1, f"cannot build the state machine: {e}"))
     warnings = [p for p in problems if p.warning]
     problems = errors_in(problems)
     if not problems and entry not in flows:

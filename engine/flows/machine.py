@@ -14,12 +14,15 @@ conversations can never interleave inside it.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
+import regex
+from statemachine.engines.async_ import AsyncEngine
 from statemachine.io import create_machine_class_from_definition
 
 from ..events import Audio, Document, Image, Location, Message, Sticker, Video, choice_of
@@ -52,11 +55,14 @@ from .text import Faq, FaqEntry, Keywords, normalize, render, words
 from .types import Bounds, describe, read
 from .values import Value
 
+log = logging.getLogger(__name__)
+
 UTC = ZoneInfo("UTC")
 IDLE = "_idle"  # the value of the machine's initial state; designer names cannot start with '_'
 MEDIA = frozenset({"image", "audio", "video", "document", "sticker"})
 REPLIES = frozenset({"button_reply", "list_reply", "template_button"})
 REGEX_WINDOW = 1024  # characters of a message that a flow's regex conditions look at
+REGEX_TIMEOUT = 0.05  # seconds one search may take; a pattern that backtracks past it fails
 
 
 class ConversationView(Protocol):
@@ -248,6 +254,7 @@ class Flow:
         self._evaluate = Evaluator()
         self._cursor = Cursor()
         self.machine_class = compile_flow(spec, self._cursor, zone)
+        refuse_async(self.machine_class)
         self._instance: Any = None
 
     @property
@@ -434,6 +441,18 @@ def compile_flow(spec: FlowSpec, cursor: Cursor, zone: ZoneInfo = UTC) -> Any:
     )
 
 
+def refuse_async(machine_class: Any) -> None:
+    """One async callback switches python-statemachine to its async engine: `send()` would
+    return a coroutine that nobody awaits, and the shared machine would silently stall. Every
+    callback a flow compiles to is plain; this keeps it so."""
+    probe = machine_class(model=Cursor())
+    if isinstance(probe._engine, AsyncEngine):
+        raise TypeError(
+            "the machine would run on python-statemachine's async engine (an async callback);"
+            " flows must compile to plain callbacks"
+        )
+
+
 def _action_events(
     call: ActionCall | None, me: str, target: Callable[[tuple[Route, ...]], str | None], bind: Any
 ) -> dict[str, list[dict[str, Any]]]:
@@ -590,16 +609,8 @@ def _message_test(
         keywords = Keywords.of(branch.values)
         return lambda step: keywords.count(step.padded) > 0
     if when == "regex":
-        pattern = branch.pattern
-        assert pattern is not None
-
-        def regex(step: Step) -> bool:
-            # A designer's pattern like "([0-9]+) people" backtracks in time quadratic in a
-            # customer's 60,000 digits: patterns see the first REGEX_WINDOW characters only.
-            step.match = pattern.search(step.raw[:REGEX_WINDOW])
-            return step.match is not None
-
-        return regex
+        assert branch.pattern is not None
+        return _regex_test(branch.pattern, branch.line)
     if when == "kind":
         return _kind_test(frozenset(branch.values))
     assert when == "faq" and faq is not None
@@ -620,6 +631,26 @@ def _type_test(kind: str, bounds: Bounds, zone: ZoneInfo) -> StepFn:
         return ok
 
     return typed
+
+
+def _regex_test(pattern: regex.Pattern[str], line: int) -> StepFn:
+    def search(step: Step) -> bool:
+        # A designer's pattern like "([0-9]+) people" backtracks in time quadratic in a
+        # customer's 60,000 digits: patterns see the first REGEX_WINDOW characters only;
+        # one like "(a+)+$" backtracks exponentially even there: the search is cut short.
+        try:
+            step.match = pattern.search(step.raw[:REGEX_WINDOW], timeout=REGEX_TIMEOUT)
+        except TimeoutError:
+            log.warning(
+                "regex %.80r at line %d gave up after %.0f ms on a message; no match",
+                pattern.pattern,
+                line,
+                REGEX_TIMEOUT * 1000,
+            )
+            step.match = None
+        return step.match is not None
+
+    return search
 
 
 def _kind_test(kinds: frozenset[str]) -> StepFn:

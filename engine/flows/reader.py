@@ -8,6 +8,8 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import regex
+
 from ..actions import BUILTINS, Actions
 from ..errors import Problem, errors_in
 from ..outbound import LIMITS
@@ -552,7 +554,7 @@ class FlowReader(Reading):
 
     def condition(
         self, when: str, raw: Any, line: int
-    ) -> tuple[tuple[str, ...], re.Pattern[str] | None] | None:
+    ) -> tuple[tuple[str, ...], regex.Pattern[str] | None] | None:
         """The values (or pattern) a branch condition tests; None when it cannot be read."""
         if when == "faq":
             if raw is not True:
@@ -563,8 +565,9 @@ class FlowReader(Reading):
                 self.err(line, "regex: a pattern as text")
                 return None
             try:
-                pattern = re.compile(raw, re.IGNORECASE)
-            except re.error as e:
+                # The regex module: re's syntax (VERSION0), and a time bound on every search.
+                pattern = regex.compile(raw, regex.IGNORECASE | regex.VERSION0)
+            except (regex.error, OverflowError, RecursionError) as e:
                 self.err(line, f"regex: invalid pattern: {e}")
                 return None
             for group in pattern.groupindex:

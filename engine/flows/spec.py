@@ -15,6 +15,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal
 
+import regex
+
 from .expr import Expr
 from .text import Faq, normalize
 from .types import Bounds
@@ -125,7 +127,7 @@ class Branch:
     line: int
     when: str  # one of CONDITIONS, or "when" for a branch that only tests its guard
     values: tuple[str, ...] = ()
-    pattern: re.Pattern[str] | None = None
+    pattern: regex.Pattern[str] | None = None  # the regex module's, searched with a timeout
     guard: Expr | None = None  # `when:`: an expression that must hold as well
     says: tuple[Say, ...] = ()
     sets: tuple[tuple[str, SetValue], ...] = ()
