@@ -1,6 +1,8 @@
 """Webhook -> reply throughput on SQLite, acknowledgement latency, and memory at 100k contacts.
 
 Run from the repository root: `python bench/throughput.py` (about 5 minutes on 2 cores).
+With `--against REV` it measures only webhook -> reply, alternating this tree and the commit REV
+(exported to a temporary folder) run by run, and prints both medians and their ratio.
 Everything runs as separate processes on loopback: the engine (`server.py`, SQLite, the
 WhatsApp sender), a fake Graph API that accepts every send, and this load generator, which
 posts signed webhooks, each from a new contact, and waits until every reply was accepted by the
@@ -122,10 +124,10 @@ class Fake:
         self.proc.wait()
 
 
-def engine_env(workdir: Path, fake: Fake, **extra: str) -> dict[str, str]:
+def engine_env(workdir: Path, fake: Fake, root: Path = ROOT, **extra: str) -> dict[str, str]:
     return {
         "DATABASE_URL": f"sqlite:///{workdir / 'engine.sqlite3'}",
-        "FLOWS_DIR": str(ROOT / "flows"),
+        "FLOWS_DIR": str(root / "flows"),
         "WHATSAPP_APP_SECRET": SECRET,
         "WHATSAPP_ACCESS_TOKEN": "bench-token",
         "WHATSAPP_API_URL": fake.url,
@@ -176,10 +178,12 @@ async def baseline_run(contacts: int, concurrency: int) -> float:
         proc.wait()
 
 
-async def engine_run(fake: Fake, contacts: int, concurrency: int, **extra: str) -> dict[str, float]:
+async def engine_run(
+    fake: Fake, contacts: int, concurrency: int, root: Path = ROOT, **extra: str
+) -> dict[str, float]:
     """`contacts` new contacts, one message each, one webhook each; until every reply is sent."""
     with tempfile.TemporaryDirectory() as tmp:
-        server = Server(engine_env(Path(tmp), fake, **extra), Path(tmp))
+        server = Server(engine_env(Path(tmp), fake, root, **extra), Path(tmp), root=root)
         await server.start()
         assert server.proc is not None
         try:
@@ -253,7 +257,13 @@ async def main() -> None:
     parser.add_argument(
         "--scale", type=int, default=100_000, help="contacts for the memory run (0: skip)"
     )
+    parser.add_argument(
+        "--against", metavar="REV", help="compare webhook -> reply with this commit, run by run"
+    )
     args = parser.parse_args()
+    if args.against:
+        await against(args.against, args.contacts, args.repeats, args.concurrency)
+        return
     fake = Fake()
     results: dict[str, Any] = {
         "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]}
@@ -286,6 +296,35 @@ async def main() -> None:
     out.mkdir(exist_ok=True)
     (out / "throughput.json").write_text(json.dumps(results, indent=2))
     print(json.dumps(results, indent=2))
+
+
+async def against(rev: str, contacts: int, repeats: int, concurrency: int) -> None:
+    """This tree and `rev`, alternating, so both meet the same noise on a shared machine."""
+    fake = Fake()
+    with tempfile.TemporaryDirectory() as tmp:
+        old = Path(tmp) / "old"
+        old.mkdir()
+        archive = subprocess.run(
+            ["git", "-C", str(ROOT), "archive", rev], check=True, capture_output=True
+        )
+        subprocess.run(["tar", "-x", "-C", str(old)], input=archive.stdout, check=True)
+        runs: dict[str, list[dict[str, float]]] = {"this": [], rev: []}
+        try:
+            for _ in range(repeats):
+                runs[rev].append(await engine_run(fake, contacts, concurrency, root=old))
+                runs["this"].append(await engine_run(fake, contacts, concurrency))
+        finally:
+            fake.stop()
+    now, then = median_of(runs["this"]), median_of(runs[rev])
+    result = {
+        "contacts": contacts,
+        "repeats": repeats,
+        rev: then,
+        "this": now,
+        "each_run_contacts_per_s": {k: [r["contacts_per_s"] for r in v] for k, v in runs.items()},
+        "ratio": now["contacts_per_s"] / then["contacts_per_s"],
+    }
+    print(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":

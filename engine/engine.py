@@ -137,6 +137,7 @@ class Engine:
         m.mailbox.read = lambda: float(self.actors.depth)
         m.outbox.read = lambda: float(self.delivery.pending)
         m.calls.read = lambda: float(self.calls.in_flight)
+        m.timers_held.read = lambda: float(self.timers.held)
         m.machines.read = lambda: float(self.flows.live_instances)
         m.paused.read = lambda: {(p.number, p.cause): 1.0 for p in self.delivery.paused()}
 

@@ -181,6 +181,9 @@ class Metrics:
         self.mailbox = Gauge("engine_mailbox_depth", "Events waiting in all mailboxes")
         self.outbox = Gauge("engine_outbox_pending", "Messages waiting to be sent")
         self.calls = Gauge("engine_actions_in_flight", "Action calls running now")
+        self.timers_held = Gauge(
+            "engine_timers_held", "Pending timers held in memory (a window of the soonest)"
+        )
 
     def all(self) -> list[Counter | Gauge | LabeledGauge | Histogram]:
         return [

@@ -26,7 +26,10 @@ def free_port() -> int:
 class Server:
     """One run of server.py; stdout and stderr go to files so nothing blocks on a full pipe."""
 
-    def __init__(self, env: dict[str, str], workdir: Path, name: str = "server") -> None:
+    def __init__(
+        self, env: dict[str, str], workdir: Path, name: str = "server", root: Path = ROOT
+    ) -> None:
+        self.root = root  # the tree whose server.py runs (a benchmark may run an older one)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.workdir = workdir
@@ -46,7 +49,7 @@ class Server:
         err = open(self.stderr_path, "ab")  # noqa: SIM115
         self._files = [out, err]
         self.proc = subprocess.Popen(
-            [sys.executable, str(ROOT / "server.py")],
+            [sys.executable, str(self.root / "server.py")],
             env=self._env,
             cwd=self.workdir,
             stdout=out,
