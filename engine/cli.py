@@ -104,6 +104,7 @@ class ChatSender:
         self._out = out
         self.options: list[tuple[str, str, str]] = []  # (kind, id, title)
         self.sent = 0
+        self.offered = False  # some message of this turn offered options
 
     async def send(self, out: Outgoing) -> str:
         m = out.message
@@ -118,6 +119,7 @@ class ChatSender:
             options = [("row", r.id, r.title) for s in m.sections for r in s.rows]
         if options:
             self.options = options
+            self.offered = True
             lines.extend(f"  {i}) {title}" for i, (_k, _id, title) in enumerate(options, start=1))
         print("bot > " + "\n      ".join(lines), file=self._out, flush=True)
         return f"chat.{out.id}"
@@ -178,6 +180,7 @@ async def chat_command(
                 continue
             count += 1
             before = sender.sent
+            sender.offered = False
             message = Message(
                 id=f"chat.{run}.{count}",
                 timestamp=int(time.time()),
@@ -186,6 +189,8 @@ async def chat_command(
             )
             await engine.ingest([message])
             await _settle(engine)
+            if sender.sent > before and not sender.offered:
+                sender.options = []  # a question without buttons: a number is just a number
             if sender.sent == before:
                 print(
                     "      (the bot stays silent: a person holds this conversation;"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 from tests.support import ROOT
 
@@ -65,3 +66,32 @@ def test_chat_refuses_a_folder_without_the_flow() -> None:
     assert (
         result.stderr.strip() == f"{ROOT / 'tests'}:0: ENTRY_FLOW 'support': no support.yaml here"
     )
+
+
+def test_a_number_at_a_question_without_buttons_is_just_a_number(tmp_path: Path) -> None:
+    """Options shown earlier are forgotten once a turn offers none: typing 2 at a quantity
+    question answers 2, not the second button of the greeting."""
+    (tmp_path / "cakes.yaml").write_text(
+        "start: menu\n"
+        "states:\n"
+        "  menu:\n"
+        "    say: {text: Hi!, buttons: [Cakes, Pies]}\n"
+        "    on:\n"
+        "      - choice: cakes\n"
+        "        go: qty\n"
+        "      - choice: pies\n"
+        "        say: No pies today.\n"
+        "  qty:\n"
+        "    say: How many?\n"
+        "    on:\n"
+        "      - type: integer\n"
+        "        save: n\n"
+        "        go: done\n"
+        "  done:\n"
+        "    say: '{n} cakes.'\n"
+        "    end: true\n"
+    )
+    out = chat(["hi", "1", "2", "/quit"], "--flows-dir", str(tmp_path), "--flow", "cakes")
+    assert "How many?" in out
+    assert "2 cakes." in out
+    assert "No pies today." not in out
