@@ -18,6 +18,7 @@ from typing import TextIO
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from .actions import Fn
+from .clock import SkippableClock
 from .engine import Engine, EngineConfig
 from .errors import FlowError, errors_in
 from .events import ButtonReply, Content, Customer, ListReply, Message, Text
@@ -25,6 +26,7 @@ from .flows import load_flows, validate_path
 from .memstore import MemoryStore
 from .outbound import ButtonsMessage, ListMessage
 from .ports import Outgoing
+from .settings import parse_duration
 
 CHAT_NUMBER = "chat"
 
@@ -149,14 +151,20 @@ async def chat_command(
         return 1
     out = sys.stdout
     sender = ChatSender(out)
+    clock = SkippableClock()
     engine = Engine(
-        store=MemoryStore(), sender=sender, flows=flows, config=EngineConfig(send_concurrency=1)
+        store=MemoryStore(),
+        sender=sender,
+        flows=flows,
+        config=EngineConfig(send_concurrency=1),
+        clock=clock,
     )
     await engine.start()
     interactive = sys.stdin.isatty()
     print(
         f"Talking to flow {entry!r} as +{phone}. A number picks an option; "
-        "/state shows the conversation, /agent TEXT replies as a person, /release hands back,"
+        "/state shows the conversation, /wait 30m skips time (reminders fire), /agent TEXT"
+        " replies as a person, /release hands back,"
         " /quit ends.",
         file=out,
     )
@@ -173,6 +181,9 @@ async def chat_command(
                 break
             line = line.rstrip("\n")
             key = engine.directory.lookup(CHAT_NUMBER, phone)
+            if line.startswith("/wait"):
+                await _wait(engine, clock, sender, line, out)
+                continue
             if line.startswith("/"):
                 await _command(engine, key, line, out)
                 continue
@@ -207,6 +218,23 @@ async def _settle(engine: Engine) -> None:
     await engine.delivery.wait_empty()
 
 
+async def _wait(
+    engine: Engine, clock: SkippableClock, sender: ChatSender, line: str, out: TextIO
+) -> None:
+    """`/wait 30m`: time jumps ahead; reminders and delays that fall due run now."""
+    _, _, arg = line.partition(" ")
+    try:
+        seconds = parse_duration(arg.strip())
+    except ValueError as e:
+        print(f"      (/wait DURATION, like 90s, 30m, 2h or 1d: {e})", file=out)
+        return
+    before = sender.sent
+    clock.skip(seconds)
+    await _settle(engine)
+    if sender.sent == before:
+        print(f"      ({arg.strip()} later: nothing was due)", file=out)
+
+
 async def _command(engine: Engine, key: str | None, line: str, out: TextIO) -> None:
     command, _, arg = line.partition(" ")
     if key is None:
@@ -229,4 +257,4 @@ async def _command(engine: Engine, key: str | None, line: str, out: TextIO) -> N
             file=out,
         )
     else:
-        print("      commands: /state, /agent TEXT, /release, /quit", file=out)
+        print("      commands: /state, /wait 30m, /agent TEXT, /release, /quit", file=out)

@@ -8,6 +8,7 @@ wait.
 from __future__ import annotations
 
 import asyncio
+import heapq
 import time
 from collections.abc import Callable
 
@@ -23,3 +24,74 @@ class SystemClock:
 
     def call_later(self, seconds: float, callback: Callable[[], None]) -> Timer:
         return asyncio.get_running_loop().call_later(seconds, callback)
+
+
+class SkippableClock:
+    """Real time that can also jump ahead: `python -m engine chat`'s `/wait 30m` moves it, and
+    every timer and sleeper that falls due on the way runs, in order (a reminder can be tried
+    without waiting half an hour). Between jumps it runs like SystemClock."""
+
+    def __init__(self) -> None:
+        self._skipped = 0.0
+        self._heap: list[tuple[float, int, _Entry]] = []
+        self._seq = 0
+        self._handle: asyncio.TimerHandle | None = None
+
+    def now(self) -> float:
+        return time.time() + self._skipped
+
+    async def sleep(self, seconds: float) -> None:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def wake() -> None:
+            if not future.done():
+                future.set_result(None)
+
+        entry = self.call_later(seconds, wake)
+        try:
+            await future
+        finally:
+            entry.cancel()
+
+    def call_later(self, seconds: float, callback: Callable[[], None]) -> Timer:
+        self._seq += 1
+        entry = _Entry(callback)
+        heapq.heappush(self._heap, (self.now() + max(seconds, 0.0), self._seq, entry))
+        self._arm()
+        return entry
+
+    def skip(self, seconds: float) -> int:
+        """Jump `seconds` ahead; return how many timers fell due on the way."""
+        self._skipped += seconds
+        return self._fire()
+
+    def _fire(self) -> int:
+        fired = 0
+        while self._heap and self._heap[0][0] <= self.now():
+            _due, _seq, entry = heapq.heappop(self._heap)
+            if not entry.cancelled:
+                fired += 1
+                entry.callback()
+        self._arm()
+        return fired
+
+    def _arm(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+        while self._heap and self._heap[0][2].cancelled:
+            heapq.heappop(self._heap)
+        if self._heap:
+            delay = max(self._heap[0][0] - self.now(), 0.0)
+            self._handle = asyncio.get_running_loop().call_later(delay, self._fire)
+
+
+class _Entry:
+    __slots__ = ("callback", "cancelled")
+
+    def __init__(self, callback: Callable[[], None]) -> None:
+        self.callback = callback
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True

@@ -95,3 +95,12 @@ def test_a_number_at_a_question_without_buttons_is_just_a_number(tmp_path: Path)
     assert "How many?" in out
     assert "2 cakes." in out
     assert "No pies today." not in out
+
+
+def test_wait_skips_time_so_a_reminder_can_be_tried() -> None:
+    """/wait 11m in the support flow's question step: its reminder arrives, once."""
+    out = chat(["hi", "1", "/wait 5m", "/wait 6m", "/wait 1d", "/wait soon", "/quit"])
+    assert "5m later: nothing was due" in out
+    assert out.count("Still there? Type your question whenever you're ready") == 1
+    assert "1d later: nothing was due" in out
+    assert "/wait DURATION, like 90s, 30m, 2h or 1d" in out
