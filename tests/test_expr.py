@@ -91,6 +91,9 @@ VALUES: list[tuple[str, Any]] = [
     ("default(blank, 'there')", "there"),
     ("default(name, 'there')", "Ana"),
     ("money(1234.5)", "1,234.50"),
+    ("join([i.name for i in cart])", "Margherita, Cola"),
+    ("join([i.name + ' x ' + text(i.qty) for i in cart], '\\n')", "Margherita x 2\nCola x 1"),
+    ("join(empty, '; ')", ""),
     ("money(total * 1.18)", "24.78"),
     ("money(0.005)", "0.01"),
     # reading numbers customers write
@@ -104,6 +107,7 @@ VALUES: list[tuple[str, Any]] = [
 ]
 
 ERRORS: list[tuple[str, str]] = [
+    ("join(total)", "join needs a list, got the number 21.00"),
     ("'9.00' * 2", "* needs numbers, got the text '9.00'"),
     ("count > 10", "cannot compare the text '12' with the number 10"),
     ("'a' + 1", "cannot add the text 'a' and the number 1"),

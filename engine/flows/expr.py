@@ -239,6 +239,17 @@ def _str_fn(name: str, fn: Callable[[str], str]) -> Callable[[Any], str]:
     return apply
 
 
+def _join(items: Any, separator: Any = ", ") -> str:
+    """A list as one text: join([i.item for i in cart], "\n") writes one item a line."""
+    if items is None:
+        return ""
+    if not isinstance(items, list):
+        raise ExprError(f"join needs a list, got {_show(items)}")
+    if not isinstance(separator, str):
+        raise ExprError(f"join's separator must be text, got {_show(separator)}")
+    return separator.join(to_text(i) for i in items)
+
+
 def _default(value: Any, fallback: Any) -> Any:
     return fallback if value is None or value == "" else value
 
@@ -262,6 +273,7 @@ FUNCTIONS: dict[str, Callable[..., Any]] = {
     "upper": _str_fn("upper", str.upper),
     "trim": _str_fn("trim", str.strip),
     "default": _default,
+    "join": _join,
 }
 
 
