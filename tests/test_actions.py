@@ -311,28 +311,37 @@ async def test_other_contacts_proceed_while_one_waits_and_its_later_messages_wai
 # --- crashes and restarts -------------------------------------------------------------------
 
 
-async def test_a_call_lost_in_a_restart_is_made_again_with_the_same_key(
-    tmp_path: Path, opened: list[Any]
-) -> None:
+async def stopped_mid_call(tmp_path: Path) -> tuple[Shop, Path, FakeClock]:
+    """An engine on an SQLite file, stopped while contact 1's create_order call is in flight
+    (its gate is never set); returns it, its flows folder and its clock."""
     folder = write(tmp_path / "flows")
-    path = tmp_path / "engine.sqlite3"
     clock = FakeClock()
-    store = SqliteStore(path)
+    store = SqliteStore(tmp_path / "engine.sqlite3")
     await store.open()
     s = await shop([], folder, store, clock)
     await s.say("hi")
-    s.module["gates"]["n:1"] = asyncio.Event()  # never set: the call is in flight at the stop
+    s.module["gates"]["n:1"] = asyncio.Event()
     await s.send("order")
     await s.until_called()
-    [(key, attempt, *_)] = s.module["calls"]
-    assert attempt == 1
     await s.engine.close()
     await store.close()
+    return s, folder, clock
 
-    store = SqliteStore(path)
+
+async def restarted(tmp_path: Path, opened: list[Any], folder: Path, clock: FakeClock) -> Shop:
+    store = SqliteStore(tmp_path / "engine.sqlite3")
     await store.open()
     opened.append(store.close)
-    again = await shop(opened, folder, store, clock)
+    return await shop(opened, folder, store, clock)
+
+
+async def test_a_call_lost_in_a_restart_is_made_again_with_the_same_key(
+    tmp_path: Path, opened: list[Any]
+) -> None:
+    s, folder, clock = await stopped_mid_call(tmp_path)
+    [(key, attempt, *_)] = s.module["calls"]
+    assert attempt == 1
+    again = await restarted(tmp_path, opened, folder, clock)
     await again.turn()
     assert again.module["calls"] == []  # not before its time runs out...
     await clock.advance(10 + 5)  # within: (default 10s) and the grace
@@ -346,23 +355,8 @@ async def test_a_call_lost_in_a_restart_is_made_again_with_the_same_key(
 async def test_a_customer_message_after_a_restart_waits_for_the_call_made_again(
     tmp_path: Path, opened: list[Any]
 ) -> None:
-    folder = write(tmp_path / "flows")
-    path = tmp_path / "engine.sqlite3"
-    clock = FakeClock()
-    store = SqliteStore(path)
-    await store.open()
-    s = await shop([], folder, store, clock)
-    await s.say("hi")
-    s.module["gates"]["n:1"] = asyncio.Event()
-    await s.send("order")
-    await s.until_called()
-    await s.engine.close()
-    await store.close()
-
-    store = SqliteStore(path)
-    await store.open()
-    opened.append(store.close)
-    again = await shop(opened, folder, store, clock)
+    s, folder, clock = await stopped_mid_call(tmp_path)
+    again = await restarted(tmp_path, opened, folder, clock)
     again.n = s.n
     assert await again.say("what now?") == [
         "Order BP-1: total 24.50.",
@@ -375,19 +369,7 @@ async def test_a_customer_message_after_a_restart_waits_for_the_call_made_again(
 async def test_a_flow_that_no_longer_calls_voids_the_recorded_call(
     tmp_path: Path, opened: list[Any]
 ) -> None:
-    folder = write(tmp_path / "flows")
-    path = tmp_path / "engine.sqlite3"
-    clock = FakeClock()
-    store = SqliteStore(path)
-    await store.open()
-    s = await shop([], folder, store, clock)
-    await s.say("hi")
-    s.module["gates"]["n:1"] = asyncio.Event()
-    await s.send("order")
-    await s.until_called()
-    await s.engine.close()
-    await store.close()
-
+    s, folder, clock = await stopped_mid_call(tmp_path)
     changed = SHOP.replace(
         """  place:
     action: create_order
@@ -409,10 +391,7 @@ async def test_a_flow_that_no_longer_calls_voids_the_recorded_call(
     )
     assert "go: place_later" in changed
     write(folder, changed)
-    store = SqliteStore(path)
-    await store.open()
-    opened.append(store.close)
-    again = await shop(opened, folder, store, clock)
+    again = await restarted(tmp_path, opened, folder, clock)
     again.n = s.n
     await clock.advance(60)
     await again.settle()
