@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
+import subprocess
 import sys
 import time
 import uuid
@@ -17,12 +19,13 @@ from pathlib import Path
 from typing import TextIO
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from .actions import Fn
+from .actions import Fn, load_actions
 from .clock import SkippableClock
 from .engine import Engine, EngineConfig
 from .errors import FlowError, errors_in
 from .events import ButtonReply, Content, Customer, ListReply, Message, Text
-from .flows import load_flows, validate_path
+from .flows import graph, load_flows, validate_path
+from .flows.reader import read_flow
 from .memstore import MemoryStore
 from .outbound import ButtonsMessage, ListMessage
 from .ports import Outgoing
@@ -48,6 +51,10 @@ def main(
     validate.add_argument(
         "path", nargs="?", help="a flow file or folder (default: $FLOWS_DIR or flows)"
     )
+    graph = flow_commands.add_parser("graph", help="draw a flow: mermaid, dot or svg")
+    graph.add_argument("flow", help="a flow's name in $FLOWS_DIR (or flows), or its file")
+    graph.add_argument("--format", choices=("mermaid", "dot", "svg"), default="mermaid")
+    graph.add_argument("-o", "--output", help="write here instead of printing")
     chat = commands.add_parser("chat", help="talk to a flow in the terminal")
     chat.add_argument("--flow", help="the flow to start in (default: $ENTRY_FLOW or support)")
     chat.add_argument(
@@ -57,6 +64,8 @@ def main(
     chat.add_argument("--flows-dir", help="where flows live (default: $FLOWS_DIR or flows)")
     args = parser.parse_args(argv)
     flows_dir = os.environ.get("FLOWS_DIR", "flows")
+    if args.command == "flows" and args.flows_command == "graph":
+        return graph_command(Path(flows_dir), args.flow, args.format, args.output, provided)
     if args.command == "flows":
         return validate_command(Path(args.path or flows_dir), provided)
     entry = args.flow or os.environ.get("ENTRY_FLOW", "support")
@@ -96,6 +105,51 @@ def validate_command(path: Path, provided: Mapping[str, Fn] | None = None) -> in
         print(f"{len(errors)} problem(s){also}", file=sys.stderr, flush=True)
         return 1
     print(f"ok: {path} is valid" + (f" ({warnings} warning(s))" if warnings else ""))
+    return 0
+
+
+def graph_command(
+    flows_dir: Path,
+    flow: str,
+    fmt: str,
+    output: str | None,
+    provided: Mapping[str, Fn] | None = None,
+) -> int:
+    path = Path(flow)
+    if not (path.suffix in (".yaml", ".yml") and path.is_file()):
+        path = flows_dir / f"{flow}.yaml"
+    if not path.is_file():
+        print(f"no flow {flow!r}: neither a file nor {path}", file=sys.stderr)
+        return 1
+    actions, _ = load_actions(path.parent, provided)
+    spec, problems = read_flow(path, actions)
+    if spec is None:
+        for p in problems:
+            print(p, file=sys.stderr)
+        return 1
+    text = graph.dot(spec) if fmt in ("dot", "svg") else graph.mermaid(spec)
+    data = text.encode()
+    if fmt == "svg":
+        dot_program = shutil.which("dot")
+        if dot_program is None:
+            print(
+                "svg needs Graphviz's dot (Debian: apt-get install graphviz);"
+                " --format dot or mermaid work without it",
+                file=sys.stderr,
+            )
+            return 1
+        drawn = subprocess.run(
+            [dot_program, "-Tsvg"], input=data, capture_output=True, check=False, timeout=60
+        )
+        if drawn.returncode != 0:
+            print(f"dot failed: {drawn.stderr.decode(errors='replace')[:500]}", file=sys.stderr)
+            return 1
+        data = drawn.stdout
+    if output:
+        Path(output).write_bytes(data)
+    else:
+        sys.stdout.buffer.write(data)
+        sys.stdout.flush()
     return 0
 
 
