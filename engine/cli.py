@@ -23,7 +23,7 @@ from .actions import Fn, load_actions
 from .clock import SkippableClock
 from .engine import Engine, EngineConfig
 from .errors import FlowError, errors_in
-from .events import ButtonReply, Content, Customer, ListReply, Message, Text
+from .events import ButtonReply, Content, Customer, ListReply, Location, Message, Text
 from .flows import graph, load_flows, validate_path
 from .flows.reader import read_flow
 from .memstore import MemoryStore
@@ -181,11 +181,37 @@ class ChatSender:
         return f"chat.{out.id}"
 
     def content(self, line: str) -> Content:
+        """What the customer sends: a number picks an option; `/tap ID` taps one by id;
+        `/location LAT,LNG [NAME]` shares a place; anything else is text."""
         text = line.strip()
         if text.isdigit() and 1 <= int(text) <= len(self.options):
             kind, ident, title = self.options[int(text) - 1]
             return ButtonReply(ident, title) if kind == "button" else ListReply(ident, title)
+        command, _, arg = text.partition(" ")
+        if command == "/tap" and arg.strip():
+            for kind, ident, title in self.options:
+                if ident == arg.strip():
+                    return (
+                        ButtonReply(ident, title) if kind == "button" else ListReply(ident, title)
+                    )
+            return ButtonReply(arg.strip(), arg.strip())  # an id no message offered: as Meta would
+        if command == "/location":
+            place = _location(arg)
+            if place is not None:
+                return place
         return Text(line)
+
+
+def _location(arg: str) -> Location | None:
+    coords, _, name = arg.strip().partition(" ")
+    lat, _, lng = coords.partition(",")
+    try:
+        latitude, longitude = float(lat), float(lng)
+    except ValueError:
+        return None
+    if not (-90 <= latitude <= 90 and -180 <= longitude <= 180):
+        return None
+    return Location(latitude, longitude, name=name.strip() or None)
 
 
 async def chat_command(
@@ -238,7 +264,7 @@ async def chat_command(
             if line.startswith("/wait"):
                 await _wait(engine, clock, sender, line, out)
                 continue
-            if line.startswith("/"):
+            if line.startswith("/") and not line.startswith(("/tap ", "/location ")):
                 await _command(engine, key, line, out)
                 continue
             if not line.strip():
@@ -311,4 +337,8 @@ async def _command(engine: Engine, key: str | None, line: str, out: TextIO) -> N
             file=out,
         )
     else:
-        print("      commands: /state, /wait 30m, /agent TEXT, /release, /quit", file=out)
+        print(
+            "      commands: /tap ID, /location LAT,LNG [NAME], /state, /wait 30m, /agent TEXT,"
+            " /release, /quit",
+            file=out,
+        )

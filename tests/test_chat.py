@@ -104,3 +104,33 @@ def test_wait_skips_time_so_a_reminder_can_be_tried() -> None:
     assert out.count("Still there? Type your question whenever you're ready") == 1
     assert "1d later: nothing was due" in out
     assert "/wait DURATION, like 90s, 30m, 2h or 1d" in out
+
+
+def test_tap_and_location_send_what_whatsapp_would(tmp_path: Path) -> None:
+    (tmp_path / "where.yaml").write_text(
+        "start: menu\n"
+        "states:\n"
+        "  menu:\n"
+        "    say: {text: Hi!, buttons: [Delivery, Pickup]}\n"
+        "    on:\n"
+        "      - choice: delivery\n"
+        "        go: where\n"
+        "  where:\n"
+        "    say: Send your location.\n"
+        "    on:\n"
+        "      - kind: location\n"
+        "        save: place\n"
+        "        go: done\n"
+        "  done:\n"
+        "    say: '{= place.name} at {= place.latitude}, {= place.longitude}.'\n"
+        "    end: true\n"
+    )
+    out = chat(
+        ["hi", "/tap delivery", "/location 52.37,4.89 Dam Square", "/quit"],
+        "--flows-dir",
+        str(tmp_path),
+        "--flow",
+        "where",
+    )
+    assert "Send your location." in out
+    assert "Dam Square at 52.37, 4.89." in out
