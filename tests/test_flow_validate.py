@@ -647,3 +647,39 @@ def test_a_catch_all_branch_that_hides_anywhere_is_a_warning(
     ]
     guarded = text.replace(f"- {catch_all}", f'- {catch_all}\n        when: "len(text) > 3"')
     assert warnings_of(tmp_path, guarded) == []
+
+
+def test_a_slot_shown_on_a_path_that_never_sets_it_is_a_warning(tmp_path: Path) -> None:
+    """The customer saw "order number is *BP-*": one path to the step skipped the lookup."""
+    text = """
+    start: ask
+    states:
+      ask:
+        say: Track or talk?
+        on:
+          - text: track
+            go: lookup
+          - text: skip
+            go: shown
+      lookup:
+        say: Your order number?
+        on:
+          - regex: "(?P<order>BP-[0-9]+)"
+            go: shown
+      shown:
+        say: "Your order number is *{order}*, {name}. {size|Medium} size."
+        end: true
+    """
+    assert warnings_of(tmp_path, text) == [
+        (
+            16,
+            "{order} may be empty here: a path to 'shown' does not set it; write {order|...}"
+            " with a default, or set it on every path",
+        )
+    ]
+    # Set on every path (or with a default), nothing to say.
+    every = text.replace(
+        "go: shown\n      lookup:", "set: {order: none}\n            go: shown\n      lookup:"
+    )
+    assert warnings_of(tmp_path, every) == []
+    assert warnings_of(tmp_path, text.replace("{order}", "{order|unknown}")) == []

@@ -6,7 +6,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from .reading import Reading
-from .spec import Branch, FlowSpec, Route, StateSpec, offered_says
+from .spec import Branch, FlowSpec, Route, Say, StateSpec, offered_says
+from .text import PLACEHOLDER
 
 
 def all_branches(states: dict[str, StateSpec], anywhere: tuple[Branch, ...]) -> Iterable[Branch]:
@@ -137,3 +138,83 @@ def hidden_anywhere(r: Reading, spec: FlowSpec) -> None:
                     " or repeat the ones it needs before it",
                 )
                 break
+
+
+def _set_by(branch: Branch) -> frozenset[str]:
+    names = {slot for slot, _v in branch.sets}
+    if branch.save:
+        names.add(branch.save)
+    if branch.pattern is not None:
+        names.update(branch.pattern.groupindex)
+    return frozenset(names)
+
+
+def _moves(spec: FlowSpec, state: StateSpec) -> Iterable[tuple[str, frozenset[str]]]:
+    """(target, slots set on the way) for every way out of `state`."""
+    for route in state.then:
+        yield route.to, frozenset()
+    branches = (*state.on, *(spec.anywhere if state.answers else ()))
+    for b in branches:
+        for route in b.routes:
+            yield route.to, _set_by(b)
+    for rung in state.timeout:
+        for route in rung.routes:
+            yield route.to, frozenset(slot for slot, _v in rung.sets)
+    call = state.action
+    if call is not None:
+        saved = {call.save} if isinstance(call.save, str) else {s for s, _f in call.save or ()}
+        for route in call.done:
+            yield route.to, frozenset(saved)
+        for route in call.error:
+            yield route.to, frozenset({"error"})
+    ladder = state.otherwise or spec.otherwise
+    if state.answers and ladder and ladder[-1].go:
+        yield ladder[-1].go, frozenset()
+
+
+def unset_slots(r: Reading, spec: FlowSpec) -> None:
+    """A message that shows {slot} (no |default) in a step that some path reaches without
+    setting it: the customer would read "your order number is ." Computed as the slots set on
+    every path from the start (a must-analysis), so a slot set on one branch only is found."""
+    everything = frozenset(r.slots)
+    entry: dict[str, frozenset[str]] = dict.fromkeys(spec.states, everything)
+    if spec.start not in spec.states:
+        return
+    entry[spec.start] = frozenset(spec.slots)
+    changed = True
+    while changed:  # the sets only shrink, so this ends
+        changed = False
+        for name, state in spec.states.items():
+            leaving = entry[name] | {slot for slot, _v in state.sets}
+            for target, added in _moves(spec, state):
+                if target not in entry:
+                    continue
+                narrowed = entry[target] & (leaving | added)
+                if narrowed != entry[target]:
+                    entry[target] = narrowed
+                    changed = True
+    for name, state in spec.states.items():
+        known = entry[name] | {slot for slot, _v in state.sets}
+        for say in state.says:
+            for slot in _shown(say):
+                if slot not in known and slot in r.slots:
+                    r.warn(
+                        say.line,
+                        f"{{{slot}}} may be empty here: a path to {name!r} does not set it;"
+                        f" write {{{slot}|...}} with a default, or set it on every path",
+                    )
+
+
+def _shown(say: Say) -> list[str]:
+    """Slots a message shows without a default ({slot}, not {slot|default})."""
+    texts = [say.body, say.header or "", say.footer or "", say.list_button or ""]
+    texts += [title for _id, title in say.buttons]
+    for title, rows in say.sections:
+        texts.append(title or "")
+        texts += [t for _id, t, desc in rows for t in (t, desc or "")]
+    return [
+        m["name"]
+        for text in texts
+        for m in PLACEHOLDER.finditer(text)
+        if m["name"] and m["default"] is None
+    ]

@@ -14,7 +14,15 @@ from ..actions import BUILTINS, Actions
 from ..errors import Problem, errors_in
 from ..outbound import LIMITS
 from ..settings import parse_duration
-from .checks import all_branches, choices, hidden_anywhere, reachability, targets, then_cycles
+from .checks import (
+    all_branches,
+    choices,
+    hidden_anywhere,
+    reachability,
+    targets,
+    then_cycles,
+    unset_slots,
+)
 from .reading import Reading
 from .says import say_items, says, template
 from .source import YList, YMap
@@ -126,6 +134,7 @@ class FlowReader(Reading):
             then_cycles(self, spec)
         choices(self, spec)
         hidden_anywhere(self, spec)
+        unset_slots(self, spec)
         for line, file, name_ in self.used:
             if name_ not in BUILTIN_VALUES and name_ not in self.slots:
                 self.err(
