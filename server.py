@@ -5,7 +5,8 @@ Everything is built from `Settings.from_env(os.environ)`; a configuration that c
 (a bad URL, a Postgres or Redis that is down, a flow that does not validate, an unwritable
 SQLite path, a port in use) stops the process with one line on stderr and exit code 2.
 
-SIGTERM (and Ctrl-C) stops intake (`/readyz` and webhooks answer 503), drains the mailboxes
+SIGHUP reloads the flows (as `POST /api/flows/reload` does). SIGTERM (and Ctrl-C) stops
+intake (`/readyz` and webhooks answer 503), drains the mailboxes
 and the outbox, and exits within 10 seconds.
 """
 
@@ -41,17 +42,19 @@ from adapters.web import (
     ENGINE,
     HEALTH,
     MAX_BODY,
+    RELOAD,
     Health,
     WebConfig,
     add_routes,
     channel_health,
     quiet_client_errors,
+    reload_flows,
 )
 from adapters.whatsapp import AccessToken, CloudApiSender
 from engine.clock import SystemClock
 from engine.engine import Engine, EngineConfig
 from engine.errors import ConfigError
-from engine.flows import load_flows
+from engine.flows import Flows, load_flows
 from engine.logs import setup_logging
 from engine.metrics import GcTimer, Metrics
 from engine.ports import Clock, Sender, Store
@@ -79,12 +82,17 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> web.Applica
             secret = settings.actions_secret
             http = HttpAction(clock or SystemClock(), secret.reveal() if secret else None)
             stack.push_async_callback(http.close)
-            flows = load_flows(
-                settings.flows_dir,
-                settings.entry_flow,
-                {"http": http.call},
-                ZoneInfo(settings.timezone),
-            )
+
+            def load() -> Flows:
+                return load_flows(
+                    settings.flows_dir,
+                    settings.entry_flow,
+                    {"http": http.call},
+                    ZoneInfo(settings.timezone),
+                )
+
+            flows = load()
+            app[RELOAD] = load
             for warning in flows.warnings:
                 log.warning("flow %s", warning)
             store = await open_store(settings.database)
@@ -229,6 +237,8 @@ async def serve(settings: Settings) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    # SIGHUP: load FLOWS_DIR again; swapped in only if it validates (the log says which).
+    loop.add_signal_handler(signal.SIGHUP, partial(reload_flows, app))
     await stop.wait()
     started = time.monotonic()
     log.info("stopping: intake closed, draining mailboxes and the outbox")

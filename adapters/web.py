@@ -26,8 +26,16 @@ from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_async.aio.web import server_stats
 
 from engine.engine import Ambiguous, Engine, NotFound, iso
-from engine.errors import ActorStopped, EngineError, StoreRejected, StoreUnavailable
+from engine.errors import (
+    ActorStopped,
+    ConfigError,
+    EngineError,
+    FlowError,
+    StoreRejected,
+    StoreUnavailable,
+)
 from engine.events import scrub
+from engine.flows import Flows
 from engine.settings import Secret
 
 from .bodies import BodyBudget, BodyRefused, ClientGone, loads
@@ -81,6 +89,8 @@ class Health:
 
 
 ENGINE = web.AppKey("engine", Engine)
+# Loads FLOWS_DIR again (raising FlowError when it does not validate); set by the composition root.
+RELOAD: web.AppKey[Callable[[], Flows]] = web.AppKey("reload_flows")
 CONFIG = web.AppKey("web_config", WebConfig)
 HEALTH = web.AppKey("health", Health)
 BODIES = web.AppKey("bodies", BodyBudget)
@@ -96,6 +106,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/api/conversations/{contact}", api_show)
     app.router.add_post("/api/conversations/{contact}/messages", api_reply)
     app.router.add_post("/api/conversations/{contact}/release", api_release)
+    app.router.add_post("/api/flows/reload", api_reload)
     app.middlewares.append(admin_auth)
 
 
@@ -270,6 +281,33 @@ def _error(
     status: int, message: str, headers: dict[str, str] | None = None, **extra: Any
 ) -> web.Response:
     return web.json_response({"error": message, **extra}, status=status, headers=headers)
+
+
+def reload_flows(app: web.Application) -> tuple[bool, list[str], list[str]]:
+    """Load the flows again and swap them in only if they all validate:
+    (swapped, problems, warnings). The old flows stay when anything is wrong."""
+    engine = app[ENGINE]
+    try:
+        flows = app[RELOAD]()
+        engine.reload(flows)
+    except FlowError as e:
+        engine.metrics.reloads.inc("invalid")
+        log.warning("flows not reloaded: %d problem(s), first %s", len(e.problems), e.problems[0])
+        return False, [str(p) for p in e.problems], []
+    except (ConfigError, ValueError) as e:
+        engine.metrics.reloads.inc("invalid")
+        log.warning("flows not reloaded: %s", e)
+        return False, [str(e)], []
+    engine.metrics.reloads.inc("ok")
+    return True, [], [str(w) for w in flows.warnings]
+
+
+async def api_reload(request: web.Request) -> web.Response:
+    swapped, problems, warnings = reload_flows(request.app)
+    if not swapped:
+        return _error(422, "the flows do not validate; the running ones stay", problems=problems)
+    flows = request.app[ENGINE].flows
+    return web.json_response({"flows": sorted(flows.by_name), "warnings": warnings})
 
 
 async def api_list(request: web.Request) -> web.Response:

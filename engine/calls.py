@@ -68,6 +68,10 @@ class Calls:
         self._tasks: dict[str, asyncio.Task[None]] = {}  # contact -> its call in flight
         self._stopped = False
 
+    def use(self, actions: Actions) -> None:
+        """The actions of reloaded flows, for calls made from now on."""
+        self._actions = actions
+
     def running(self, contact: str) -> bool:
         return contact in self._tasks
 

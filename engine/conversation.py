@@ -101,6 +101,11 @@ class ConversationBehaviour:
         self._clock = clock
         self._ttl = handoff_ttl
 
+    def use(self, flows: Flows) -> None:
+        """New flows for every conversation's next event (a reload): a conversation whose step
+        still exists carries on there; one whose step is gone starts its flow again."""
+        self._flows = flows
+
     async def receive(self, actor: Actor, message: Any) -> None:
         try:
             if isinstance(message, Done):

@@ -130,6 +130,7 @@ class Engine:
         )
         self.actors = ActorSystem(behaviour, max_resident=self.config.max_actors)
         behaviour.system = self.actors
+        self._behaviour = behaviour
         self.accepting = False
         self._pruner: asyncio.Task[None] | None = None
         m = self.metrics
@@ -140,6 +141,17 @@ class Engine:
         m.timers_held.read = lambda: float(self.timers.held)
         m.machines.read = lambda: float(self.flows.live_instances)
         m.paused.read = lambda: {(p.number, p.cause): 1.0 for p in self.delivery.paused()}
+
+    def reload(self, flows: Flows) -> None:
+        """Swap in flows that loaded and validated: each conversation meets them at its next
+        event (its state kept where the new version still has it, else its flow restarts,
+        counted in snapshot_restarts_total); calls in flight finish under the old ones."""
+        if flows.entry not in flows.by_name:
+            raise ValueError(f"the entry flow {flows.entry!r} is not among the new flows")
+        self.flows = flows
+        self._behaviour.use(flows)
+        self.calls.use(flows.actions)
+        log.info("flows reloaded: %s", ", ".join(sorted(flows.by_name)))
 
     def _call_ended(self, contact: str, done: Done) -> None:
         self.actors.resume(contact, done)

@@ -142,6 +142,11 @@ class Metrics:
             "Timers that fell due, by kind and outcome (fired, or void: the conversation moved on)",
             ("kind", "outcome"),
         )
+        self.reloads = Counter(
+            "engine_flow_reloads",
+            "Flow reloads by result (ok, or invalid: the old flows stay)",
+            ("result",),
+        )
         self.actions = Counter(
             "engine_action_calls",
             "Action calls by action and outcome (done, or the error kind)",
