@@ -20,6 +20,7 @@ that kind; any other exception is logged with its traceback and has kind "error"
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import importlib.util
 import inspect
@@ -88,6 +89,10 @@ class ActionDef:
                 takes = ", ".join(sorted(known)) or "no parameters"
                 out.append(f"action {self.name!r} has no parameter {name!r} (it takes {takes})")
         return out
+
+    @property
+    def is_async(self) -> bool:
+        return self.fn is not None and inspect.iscoroutinefunction(self.fn)
 
     async def call(self, ctx: ActionContext, args: Mapping[str, Any]) -> Any:
         if self.fn is None:
@@ -201,7 +206,7 @@ def load_actions(
         module = _import(path)
     except Exception as e:
         return actions, [Problem(str(path), _line_of(e, path), f"cannot import actions: {e!r}")]
-    problems = []
+    problems = _defined_twice(path)
     for value in vars(module).values():
         name = getattr(value, "__action_name__", None)
         if name is None or not callable(value):
@@ -212,6 +217,30 @@ def load_actions(
             continue
         actions.add(define(value, name))
     return actions, problems
+
+
+def _defined_twice(path: Path) -> list[Problem]:
+    """Two `def`s of one name in actions.py: Python keeps the second without a word."""
+    try:
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+    except (SyntaxError, ValueError, OSError):
+        return []  # the import reports it
+    seen: dict[str, int] = {}
+    out = []
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            if node.name in seen and node.decorator_list:
+                first = seen[node.name]
+                out.append(
+                    Problem(
+                        str(path),
+                        node.lineno,
+                        f"{node.name!r} is defined twice (first at line {first}):"
+                        " only this one would be called",
+                    )
+                )
+            seen.setdefault(node.name, node.lineno)
+    return out
 
 
 def _fits(fn: Fn, builtin: ActionDef) -> bool:

@@ -116,6 +116,7 @@ class Calls:
             return Outcome(kind="unavailable", message=f"action {name!r} is not available")
         call = asyncio.ensure_future(definition.call(ctx, args))
         limit = asyncio.ensure_future(self._clock.sleep(within))
+        started = time.perf_counter()
         try:
             await asyncio.wait({call, limit}, return_when=asyncio.FIRST_COMPLETED)
         except asyncio.CancelledError:  # the engine is stopping
@@ -132,6 +133,18 @@ class Calls:
                 within,
             )
             return Outcome(kind="timeout", message=f"no answer within {within:.0f}s")
+        took = time.perf_counter() - started
+        if took > within + 0.5 and definition.is_async:
+            # The limit could not fire: the action held the event loop (time.sleep, requests,
+            # a blocking driver inside async def), and every other conversation waited too.
+            log.warning(
+                "action %s ran %.1fs, past its within: of %.0fs, without letting the engine run"
+                " meanwhile; blocking code belongs in a plain def (it runs in a thread) or an"
+                " async client",
+                name,
+                took,
+                within,
+            )
         error = call.exception()
         if error is None:
             try:

@@ -152,16 +152,31 @@ class Fitted:
     shortened: int = 0  # titles, headers or footers cut with an ellipsis
 
 
+MAX_PARTS = 5  # a text filled in at run time is sent as at most this many messages
+
+
+def _pieces(body: str, limit: int, out: Fitted) -> list[str]:
+    """`body` in pieces WhatsApp accepts; past MAX_PARTS pieces it is cut with an ellipsis (a
+    50 MB value in a slot must not become 12,000 messages to one customer)."""
+    cut = len(body) > MAX_PARTS * limit
+    parts = split_text(body[: MAX_PARTS * limit] if cut else body, limit)
+    if cut or len(parts) > MAX_PARTS:
+        parts = parts[:MAX_PARTS]
+        parts[-1] = parts[-1][: limit - 1].rstrip() + "…"
+        out.shortened += 1
+    return parts
+
+
 def fit(message: OutMessage) -> Fitted:
     """Split long text and shorten long titles so WhatsApp accepts `message`."""
     out = Fitted(messages=[])
     if isinstance(message, TextMessage):
-        parts = split_text(message.body, LIMITS["text"])
+        parts = _pieces(message.body, LIMITS["text"], out)
         out.messages = [TextMessage(p) for p in parts]
         out.split = len(parts) - 1
         return out
     limit = LIMITS["button_body"] if isinstance(message, ButtonsMessage) else LIMITS["list_body"]
-    parts = split_text(message.body, limit)
+    parts = _pieces(message.body, limit, out)
     out.split = len(parts) - 1
     out.messages = [TextMessage(p) for p in parts[:-1]]
     head = _short(message.header, LIMITS["header"], out)

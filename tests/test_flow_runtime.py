@@ -18,7 +18,14 @@ from engine.flows import Flow
 from engine.flows.machine import refuse_async
 from engine.flows.reader import read_flow
 from engine.flows.text import normalize
-from engine.outbound import ButtonsMessage, ListMessage, TextMessage, split_text
+from engine.outbound import (
+    MAX_PARTS,
+    ButtonsMessage,
+    ListMessage,
+    TextMessage,
+    fit,
+    split_text,
+)
 
 
 @dataclass
@@ -269,8 +276,18 @@ def test_run_time_text_that_breaks_limits_is_split_or_shortened(tmp_path: Path) 
         buttons[0].buttons[0].title == "A much longer title…"
         and len(buttons[0].buttons[0].title) == 20
     )
-    assert effects.split == (pieces - 1) + len(split_text(words, 1024)) - 1
-    assert effects.shortened == 1
+    # The button body's 10k characters would be 11 messages: MAX_PARTS, the last cut with "…".
+    assert len(split_text(words, 1024)) > MAX_PARTS
+    assert effects.split == (pieces - 1) + MAX_PARTS - 1
+    assert effects.shortened == 2
+    assert buttons[0].body.endswith("…")
+
+
+def test_a_huge_value_becomes_a_few_messages_not_thousands() -> None:
+    fitted = fit(TextMessage("x" * 50_000_000))
+    assert len(fitted.messages) == MAX_PARTS and fitted.shortened == 1
+    assert all(len(m.body) <= 4096 for m in fitted.messages)
+    assert fitted.messages[-1].body.endswith("…")
 
 
 def test_one_machine_instance_serves_every_conversation(tmp_path: Path) -> None:
@@ -528,3 +545,40 @@ def test_a_machine_on_the_async_engine_is_refused() -> None:
         refuse_async(
             create_machine_class_from_definition("Async", states=states, validate_trap_states=False)
         )
+
+
+def test_an_expression_that_fails_at_run_time_is_empty_and_keeps_the_place(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A date where a number was expected: the message shows nothing there and the guard is
+    false, both logged; the customer is not sent back to the start."""
+    flow = compile_text(
+        tmp_path,
+        """
+        start: ask
+        states:
+          ask:
+            say: Your answer?
+            on:
+              - regex: "(?P<v>.+)"
+                go: show
+          show:
+            say: "Twice: {= v * 2}."
+            on:
+              - when: "v * 2 > 3"
+                say: Big.
+              - text: again
+                go: ask
+        """,
+    )
+    c = Convo()
+    flow.start(c)
+    with caplog.at_level(logging.WARNING):
+        assert bodies(flow.handle(c, msg("2026-12-24")).messages) == ["Twice: ."]
+        assert c.state == "show"
+        assert bodies(flow.handle(c, msg("anything")).messages)[0] == (
+            "Sorry, I didn't understand that."
+        )
+    assert c.state == "show"
+    logged = [r.getMessage() for r in caplog.records]
+    assert any("'v * 2' could not be computed" in m and "taken as empty" in m for m in logged)

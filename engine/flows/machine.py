@@ -36,7 +36,7 @@ from ..outbound import (
     TextMessage,
     fit,
 )
-from .expr import Evaluator, Expr, parse_cached
+from .expr import Evaluator, Expr, ExprError, parse_cached
 from .spec import (
     ActionCall,
     Arg,
@@ -160,10 +160,34 @@ class Step:
         return self.evaluate(expr, self.values())
 
     def test(self, expr: Expr) -> bool:
-        return bool(self.compute(expr))
+        """A condition that cannot be computed at run time (text where a number was expected)
+        is false, and logged: the conversation keeps its place instead of starting over."""
+        try:
+            return bool(self.compute(expr))
+        except ExprError as e:
+            self._expression_failed(expr.source, e)
+            return False
 
     def render(self, template: str) -> str:
-        return render(template, self.values(), self.compute)
+        return render(template, self.values(), self._shown)
+
+    def _shown(self, source: str) -> Value:
+        """{= ...} inside a message: one that cannot be computed shows as nothing, and is
+        logged, rather than taking the customer back to the start."""
+        try:
+            return self.compute(source)
+        except ExprError as e:
+            self._expression_failed(source, e)
+            return ""
+
+    def _expression_failed(self, source: str, error: ExprError) -> None:
+        log.warning(
+            "flow %s, step %r: %.100r could not be computed (%s); taken as empty",
+            getattr(self.convo, "flow", "?"),
+            self.convo.state,
+            source.strip(),
+            error,
+        )
 
     def assign(self, slot: str, value: SetValue) -> None:
         self.convo.slots[slot] = (

@@ -516,8 +516,12 @@ class FlowReader(Reading):
                 self.err(line, f"{key}: a number, like 1 or 2.5")
                 found.pop(key, None)
                 continue
-            if kind == "text" and (found[key] < 0 or found[key] != int(found[key])):
-                self.err(line, f"{key}: a text's length is a whole number of characters")
+            if abs(found[key].adjusted()) > 15:
+                self.err(line, f"{key}: {raw!r} is too large a bound; at most 15 digits")
+            elif kind == "text" and (found[key] < 1 or found[key] != int(found[key])):
+                self.err(line, f"{key}: a text's length is a whole number of characters, 1 or more")
+            elif kind == "integer" and found[key] != int(found[key]):
+                self.err(line, f"{key}: an integer's bound is a whole number (not {raw})")
         if "min" in found and "max" in found and found["min"] > found["max"]:
             self.err(item.line_of("max"), f"max: {found['max']} is below min: {found['min']}")
         if kind is None:

@@ -24,11 +24,14 @@ from zoneinfo import ZoneInfo
 import dateparser
 
 TYPES = ("integer", "number", "yesno", "email", "phone", "text", "date", "time", "datetime")
-MAX_READ = 200  # characters of an answer a type looks at (a date parser on 60 KB would stall)
+MAX_READ = 200  # the longest answer a type reads (a date parser on 60 KB would stall); longer: no
 
 _NUMBER = re.compile(
-    r"(?<![\w.])[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d*)?(?![\w])|(?<![\w.])[-+]?\.\d+"
+    r"(?<![\w.+-])[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d*)?(?![\w.])"  # 5, 5., 1,200.50
+    r"|(?<![\w.+-])[-+]?\.\d+(?![\w.])"  # .5
 )
+_DOTTED = re.compile(r"\d\.\d{3}(?:\.\d{3})+\b|^[-+]?\d{1,3}\.\d{3}$")  # 2.000.000, 1.000
+_FRACTIONS = frozenset({"half", "halves", "quarter", "quarters", "third", "thirds"})
 _WORDS = {
     "zero": 0, "one": 1, "single": 1, "two": 2, "couple": 2, "three": 3, "four": 4,
     "five": 5, "six": 6, "seven": 7, "eight": 8, "nine": 9, "ten": 10, "eleven": 11,
@@ -119,7 +122,9 @@ def read(
         n = len(text)
         ok = bool(text) and _within(Decimal(n), bounds)
         return (text if ok else None), ok
-    text = text[:MAX_READ].strip()
+    text = text.strip()
+    if len(text) > MAX_READ:
+        return None, False  # not cut and then read: a 100,000-digit answer is not a number
     value: object = None
     if kind in ("integer", "number"):
         value = _number(text, kind == "integer")
@@ -146,9 +151,11 @@ def _within(value: Decimal, bounds: Bounds) -> bool:
 
 
 def _number(text: str, whole: bool) -> Decimal | None:
+    if _DOTTED.search(text) and whole:
+        return None  # "1.000" is one in English and a thousand elsewhere: ask again
     found = _NUMBER.findall(text)
-    if len(found) > 1:
-        return None  # "3 or 4": which one?
+    if len(found) > 1 or (not found and re.search(r"\d", text)):
+        return None  # "3 or 4", "1e5", "2.000.000": which number?
     if found:
         raw = found[0].replace(",", "")
         try:
@@ -162,21 +169,27 @@ def _number(text: str, whole: bool) -> Decimal | None:
         number = spelled
     if whole and number != number.to_integral_value():
         return None
-    return number.normalize() if whole else number
+    return number.normalize() + 0 if whole else number  # + 0: "-0" is 0
 
 
 def _spelled(text: str) -> Decimal | None:
-    """'twelve', 'a dozen', 'twenty five', 'two hundred': small numbers people write out."""
-    total, seen = 0, False
-    for word in re.findall(r"[a-z]+", text.lower()):
-        if word in _TIMES:
-            total = max(total, 1) * _TIMES[word]
-        elif word in _WORDS:
-            total += _WORDS[word]
+    """'twelve', 'a dozen', 'twenty five', 'two hundred', 'two thousand five hundred'."""
+    words = re.findall(r"[a-z]+", text.lower())
+    if _FRACTIONS & set(words):
+        return None  # "two and a half": not a number this reads
+    total, current, seen = 0, 0, False
+    for word in words:
+        if word in _WORDS:
+            current += _WORDS[word]
+        elif word in ("dozen", "hundred"):
+            current = max(current, 1) * _TIMES[word]
+        elif word in ("thousand", "million"):
+            total += max(current, 1) * (1000 if word == "thousand" else 1_000_000)
+            current = 0
         else:
             continue
         seen = True
-    return Decimal(total) if seen else None
+    return Decimal(total + current) if seen else None
 
 
 def _yesno(text: str) -> bool | None:
@@ -196,6 +209,32 @@ def _phone(text: str) -> str | None:
     if not 7 <= len(digits) <= 15:  # E.164 allows at most 15 digits
         return None
     return ("+" if text.lstrip().startswith("+") else "") + digits
+
+
+_YEAR = re.compile(r"\b\d{4}\b")
+_CLOCK = re.compile(  # a time of day as written: 5pm, 17:30, 5.30 pm (not the 24 of "Dec 24")
+    r"\b(\d{1,2})(?:[:.h](\d{2})\s*(am|pm|a\.m\.|p\.m\.)?|\s*(am|pm|a\.m\.|p\.m\.))(?![\w/-])",
+    re.IGNORECASE,
+)
+_TIME_WORDS = re.compile(
+    r"\d\s*(?:am|pm|a\.m|p\.m|h\b|o'?clock)|\d:\d|noon|midnight|morning|afternoon|evening|night"
+    r"|\bin \d+ (?:minute|hour)",
+    re.IGNORECASE,
+)
+
+
+def _plausible(kind: str, text: str, found: datetime, base: datetime) -> bool:
+    """What dateparser makes of a half-read answer: "12/24" is not 12 December 2124, "5" is
+    not midnight, "tomorrow 25pm" is not tomorrow at this time of day."""
+    if not _YEAR.search(text) and abs(found.year - base.year) > 1:
+        return False  # a year nobody wrote
+    if kind in ("time", "datetime"):
+        for hour, minute, half, bare_half in _CLOCK.findall(text):
+            if int(hour) > (12 if half or bare_half else 23) or (minute and int(minute) > 59):
+                return False
+        if kind == "time" and not _TIME_WORDS.search(text):
+            return False
+    return True
 
 
 def _moment(kind: str, text: str, at: float, zone: ZoneInfo) -> str | None:
@@ -221,7 +260,7 @@ def _moment(kind: str, text: str, at: float, zone: ZoneInfo) -> str | None:
             found = dateparser.parse(text, languages=["en"], settings=settings)
     except (ValueError, OverflowError, TypeError):
         return None
-    if found is None:
+    if found is None or not _plausible(kind, text, found, base):
         return None
     moment: datetime = found
     if kind == "date":
