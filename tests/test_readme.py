@@ -10,13 +10,15 @@ from engine.flows import load_flows, validate_path
 from tests.support import ROOT
 
 
-def test_the_flows_in_the_readme_are_valid(tmp_path: Path) -> None:
-    """Every YAML example is a whole flow; the one with action: steps validates with the
-    README's actions.py beside it."""
-    readme = (ROOT / "README.md").read_text()
-    examples = re.findall(r"```yaml\n(.*?)```", readme, re.S)
-    (code,) = [c for c in re.findall(r"```python\n(.*?)```", readme, re.S) if "@action" in c]
-    assert len(examples) >= 4
+def test_the_flows_in_the_readme_and_the_docs_are_valid(tmp_path: Path) -> None:
+    """Every YAML example in README.md and docs/flows.md is a whole flow; the one with action:
+    steps validates with the actions.py the docs show beside it."""
+    texts = [(ROOT / name).read_text() for name in ("README.md", "docs/flows.md")]
+    examples = [e for t in texts for e in re.findall(r"```yaml\n(.*?)```", t, re.S)]
+    (code,) = {
+        c for t in texts for c in re.findall(r"```python\n(.*?)```", t, re.S) if "@action" in c
+    }
+    assert len(examples) >= 5
     for i, example in enumerate(examples):
         folder = tmp_path / f"example{i}"
         folder.mkdir()
@@ -27,6 +29,14 @@ def test_the_flows_in_the_readme_are_valid(tmp_path: Path) -> None:
         assert validate_path(folder) == [], example
         assert load_flows(folder, "example").entry_flow.spec.name == "example"
     assert "start: welcome" in examples[0]
+
+
+def test_the_readme_links_the_flow_reference() -> None:
+    readme = (ROOT / "README.md").read_text()
+    docs = (ROOT / "docs" / "flows.md").read_text()
+    assert "](docs/flows.md" in readme
+    for heading in ("## Typed answers", "## Actions: calling your code", "## Timers"):
+        assert heading in docs
 
 
 def test_the_readme_names_every_setting() -> None:
