@@ -210,7 +210,8 @@ async def serve(settings: Settings) -> int:
     # The port first: a second engine started by mistake must stop before it touches the store
     # (its outbox replay would send every pending reply a second time).
     try:
-        sock = socket.create_server((settings.host, settings.port), backlog=1024)
+        family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+        sock = socket.create_server((settings.host, settings.port), family=family, backlog=1024)
     except OSError as e:
         print(
             f"engine: cannot listen on {settings.host}:{settings.port}: {e.strerror or e}",
