@@ -31,7 +31,7 @@ from typing import Any
 import aiohttp
 
 from engine.actions import ActionContext, ActionFailed
-from engine.backoff import Backoff
+from engine.backoff import Backoff, retry_after
 from engine.ports import Clock
 
 log = logging.getLogger(__name__)
@@ -152,7 +152,7 @@ class HttpAction:
             ) as answer:
                 raw = await _read(answer)
                 status = answer.status
-                retry_after = _seconds(answer.headers.get("Retry-After"))
+                wait = retry_after(answer.headers.get("Retry-After"))
                 text_type = answer.content_type
         except (aiohttp.InvalidURL, aiohttp.ClientConnectorDNSError) as e:
             raise ActionFailed(f"cannot send to {url!r}: {e}", "rejected") from None
@@ -161,7 +161,7 @@ class HttpAction:
         except ValueError as e:  # aiohttp refuses a header
             raise ActionFailed(f"cannot send this request: {e}", "rejected") from None
         if status in RETRIED or status >= 500:
-            raise _Again(f"HTTP {status}", retry_after)
+            raise _Again(f"HTTP {status}", wait)
         if not 200 <= status < 300:
             raise ActionFailed(f"HTTP {status}: {_excerpt(raw)}", "rejected")
         if not raw.strip():
@@ -190,13 +190,6 @@ async def _read(answer: aiohttp.ClientResponse) -> bytes:
             raise ActionFailed(f"the answer is over {MAX_ANSWER // 1024} KiB", "result")
         chunks.append(chunk)
     return b"".join(chunks)
-
-
-def _seconds(value: str | None) -> float | None:
-    try:
-        return float(value) if value else None
-    except ValueError:
-        return None
 
 
 def _excerpt(raw: bytes, limit: int = 200) -> str:

@@ -16,6 +16,7 @@ from urllib.parse import quote
 
 import aiohttp
 
+from engine.backoff import retry_after as retry_after_seconds
 from engine.errors import ChannelDown, ConfigError, PermanentDelivery, RetryableDelivery
 from engine.events import scrub
 from engine.logs import redact
@@ -112,7 +113,7 @@ def graph_body(out: Outgoing) -> dict[str, Any]:
 def outcome(status: int, data: Any, retry_after: str | None = None) -> str:
     """The provider message id of a successful send; raises a DeliveryError otherwise."""
     error = data.get("error") if isinstance(data, dict) else None
-    wait = _seconds(retry_after)
+    wait = retry_after_seconds(retry_after)
     if 200 <= status < 300 and not error:
         try:
             provider_id = data["messages"][0]["id"]
@@ -172,15 +173,6 @@ def _cause(status: int, code: int | None) -> str | None:
     if status >= 500 or status in (408, 409):
         return "outage"
     return None
-
-
-def _seconds(value: str | None) -> float | None:
-    """Retry-After in seconds (an HTTP date is not worth parsing here: None)."""
-    try:
-        seconds = float(value) if value else None
-    except ValueError:
-        return None
-    return seconds if seconds is not None and 0 <= seconds < 86400 else None
 
 
 class AccessToken:

@@ -72,7 +72,6 @@ class ActionDef:
     optional: frozenset[str] = frozenset()
     any_params: bool = False  # the function takes **kwargs
     takes_context: bool = False
-    source: str = ""
     # Checks of the literal values a flow passes (a built-in's own rules, like http's url).
     check: Callable[[Mapping[str, Any]], list[str]] | None = None
 
@@ -133,10 +132,6 @@ def define(fn: Fn, name: str | None = None) -> ActionDef:
             any_params = True
         elif p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY):
             (required if p.default is p.empty else optional).add(p.name)
-    try:
-        where = f"{inspect.getsourcefile(fn)}:{inspect.getsourcelines(fn)[1]}"
-    except (OSError, TypeError):
-        where = ""
     return ActionDef(
         name or str(getattr(fn, "__action_name__", fn.__name__)),
         fn,
@@ -144,7 +139,6 @@ def define(fn: Fn, name: str | None = None) -> ActionDef:
         frozenset(optional),
         any_params,
         takes_context,
-        where,
     )
 
 

@@ -37,6 +37,16 @@ class Backoff:
         return full * (1.0 - self.jitter * (1.0 - min(max(rand, 0.0), 1.0)))
 
 
+def retry_after(value: str | None) -> float | None:
+    """A Retry-After header in seconds, or None (absent, an HTTP date, negative, NaN, a day or
+    more: not worth trusting)."""
+    try:
+        seconds = float(value) if value else None
+    except ValueError:
+        return None
+    return seconds if seconds is not None and 0 <= seconds < 86400 else None
+
+
 # The store is down: come back soon, then every few seconds (writes wait in order meanwhile).
 STORE = Backoff(base=0.05, cap=5.0, jitter=0.0)
 # A paused business number is probed at least every 30 seconds, even if the provider asks for

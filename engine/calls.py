@@ -72,9 +72,6 @@ class Calls:
         """The actions of reloaded flows, for calls made from now on."""
         self._actions = actions
 
-    def running(self, contact: str) -> bool:
-        return contact in self._tasks
-
     @property
     def in_flight(self) -> int:
         return len(self._tasks)

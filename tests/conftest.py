@@ -89,6 +89,15 @@ AppFactory = Callable[..., Any]
 
 
 @pytest.fixture
+async def opened() -> AsyncIterator[list[Any]]:
+    """Async closers (engines, stores) a test opened, closed at its end, last first."""
+    closers: list[Any] = []
+    yield closers
+    for close in reversed(closers):
+        await close()
+
+
+@pytest.fixture
 async def start_app() -> AsyncIterator[AppFactory]:
     """start_app(env, clock=...) -> a test client of a running engine app; closed at the end."""
     clients: list[TestClient[Any, Any]] = []

@@ -7,7 +7,6 @@ import asyncio
 import logging
 import textwrap
 import threading
-from collections.abc import AsyncIterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -15,11 +14,10 @@ from typing import Any
 import pytest
 
 from adapters.sqlite_store import SqliteStore
-from engine.engine import Engine, EngineConfig
-from engine.events import Customer, Message, Text
-from engine.flows import load_flows, validate_path
-from engine.memstore import MemoryStore
+from engine.engine import Engine
+from engine.flows import validate_path
 from engine.ports import Store
+from tests import test_timers as timers
 from tests.fakes.clock import FakeClock
 from tests.support import Recorder
 
@@ -92,33 +90,14 @@ def write(folder: Path, flow: str = SHOP, actions: str | None = ACTIONS) -> Path
     return folder
 
 
-class Shop:
+class Shop(timers.Shop):
+    """The timers tests' shop, with the actions module's record of calls at hand."""
+
     def __init__(self, engine: Engine, sender: Recorder, clock: FakeClock) -> None:
-        self.engine, self.sender, self.clock = engine, sender, clock
-        self.n = 0
+        super().__init__(engine, sender, clock)
         create_order = engine.flows.actions.get("create_order")
         assert create_order is not None and create_order.fn is not None
         self.module: dict[str, Any] = create_order.fn.__globals__
-
-    async def send(self, words: str, phone: str = "1") -> None:
-        self.n += 1
-        m = Message(
-            f"w{self.n}.{phone}",
-            int(self.clock.now()),
-            Customer("n", phone=phone, name="Ana"),
-            Text(words),
-        )
-        await self.engine.ingest([m])
-
-    async def say(self, words: str, phone: str = "1") -> list[str]:
-        before = len(self.sender.texts(f"n:{phone}"))
-        await self.send(words, phone)
-        await self.settle()
-        return self.sender.texts(f"n:{phone}")[before:]
-
-    async def settle(self) -> None:
-        await self.engine.actors.wait_idle()
-        await self.engine.delivery.wait_empty()
 
     async def turn(self) -> None:
         for _ in range(20):
@@ -136,29 +115,10 @@ class Shop:
         return self.sender.texts(f"n:{phone}")
 
 
-@pytest.fixture
-async def opened() -> AsyncIterator[list[Any]]:
-    closers: list[Any] = []
-    yield closers
-    for close in reversed(closers):
-        await close()
-
-
 async def shop(
     opened: list[Any], folder: Path, store: Store | None = None, clock: FakeClock | None = None
 ) -> Shop:
-    clock = clock or FakeClock()
-    sender = Recorder()
-    engine = Engine(
-        store=store or MemoryStore(),
-        sender=sender,
-        flows=load_flows(folder, "shop"),
-        clock=clock,
-        config=EngineConfig(handoff_ttl=3600.0),
-    )
-    await engine.start()
-    opened.append(engine.close)
-    return Shop(engine, sender, clock)
+    return await timers.shop(opened, folder, store, clock, kind=Shop)
 
 
 # --- the result, errors, time --------------------------------------------------------------

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from engine.backoff import CONTACT, PROBE, STORE, Backoff
+from engine.backoff import CONTACT, PROBE, STORE, Backoff, retry_after
 
 CASES: list[tuple[Backoff, int, float, float | None, float]] = [
     # policy, failed attempt, rand, Retry-After, seconds
@@ -43,3 +43,22 @@ def test_backoff(
     policy: Backoff, attempt: int, rand: float, retry_after: float | None, seconds: float
 ) -> None:
     assert policy.delay(attempt, rand, retry_after) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize(
+    ("header", "seconds"),
+    [
+        ("2", 2.0),
+        ("0.5", 0.5),
+        (None, None),
+        ("", None),
+        ("-1", None),
+        ("nan", None),
+        ("86400", None),
+        ("Wed, 21 Oct 2026 07:28:00 GMT", None),
+    ],
+)
+def test_a_retry_after_header_is_read_once_for_every_client(
+    header: str | None, seconds: float | None
+) -> None:
+    assert retry_after(header) == seconds

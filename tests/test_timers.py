@@ -4,11 +4,8 @@ window of soonest timers, and firing exactly once across a restart (on a clock t
 from __future__ import annotations
 
 import textwrap
-from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
-
-import pytest
+from typing import Any, TypeVar
 
 from adapters.sqlite_store import SqliteStore
 from engine.engine import Engine, EngineConfig
@@ -62,8 +59,7 @@ class Shop:
         self.engine, self.sender, self.clock = engine, sender, clock
         self.n = 0
 
-    async def say(self, words: str, phone: str = "1") -> list[str]:
-        before = len(self.sender.texts(f"n:{phone}"))
+    async def send(self, words: str, phone: str = "1") -> None:
         self.n += 1
         m = Message(
             f"w{self.n}.{phone}",
@@ -72,6 +68,10 @@ class Shop:
             Text(words),
         )
         await self.engine.ingest([m])
+
+    async def say(self, words: str, phone: str = "1") -> list[str]:
+        before = len(self.sender.texts(f"n:{phone}"))
+        await self.send(words, phone)
         await self.settle()
         return self.sender.texts(f"n:{phone}")[before:]
 
@@ -86,17 +86,16 @@ class Shop:
         await self.engine.delivery.wait_empty()
 
 
-@pytest.fixture
-async def opened() -> AsyncIterator[list[Any]]:
-    closers: list[Any] = []
-    yield closers
-    for close in reversed(closers):
-        await close()
+S = TypeVar("S", bound=Shop)
 
 
 async def shop(
-    opened: list[Any], folder: Path, store: Store | None = None, clock: FakeClock | None = None
-) -> Shop:
+    opened: list[Any],
+    folder: Path,
+    store: Store | None = None,
+    clock: FakeClock | None = None,
+    kind: type[S] = Shop,  # type: ignore[assignment]
+) -> S:
     clock = clock or FakeClock()
     sender = Recorder()
     engine = Engine(
@@ -108,7 +107,7 @@ async def shop(
     )
     await engine.start()
     opened.append(engine.close)
-    return Shop(engine, sender, clock)
+    return kind(engine, sender, clock)
 
 
 async def test_silence_gets_a_reminder_then_the_cart_closes(
