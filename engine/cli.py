@@ -24,7 +24,7 @@ from .clock import SkippableClock
 from .engine import Engine, EngineConfig
 from .errors import FlowError, errors_in
 from .events import ButtonReply, Content, Customer, ListReply, Location, Message, Text
-from .flows import graph, load_flows, validate_path
+from .flows import Flows, graph, load_flows, validate_path
 from .flows.reader import read_flow
 from .memstore import MemoryStore
 from .outbound import ButtonsMessage, ListMessage
@@ -243,7 +243,8 @@ async def chat_command(
     interactive = sys.stdin.isatty()
     print(
         f"Talking to flow {entry!r} as +{phone}. A number picks an option; "
-        "/state shows the conversation, /wait 30m skips time (reminders fire), /agent TEXT"
+        "/state shows the conversation, /trace each transition, /wait 30m skips time"
+        " (reminders fire), /agent TEXT"
         " replies as a person, /release hands back,"
         " /quit ends.",
         file=out,
@@ -252,6 +253,7 @@ async def chat_command(
     customer = Customer(number=CHAT_NUMBER, phone=phone, name=name)
     run = uuid.uuid4().hex[:8]
     count = 0
+    tracing = False
     try:
         while True:
             if interactive:
@@ -263,6 +265,9 @@ async def chat_command(
             key = engine.directory.lookup(CHAT_NUMBER, phone)
             if line.startswith("/wait"):
                 await _wait(engine, clock, sender, line, out)
+                continue
+            if line.strip() == "/trace":
+                tracing = _trace(flows, not tracing, out)
                 continue
             if line.startswith("/") and not line.startswith(("/tap ", "/location ")):
                 await _command(engine, key, line, out)
@@ -291,6 +296,14 @@ async def chat_command(
     finally:
         await engine.close()
     return 0
+
+
+def _trace(flows: Flows, on: bool, out: TextIO) -> bool:
+    """`/trace`: each transition of every flow printed as it happens, or no longer."""
+    for flow in flows.by_name.values():
+        flow.trace((lambda text: print(f"      . {text}", file=out)) if on else None)
+    print(f"      (trace {'on' if on else 'off'})", file=out)
+    return on
 
 
 async def _settle(engine: Engine) -> None:
@@ -324,7 +337,11 @@ async def _command(engine: Engine, key: str | None, line: str, out: TextIO) -> N
         view = await engine.view(key, limit=0)
         print(
             f"      flow={view['flow']} state={view['state']} handoff={view['handoff']}"
-            f" slots={view['slots']}",
+            f" slots={view['slots']}"
+            + "".join(
+                f"\n      called from flow={f['flow']} state={f['state']}"
+                for f in reversed(view.get("stack") or [])
+            ),
             file=out,
         )
     elif command == "/agent" and arg.strip():
@@ -338,7 +355,7 @@ async def _command(engine: Engine, key: str | None, line: str, out: TextIO) -> N
         )
     else:
         print(
-            "      commands: /tap ID, /location LAT,LNG [NAME], /state, /wait 30m, /agent TEXT,"
-            " /release, /quit",
+            "      commands: /tap ID, /location LAT,LNG [NAME], /state, /trace, /wait 30m,"
+            " /agent TEXT, /release, /quit",
             file=out,
         )

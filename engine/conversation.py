@@ -27,6 +27,7 @@ from .committer import Committer, retrying
 from .delivery import Delivery
 from .events import Message, System, scrub
 from .flows import KEEP, ActionRequest, Effects, Flow, Flows, values
+from .flows.stack import settle
 from .logs import mask
 from .metrics import Metrics
 from .outbound import OutMessage, TextMessage, fit, kind_of, preview, to_json
@@ -208,21 +209,34 @@ class ConversationBehaviour:
         if isinstance(content, System) and content.new_user_id:
             convo.user_id = content.new_user_id
 
-    @staticmethod
-    def _run(flow: Flow, convo: Conversation, message: Message) -> Effects:
-        return flow.start(convo) if flow.ends(convo.state) else flow.handle(convo, message)
+    def _run(self, flow: Flow, convo: Conversation, message: Message) -> Effects:
+        """The message for the step the conversation is at; after an end, the entry flow
+        starts again (a conversation may have jumped to another flow on the way)."""
+        if not flow.ends(convo.state):
+            return flow.handle(convo, message)
+        entry = self._flows.entry_flow
+        convo.flow, convo.flow_version, convo.stack = entry.name, entry.version, []
+        return entry.start(convo)
 
     def _step(self, convo: Conversation, run: Callable[[Flow], Effects], now: float) -> Effects:
         """Run one event through the conversation's flow; a step that raises is recovered from
         (apology and a fresh start, then a person) and never escapes."""
         flow = self._flow_of(convo)
-        before = (convo.state, dict(convo.slots), convo.misses)
+        before = (
+            convo.flow,
+            convo.flow_version,
+            convo.state,
+            dict(convo.slots),
+            convo.misses,
+            list(convo.stack),
+        )
         convo.step += 1
         try:
-            effects = run(flow)
+            effects = settle(run(flow), convo, self._flows.get, self._flows.entry_flow)
             convo.failures = 0
         except Exception:
-            convo.state, convo.slots, convo.misses = before
+            (convo.flow, convo.flow_version, convo.state, convo.slots, convo.misses) = before[:5]
+            convo.stack = before[5]
             self._metrics.flow_errors.inc(flow.name)
             convo.failures += 1
             log.exception(
@@ -265,6 +279,9 @@ class ConversationBehaviour:
         """The bot takes the conversation back; the next customer message starts the flow."""
         convo.handoff_until = None
         convo.state = None
+        if convo.stack:  # a person took over inside a called flow: start from the outermost
+            convo.flow = convo.stack[0]["flow"]
+            convo.stack = []
         self._metrics.releases.inc(reason)
         return [TimerWrite(convo.key, "handoff", None)]
 
@@ -428,10 +445,14 @@ class ConversationBehaviour:
         await self._finish(actor, convo, effects, rows=replies, now=now, timers=timers)
 
     def _recover(self, convo: Conversation, flow: Flow) -> Effects:
-        """Apology and a fresh start; if the flow fails again, a person takes over."""
+        """Apology and a fresh start (of the outermost flow, when the step was in a called one);
+        if the flow fails again, a person takes over."""
+        if convo.stack:
+            flow = self._flows.get(convo.stack[0]["flow"]) or self._flows.entry_flow
+            convo.flow, convo.flow_version, convo.stack = flow.name, flow.version, []
         if convo.failures < 2:
             try:
-                fresh = flow.start(convo)
+                fresh = settle(flow.start(convo), convo, self._flows.get, self._flows.entry_flow)
                 fresh.messages.insert(0, TextMessage(APOLOGY))
                 return fresh
             except Exception:

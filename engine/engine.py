@@ -387,6 +387,9 @@ class Engine:
             "flow": row.flow,
             "state": row.state,
             "slots": {k: to_plain(v) for k, v in (snap.get("slots") or {}).items()},
+            "stack": [  # the flows that called this one, outermost first
+                {"flow": f.get("flow"), "state": f.get("state")} for f in snap.get("stack") or ()
+            ],
             "handoff": self._held(row, self.clock.now()),
             "handoff_until": iso(snap.get("handoff_until")),
             "last_activity": iso(row.updated_at),

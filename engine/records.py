@@ -55,6 +55,9 @@ class Conversation:
     # The action call this step is waiting for, recorded before it runs (see engine.calls):
     # {key, name, args (tagged JSON), within, attempt}; None when no call is outstanding.
     action: dict[str, Any] | None = None
+    # The places of flows that called another (engine.flows.stack), innermost last:
+    # {flow, version, state, slots, misses, save, resume}.
+    stack: list[dict[str, Any]] = field(default_factory=list)
 
     def held(self, now: float) -> bool:
         return self.handoff_until is not None and now < self.handoff_until
@@ -80,6 +83,9 @@ class Conversation:
             "timer_due": self.timer_due,
             "timer_rung": self.timer_rung,
             "action": self.action,
+            "stack": [
+                {**f, "slots": {k: to_json(v) for k, v in f["slots"].items()}} for f in self.stack
+            ],
         }
 
     @classmethod
@@ -109,4 +115,9 @@ class Conversation:
             timer_due=data.get("timer_due"),
             timer_rung=int(data.get("timer_rung") or 0),
             action=data.get("action") if isinstance(data.get("action"), dict) else None,
+            stack=[
+                {**f, "slots": {str(k): from_json(v) for k, v in (f.get("slots") or {}).items()}}
+                for f in data.get("stack") or ()
+                if isinstance(f, dict) and isinstance(f.get("flow"), str)
+            ],
         )

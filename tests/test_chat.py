@@ -134,3 +134,24 @@ def test_tap_and_location_send_what_whatsapp_would(tmp_path: Path) -> None:
     )
     assert "Send your location." in out
     assert "Dam Square at 52.37, 4.89." in out
+
+
+def test_trace_shows_each_transition_and_state_shows_the_callers(tmp_path: Path) -> None:
+    from tests.test_subflows import write
+
+    folder = write(tmp_path / "flows")
+    out = chat(
+        ["hi", "/trace", "bob", "/state", "hours", "/trace", "1 main street", "/quit"],
+        "--flows-dir",
+        str(folder),
+        "--flow",
+        "shop",
+    )
+    assert "(trace on)" in out
+    assert ". shop: hello -> where (message)" in out
+    assert ". address: (start) -> ask (start)" in out
+    assert "flow=address state=ask" in out
+    assert "called from flow=shop state=where" in out
+    assert "(trace off)" in out
+    assert ". address: ask -> ok" not in out  # traced no more
+    assert "bot > Delivering to 1 main street for bob, fee 5.00." in out

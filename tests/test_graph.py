@@ -122,3 +122,19 @@ def test_an_invalid_flow_or_a_missing_one_says_why(tmp_path: Path) -> None:
         check=False,
     )
     assert run.returncode == 1 and "no flow 'nothing'" in run.stderr
+
+
+def test_calls_jumps_and_digressions_are_drawn_apart(tmp_path: Path) -> None:
+    from engine.flows.graph import mermaid
+    from engine.flows.reader import read_flow
+    from tests.test_subflows import write
+
+    folder = write(tmp_path / "flows")
+    spec, problems = read_flow(folder / "shop.yaml")
+    assert spec is not None, problems
+    text = mermaid(spec)
+    assert 'n_where[/"where: call flow address"/]' in text
+    assert 'n_confirm[\\"confirm: continue in flow survey"\\]' in text
+    assert 'n_where -->|"returned"| n_confirm' not in text
+    assert "n_where --> n_confirm" in text
+    assert 'n_anywhere -.->|"says hours: call hours"| n_anywhere' in text

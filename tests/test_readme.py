@@ -19,15 +19,22 @@ def test_the_flows_in_the_readme_and_the_docs_are_valid(tmp_path: Path) -> None:
         c for t in texts for c in re.findall(r"```python\n(.*?)```", t, re.S) if "@action" in c
     }
     assert len(examples) >= 5
-    for i, example in enumerate(examples):
+    # Examples that begin "# flows/NAME.yaml" are files of one folder, checked together.
+    named = {m[1]: e for e in examples if (m := re.match(r"# flows/([\w.-]+)\.yaml\n", e))}
+    alone = [e for e in examples if e not in named.values()]
+    groups = [{"example": e} for e in alone] + [named]
+    assert len(named) >= 2
+    for i, files in enumerate(groups):
         folder = tmp_path / f"example{i}"
         folder.mkdir()
-        (folder / "example.yaml").write_text(example)
-        shutil.copytree(ROOT / "flows" / "data", folder / "data")
-        if "action: create_order" in example:
+        for name, text in files.items():
+            (folder / f"{name}.yaml").write_text(text)
+        shutil.copytree(ROOT / "flows" / "data", folder / "data", dirs_exist_ok=True)
+        if any("action: create_order" in text for text in files.values()):
             (folder / "actions.py").write_text(code)
-        assert validate_path(folder) == [], example
-        assert load_flows(folder, "example").entry_flow.spec.name == "example"
+        assert validate_path(folder) == [], files
+        entry = next(iter(files))
+        assert load_flows(folder, entry).entry_flow.spec.name == entry
     assert "start: welcome" in examples[0]
 
 

@@ -9,8 +9,9 @@ from zoneinfo import ZoneInfo
 
 from ..actions import Actions, Fn, load_actions
 from ..errors import FlowError, Problem, errors_in
+from .links import check_links
 from .machine import IDLE, KEEP, UTC, ActionRequest, Effects, Flow, TimerPlan
-from .reader import read_flow
+from .reader import peek_outputs, read_flow
 from .spec import FlowSpec
 
 __all__ = [
@@ -42,15 +43,28 @@ def validate_path(path: Path, provided: Mapping[str, Fn] | None = None) -> list[
     files = flow_files(path)
     if not files:
         return [Problem(str(path), 0, "no flow files (*.yaml) here")]
-    actions, problems = load_actions(path if path.is_dir() else path.parent, provided)
+    folder = path if path.is_dir() else path.parent
+    actions, problems = load_actions(folder, provided)
+    outputs = peek_outputs(folder)
+    specs: dict[str, FlowSpec] = {}
     for file in files:
-        spec, found = read_flow(file, actions)
+        spec, found = read_flow(file, actions, outputs)
         problems.extend(found)
         if spec is not None:
+            specs[spec.name] = spec
             try:
                 Flow(spec)
             except Exception as e:  # the library refused what our checks let through
                 problems.append(Problem(str(file), 1, f"cannot build the state machine: {e}"))
+    others = {f.stem for f in flow_files(folder)}
+    if not path.is_dir():  # one file: the flows it calls are read, their problems not shown
+        for file in flow_files(folder):
+            if file.stem not in specs:
+                spec, _found = read_flow(file, actions, outputs)
+                if spec is not None:
+                    specs[spec.name] = spec
+    mine = {str(f) for f in files}
+    problems += [p for p in check_links(specs, others) if p.file in mine]
     return problems
 
 
@@ -88,14 +102,19 @@ def load_flows(
         raise FlowError([Problem(str(folder), 0, "FLOWS_DIR is not a folder")])
     actions, problems = load_actions(folder, provided)
     flows: dict[str, Flow] = {}
-    for file in flow_files(folder):
-        spec, found = read_flow(file, actions)
+    outputs = peek_outputs(folder)
+    files = flow_files(folder)
+    specs: dict[str, FlowSpec] = {}
+    for file in files:
+        spec, found = read_flow(file, actions, outputs)
         problems.extend(found)
         if spec is not None:
+            specs[spec.name] = spec
             try:
                 flows[spec.name] = Flow(spec, zone or UTC)
             except Exception as e:  # the library refused what our checks let through
                 problems.append(Problem(str(file), 1, f"cannot build the state machine: {e}"))
+    problems += check_links(specs, (f.stem for f in files))
     warnings = [p for p in problems if p.warning]
     problems = errors_in(problems)
     if not problems and entry not in flows:

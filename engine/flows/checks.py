@@ -67,9 +67,10 @@ def reachability(r: Reading, spec: FlowSpec) -> None:
 def then_cycles(r: Reading, spec: FlowSpec) -> None:
     """Steps that move on by themselves (then:) in a circle would never wait for the customer:
     any such circle is refused, whatever conditions its routes carry."""
-    graph = {
+    graph = {  # a call: step moves on once the flow it calls has ended, which waits
         name: [route.to for route in moves_on(st) if route.to in spec.states]
         for name, st in spec.states.items()
+        if st.call is None
     }
     reported: set[frozenset[str]] = set()
     for start in graph:
@@ -152,7 +153,7 @@ def _set_by(branch: Branch) -> frozenset[str]:
 def _moves(spec: FlowSpec, state: StateSpec) -> Iterable[tuple[str, frozenset[str]]]:
     """(target, slots set on the way) for every way out of `state`."""
     for route in state.then:
-        yield route.to, frozenset()
+        yield route.to, state.call.gives if state.call is not None else frozenset()
     branches = (*state.on, *(spec.anywhere if state.answers else ()))
     for b in branches:
         for route in b.routes:
@@ -180,7 +181,7 @@ def unset_slots(r: Reading, spec: FlowSpec) -> None:
     entry: dict[str, frozenset[str]] = dict.fromkeys(spec.states, everything)
     if spec.start not in spec.states:
         return
-    entry[spec.start] = frozenset(spec.slots)
+    entry[spec.start] = frozenset(spec.slots) | frozenset(spec.inputs)
     changed = True
     while changed:  # the sets only shrink, so this ends
         changed = False

@@ -73,6 +73,8 @@ def edges(spec: FlowSpec) -> list[Edge]:
         out.extend(_state_edges(spec, name, state))
     for b in spec.anywhere:
         out.extend(_routed(ANYWHERE, b.routes, _condition(b), dashed=True))
+        if b.call is not None:  # a digression: the other flow, then back where the customer was
+            out.append(Edge(ANYWHERE, ANYWHERE, f"{_condition(b)}: call {b.call.flow}", True))
     return out
 
 
@@ -84,6 +86,8 @@ def _state_edges(spec: FlowSpec, name: str, state: StateSpec) -> list[Edge]:
         )
     for b in state.on:
         out.extend(_routed(name, b.routes, _condition(b)))
+        if b.call is not None:
+            out.append(Edge(name, name, f"{_condition(b)}: call {b.call.flow}", True))
     for rung in state.timeout:
         silent = f"silent {_seconds(rung.after)}"
         # A reminder that keeps waiting is a loop on the step itself.
@@ -104,7 +108,18 @@ def _shape(state: StateSpec) -> str:
         return "end"
     if state.action is not None:
         return "action"
+    if state.call is not None:
+        return "jump" if state.call.jump else "call"
     return "step"
+
+
+def _label(name: str, state: StateSpec, newline: str, parens: str = "") -> str:
+    if state.action is not None:
+        return f"{name}:{newline}{state.action.name}{parens}"
+    if state.call is not None:
+        verb = "continue in" if state.call.jump else "call"
+        return f"{name}:{newline}{verb} flow {state.call.flow}"
+    return name
 
 
 def _id(name: str) -> str:
@@ -118,7 +133,7 @@ def _quote(text: str) -> str:
 def mermaid(spec: FlowSpec) -> str:
     lines = ["flowchart TD", f'  start(("start")) --> {_id(spec.start)}']
     for name, state in spec.states.items():
-        label = _quote(name if state.action is None else f"{name}: {state.action.name}")
+        label = _quote(_label(name, state, " "))
         shape = _shape(state)
         if shape == "handoff":
             lines.append(f'  {_id(name)}[["{label} (person)"]]')
@@ -126,6 +141,10 @@ def mermaid(spec: FlowSpec) -> str:
             lines.append(f'  {_id(name)}(["{label}"])')
         elif shape == "action":
             lines.append(f'  {_id(name)}{{{{"{label}"}}}}')
+        elif shape == "call":
+            lines.append(f'  {_id(name)}[/"{label}"/]')
+        elif shape == "jump":
+            lines.append(f'  {_id(name)}[\\"{label}"\\]')
         else:
             lines.append(f'  {_id(name)}["{label}"]')
     if spec.anywhere:
@@ -142,6 +161,8 @@ def dot(spec: FlowSpec) -> str:
         "handoff": 'shape=box, style="rounded,filled", fillcolor="#fde2c8"',
         "end": "shape=doublecircle",
         "action": 'shape=hexagon, style=filled, fillcolor="#dbeafe"',
+        "call": 'shape=component, style=filled, fillcolor="#dcfce7"',
+        "jump": 'shape=cds, style=filled, fillcolor="#dcfce7"',
         "step": "shape=box, style=rounded",
     }
     lines = [
@@ -152,7 +173,7 @@ def dot(spec: FlowSpec) -> str:
         f"  start -> {_id(spec.start)};",
     ]
     for name, state in spec.states.items():
-        label = name if state.action is None else f"{name}\\n{state.action.name}()"
+        label = _label(name, state, "\\n", "()")
         lines.append(f'  {_id(name)} [label="{_quote(label)}", {shapes[_shape(state)]}];')
     if spec.anywhere:
         lines.append(f'  {_id(ANYWHERE)} [label="anywhere", shape=note];')

@@ -47,6 +47,7 @@ from .spec import (
     Say,
     SetValue,
     StateSpec,
+    SubflowCall,
     Timeout,
     offered_says,
     prompt_of,
@@ -95,6 +96,18 @@ class ActionRequest:
     within: float
 
 
+@dataclass(frozen=True, slots=True)
+class SubflowRequest:
+    """Continue in flow `flow`, its inputs `args`: a call that comes back when it ends (to the
+    step's then:, or with `resume` to the step the customer was at), or a jump."""
+
+    flow: str
+    args: dict[str, Value]
+    save: tuple[tuple[str, str], ...] | None = None
+    resume: bool = False
+    jump: bool = False
+
+
 @dataclass(slots=True)
 class Effects:
     """What one step decided: messages to send, in order, whether a person takes over, and the
@@ -107,6 +120,18 @@ class Effects:
     shortened: int = 0
     timer: TimerPlan | None = None
     action: ActionRequest | None = None  # the step entered calls business code
+    call: SubflowRequest | None = None  # the step continues in another flow
+
+    def add(self, later: Effects) -> None:
+        """What a later step in the same turn (another flow's) decided, after this one."""
+        self.messages.extend(later.messages)
+        self.handoff = self.handoff or later.handoff
+        self.reprompts += later.reprompts
+        self.split += later.split
+        self.shortened += later.shortened
+        self.timer = later.timer
+        self.action = later.action
+        self.call = later.call
 
 
 class Step:
@@ -280,6 +305,12 @@ class Flow:
         self.machine_class = compile_flow(spec, self._cursor, zone)
         refuse_async(self.machine_class)
         self._instance: Any = None
+        self._tracer: Tracer | None = None
+
+    def trace(self, sink: Callable[[str], None] | None) -> None:
+        """Report every transition to `sink` (chat's /trace), or stop (None)."""
+        self._tracer = Tracer(self.name, sink) if sink is not None else None
+        self._instance = None
 
     @property
     def live_instances(self) -> int:
@@ -292,14 +323,48 @@ class Flow:
         """True when the conversation is finished and the next message starts the flow again."""
         return state is None or state not in self.spec.states or self.spec.states[state].end
 
-    def start(self, convo: ConversationView) -> Effects:
-        """Start (or restart) the flow: slots to their starting values, enter the start state."""
+    def start(self, convo: ConversationView, inputs: dict[str, Value] | None = None) -> Effects:
+        """Start (or restart) the flow: slots to their starting values, then the inputs a
+        caller gave (inputs it did not give to their defaults), then enter the start state."""
         convo.misses = 0
         convo.slots = {}
         step = Step(convo, None, self._evaluate)
         for slot, value in self.spec.slots.items():
             step.assign(slot, value)
+        given = inputs or {}
+        for slot, default in self.spec.inputs.items():
+            if slot in given:
+                convo.slots[slot] = given[slot]
+            elif default is not None:
+                step.assign(slot, default)
         return self._send("start", convo, None, IDLE)
+
+    def returned(
+        self,
+        convo: ConversationView,
+        outputs: dict[str, Value],
+        save: tuple[tuple[str, str], ...] | None,
+        resume: bool,
+    ) -> Effects:
+        """A flow this one called has ended with `outputs`: they go into slots (by `save`, or
+        by name), then the call step's then:, or (`resume`, a branch's call) the step the
+        customer was at asks its question again. A step that no longer calls (the flow changed
+        meanwhile) starts the flow again."""
+        got = {slot: outputs.get(output) for slot, output in save} if save else dict(outputs)
+        state = self.spec.states.get(convo.state) if convo.state is not None else None
+        if state is None:
+            return self.start(convo)
+        if not resume:
+            if state.call is None or state.call.jump:
+                return self.start(convo)
+            return self._send("returned", convo, None, convo.state, result=got)
+        convo.slots.update(got)
+        step = Step(convo, None, self._evaluate)
+        for say in prompt_of(self.spec, state):
+            step.say(say)
+        step.entered = True
+        step.effects.timer = self._timer("returned", step, convo.state)
+        return step.effects
 
     def handle(self, convo: ConversationView, message: Message) -> Effects:
         """Feed one customer message to the state the conversation is in."""
@@ -363,7 +428,8 @@ class Flow:
         step.rung = rung
         step.result = result or {}
         if self._instance is None:
-            self._instance = self.machine_class(model=self._cursor)
+            listeners = [self._tracer] if self._tracer is not None else []
+            self._instance = self.machine_class(model=self._cursor, listeners=listeners)
         self._cursor.state = state
         self._cursor.step = step
         try:
@@ -396,6 +462,32 @@ class Flow:
         if spec.after is not None:
             return TimerPlan(0, spec.after)
         return None
+
+
+TRACED = {"message": "message", "timeout": "timer", "done": "action done", "error": "action error"}
+
+
+class Tracer:
+    """A listener of the shared machine that says each transition in words; the hidden states
+    that conditional routes go through are left out."""
+
+    def __init__(self, flow: str, sink: Callable[[str], None]) -> None:
+        self._flow = flow
+        self._sink = sink
+        self._via: str | None = None
+
+    def after_transition(self, event: str | None, source: Any, target: Any) -> None:
+        what = TRACED.get(event or "", event or "then")
+        src = self._via or str(source.value)
+        if target is None or target is source:
+            self._sink(f"{self._flow}: {src} stays ({what})")
+            return
+        if str(target.value).startswith("_route"):
+            self._via = src
+            return
+        self._via = None
+        shown = "(start)" if src == IDLE else src
+        self._sink(f"{self._flow}: {shown} -> {target.value} ({what})")
 
 
 # --- compiling -------------------------------------------------------------------------------
@@ -438,10 +530,11 @@ def compile_flow(spec: FlowSpec, cursor: Cursor, zone: ZoneInfo = UTC) -> Any:
     for name, state in spec.states.items():
         definition: dict[str, Any] = {"value": name, "name": name, "enter": [bind(_enter(state))]}
         on: dict[str, list[dict[str, Any]]] = {}
-        if state.then and state.after is None:
+        if state.then and state.after is None and state.call is None:
             definition["transitions"] = routed(state.then)
-        elif state.then:
-            on["timeout"] = [{"target": target(state.then)}]
+        elif state.then:  # delayed (after:), or once the called flow has returned
+            event = "timeout" if state.call is None else "returned"
+            on[event] = [{"target": target(state.then), "on": [bind(_save_result)]}]
         if state.timeout:
             on["timeout"] = [
                 {
@@ -535,6 +628,7 @@ def _class_name(flow: str) -> str:
 
 def _enter(state: StateSpec) -> StepFn:
     says, sets, handoff, call = state.says, state.sets, state.handoff, state.action
+    subflow = state.call
 
     def enter(step: Step) -> None:
         step.entered = True
@@ -548,8 +642,15 @@ def _enter(state: StateSpec) -> StepFn:
         if call is not None:
             args = {k: step.argument(v) for k, v in call.args}
             step.effects.action = ActionRequest(call.name, args, call.within)
+        if subflow is not None:
+            step.effects.call = _request(step, subflow, resume=False)
 
     return enter
+
+
+def _request(step: Step, call: SubflowCall, *, resume: bool) -> SubflowRequest:
+    args = {k: step.argument(v) for k, v in call.args}
+    return SubflowRequest(call.flow, args, call.save, resume, call.jump)
 
 
 def _transitions(
@@ -692,6 +793,7 @@ def _kind_test(kinds: frozenset[str]) -> StepFn:
 
 def _action(branch: Branch) -> StepFn:
     save, sets, says, when = branch.save, branch.sets, branch.says, branch.when
+    subflow = branch.call
 
     def act(step: Step) -> None:
         step.convo.misses = 0  # understood: the re-prompt ladder starts over
@@ -706,6 +808,8 @@ def _action(branch: Branch) -> StepFn:
             step.say(Say(branch.line, "text", step.faq_hit.answer))
         for say in says:
             step.say(say)
+        if subflow is not None:
+            step.effects.call = _request(step, subflow, resume=True)
 
     return act
 

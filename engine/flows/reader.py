@@ -25,7 +25,7 @@ from .checks import (
 )
 from .reading import Reading
 from .says import say_items, says, template
-from .source import YList, YMap
+from .source import SourceError, YList, YMap, load
 from .spec import (
     ACTION_KEYS,
     BRANCH_KEYS,
@@ -36,6 +36,7 @@ from .spec import (
     MESSAGE_KINDS,
     NAME,
     REPROMPT_KEYS,
+    SLOT,
     STATE_KEYS,
     TIMEOUT_KEYS,
     ActionCall,
@@ -47,6 +48,7 @@ from .spec import (
     Say,
     SetValue,
     StateSpec,
+    SubflowCall,
     Timeout,
 )
 from .text import BUILTIN_VALUES, Faq, FaqEntry, Keywords, normalize
@@ -58,10 +60,18 @@ DEFAULT_WITHIN = 10.0
 FIELD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*")
 
 
-def read_flow(path: Path, actions: Actions | None = None) -> tuple[FlowSpec | None, list[Problem]]:
+def read_flow(
+    path: Path,
+    actions: Actions | None = None,
+    outputs: dict[str, frozenset[str]] | None = None,
+) -> tuple[FlowSpec | None, list[Problem]]:
     """Read and check one flow file: (spec, []) when valid, (None, problems) otherwise.
-    Its action: steps are checked against `actions` (the built-ins when not given)."""
-    reader = FlowReader(path, actions)
+    Its action: steps are checked against `actions` (the built-ins when not given); the slots
+    its call: steps get back, against `outputs` (each flow's outputs: read from the files
+    beside it when not given)."""
+    if outputs is None:
+        outputs = peek_outputs(path.parent)
+    reader = FlowReader(path, actions, outputs)
     spec = reader.flow()
     problems = sorted(reader.problems, key=lambda p: (p.file, p.line))
     if errors_in(problems):
@@ -69,11 +79,34 @@ def read_flow(path: Path, actions: Actions | None = None) -> tuple[FlowSpec | No
     return spec, problems  # warnings only: the flow is valid
 
 
+def peek_outputs(folder: Path) -> dict[str, frozenset[str]]:
+    """The outputs: each flow in `folder` declares, read without checking the rest, so that a
+    caller knows which of its slots a call: fills before every flow has been read."""
+    found: dict[str, frozenset[str]] = {}
+    for file in sorted(folder.glob("*.y*ml")):
+        try:
+            doc, _problems = load(file.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, SourceError):
+            continue
+        raw = doc.get("outputs") if isinstance(doc, YMap) else None
+        if isinstance(raw, YList):
+            found[file.stem] = frozenset(v for v in raw if isinstance(v, str))
+    return found
+
+
 class FlowReader(Reading):
-    def __init__(self, path: Path, actions: Actions | None = None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        actions: Actions | None = None,
+        outputs: dict[str, frozenset[str]] | None = None,
+    ) -> None:
         super().__init__(str(path))
+        self.outputs_of = outputs or {}
         self.path = path
         self.actions = actions
+        self.subflows: list[SubflowCall] = []  # checked against the other flows (links)
+        self.output_lines: dict[str, int] = {}
 
     # --- document --------------------------------------------------------------------------
 
@@ -97,6 +130,8 @@ class FlowReader(Reading):
         self.keys(doc, FLOW_KEYS, "flow")
         faq, faq_text = self.faq(doc)
         slots = self.slot_defaults(doc)
+        inputs = self.inputs(doc)
+        outputs = self.outputs(doc)
         anywhere = self.branches(doc, "anywhere", "anywhere") if "anywhere" in doc else ()
         otherwise = self.reprompts(doc, "otherwise") if "otherwise" in doc else None
         handback = says(self, doc, "handback")
@@ -118,6 +153,8 @@ class FlowReader(Reading):
             faq=faq,
             slots=slots,
             handback=handback or (Say(doc.line, "text", DEFAULT_HANDBACK),),
+            inputs=inputs,
+            outputs=outputs,
         )
         if start and start not in states:
             self.err(
@@ -141,6 +178,12 @@ class FlowReader(Reading):
                     line, f"unknown placeholder {{{name_}}}: no step sets a slot by that name", file
                 )
         self.check_calls()
+        for output in spec.outputs:
+            if output not in self.slots:
+                self.err(
+                    self.output_lines.get(output, 1),
+                    f"outputs: {output!r} is not a slot this flow sets",
+                )
         for line, file, expr in self.exprs:
             for name_ in sorted(expr.names - BUILTIN_VALUES - self.slots):
                 known = sorted(self.slots | BUILTIN_VALUES)
@@ -241,20 +284,18 @@ class FlowReader(Reading):
         self.keys(body, STATE_KEYS, f"state {name!r}")
         modes = [
             k
-            for k in ("on", "then", "handoff", "end", "action")
+            for k in ("on", "then", "handoff", "end", "action", "flow")
             if k in body and body[k] not in (None, False)
         ]
         if len(modes) != 1:
             what = "none" if not modes else " and ".join(modes)
             self.err(
                 line,
-                f"state {name!r} needs exactly one of on:, then:, action:, handoff: true or"
-                f" end: true (has {what})",
+                f"state {name!r} needs exactly one of on:, then:, action:, flow:, handoff: true"
+                f" or end: true (has {what})",
             )
         action = self.action(body) if "action" in body else None
-        for key in ACTION_KEYS[1:]:
-            if key in body and "action" not in body:
-                self.err(body.line_of(key), f"{key}: belongs to a step with action:")
+        call = self.step_call(body)
         for flag in ("handoff", "end"):
             if flag in body and not isinstance(body[flag], bool):
                 self.err(body.line_of(flag), f"{flag}: write true or false")
@@ -291,6 +332,7 @@ class FlowReader(Reading):
             handoff=body.get("handoff") is True,
             end=body.get("end") is True,
             action=action,
+            call=call,
         )
 
     def duration(self, parent: YMap, key: str, longest: float = MAX_WAIT) -> float | None:
@@ -340,15 +382,7 @@ class FlowReader(Reading):
         if not NAME.fullmatch(name):
             self.err(line, f"action: {name!r} is not an action name")
             return None
-        args: list[tuple[str, Arg]] = []
-        raw = body.get("with")
-        if raw is not None and not isinstance(raw, YMap):
-            self.err(body.line_of("with"), "with: a mapping of parameter names to values")
-        elif raw is not None:
-            for key, value in raw.items():
-                arg = self.arg(value, raw.line_of(key), f"with {key}")
-                if arg is not None:
-                    args.append((key, arg))
+        args = self.arguments(body, "parameter names")
         self.calls.append((line, name, dict(args)))
         within = self.duration(body, "within", MAX_WITHIN) or DEFAULT_WITHIN
         save = self.action_save(body)
@@ -358,7 +392,7 @@ class FlowReader(Reading):
             if key not in body:
                 self.err(line, f"action: needs {key}: (where to go when the call {when})")
         self.slots.add("error")
-        return ActionCall(line, name, tuple(args), save, within, done, error)
+        return ActionCall(line, name, args, save, within, done, error)
 
     def arg(self, raw: Any, line: int, what: str, depth: int = 0) -> Arg | None:
         if depth > 8:
@@ -401,6 +435,114 @@ class FlowReader(Reading):
             elif self.slot_name(slot, item_line):
                 out.append((slot, field_))
         return tuple(out)
+
+    # --- sub-flows ---------------------------------------------------------------------------
+
+    def step_call(self, body: YMap) -> SubflowCall | None:
+        """A step's call: (with then:) or flow: (a jump); and the action: keys it may share."""
+        call = None
+        if "call" in body:
+            call = self.subflow(body, body.line_of("call"))
+            if "then" not in body:
+                self.err(body.line_of("call"), "call: needs then: (where to go when it ends)")
+            if "action" in body or "on" in body:
+                self.err(body.line_of("call"), "call: is a step of its own (no action: or on:)")
+        elif "flow" in body:
+            call = self.subflow(body, body.line_of("flow"), jump=True)
+        shared = {"with": call is not None, "save": call is not None and not call.jump}
+        for key in ACTION_KEYS[1:]:
+            if key in body and "action" not in body and not shared.get(key):
+                self.err(body.line_of(key), f"{key}: belongs to a step with action:")
+        return call
+
+    def subflow(
+        self, parent: YMap, line: int, *, jump: bool = False, branch: bool = False
+    ) -> SubflowCall | None:
+        """call: FLOW (or flow: FLOW, a jump) with: its inputs, save: {slot: output}. Whether
+        FLOW exists and takes these inputs is checked with every flow of the folder (links)."""
+        key = "flow" if jump else "call"
+        name = self.scalar(parent, key)
+        if name is None:
+            return None
+        if not NAME.fullmatch(name):
+            self.err(line, f"{key}: {name!r} is not a flow name (the file's name, without .yaml)")
+            return None
+        args = self.arguments(parent, "the flow's inputs")
+        save = self.call_save(parent) if not jump and not branch else None
+        gives: frozenset[str] = frozenset()
+        if not jump:
+            gives = frozenset(s for s, _o in save) if save else self.outputs_of.get(name, gives)
+            self.slots.update(gives)
+        call = SubflowCall(line, name, args, save, jump, gives)
+        self.subflows.append(call)
+        return call
+
+    def call_save(self, parent: YMap) -> tuple[tuple[str, str], ...] | None:
+        raw = parent.get("save")
+        if raw is None:
+            return None
+        if not isinstance(raw, YMap) or not raw:
+            self.err(parent.line_of("save"), "save: a mapping of your slots to its outputs")
+            return None
+        pairs = []
+        for slot, output in raw.items():
+            line = raw.line_of(slot)
+            if not isinstance(output, str) or not SLOT.fullmatch(output):
+                self.err(line, f"save: {slot}: the name of one of its outputs")
+            elif self.slot_name(slot, line):
+                pairs.append((slot, output))
+        return tuple(pairs)
+
+    def arguments(self, parent: YMap, what: str) -> tuple[tuple[str, Arg], ...]:
+        """with: of an action or a call: each parameter a value, template or expression."""
+        raw = parent.get("with")
+        if raw is None:
+            return ()
+        if not isinstance(raw, YMap):
+            self.err(parent.line_of("with"), f"with: a mapping of {what} to values")
+            return ()
+        args: list[tuple[str, Arg]] = []
+        for key, value in raw.items():
+            arg = self.arg(value, raw.line_of(key), f"with {key}")
+            if arg is not None:
+                args.append((key, arg))
+        return tuple(args)
+
+    def inputs(self, doc: YMap) -> dict[str, SetValue | None]:
+        """inputs: [a, b] (the caller must give them) or {a: default, b: "=expression"}."""
+        raw = doc.get("inputs")
+        if raw is None:
+            return {}
+        line = doc.line_of("inputs")
+        out: dict[str, SetValue | None] = {}
+        if isinstance(raw, YList):
+            for i, name in enumerate(raw):
+                if not isinstance(name, str):
+                    self.err(raw.line_of(i), "inputs: a slot name")
+                elif self.slot_name(name, raw.line_of(i)):
+                    out[name] = None
+            return out
+        if not isinstance(raw, YMap):
+            self.err(line, "inputs: a list of slot names, or a mapping of them to defaults")
+            return {}
+        for name, value in raw.items():
+            item_line = raw.line_of(name)
+            if not isinstance(value, str | None):
+                self.err(item_line, f"inputs: {name} must be text, or an expression after =")
+            elif self.slot_name(name, item_line):
+                out[name] = None if value is None else self.value(value, item_line, f"input {name}")
+        return out
+
+    def outputs(self, doc: YMap) -> tuple[str, ...]:
+        raw = doc.get("outputs")
+        if raw is None:
+            return ()
+        items = raw if isinstance(raw, YList) else None
+        if items is None or not all(isinstance(v, str) and SLOT.fullmatch(v) for v in items):
+            self.err(doc.line_of("outputs"), "outputs: a list of the slots a caller gets back")
+            return ()
+        self.output_lines = {v: items.line_of(i) for i, v in enumerate(items)}
+        return tuple(items)
 
     def timeouts(self, body: YMap) -> tuple[Timeout, ...]:
         """The silence ladder: rungs by growing after:, each says, sets and maybe goes."""
@@ -482,6 +624,14 @@ class FlowReader(Reading):
         if save is not None:
             self.slot_name(save, item.line_of("save"))
         bounds = self.bounds(item, values[0] if when == "type" and values else None)
+        call = self.subflow(item, item.line_of("call"), branch=True) if "call" in item else None
+        if "with" in item and "call" not in item:
+            self.err(item.line_of("with"), "with: belongs to a branch with call:")
+        if call is not None and "go" in item:
+            self.err(
+                item.line_of("go"),
+                "a branch with call: comes back to this step when that flow ends; it has no go:",
+            )
         return Branch(
             line=line,
             when=when,
@@ -493,6 +643,7 @@ class FlowReader(Reading):
             save=save,
             routes=self.routes(item, "go"),
             bounds=bounds,
+            call=call,
         )
 
     def bounds(self, item: YMap, kind: str | None) -> Bounds | None:

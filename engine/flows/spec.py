@@ -59,6 +59,8 @@ FLOW_KEYS = (
     "anywhere",
     "otherwise",
     "handback",
+    "inputs",
+    "outputs",
     "states",
 )
 STATE_KEYS = (
@@ -78,9 +80,11 @@ STATE_KEYS = (
     "within",
     "on_done",
     "on_error",
+    "call",
+    "flow",
 )
 ACTION_KEYS = ("action", "with", "save", "within", "on_done", "on_error")
-BRANCH_KEYS = (*CONDITIONS, "min", "max", "when", "say", "set", "save", "go")
+BRANCH_KEYS = (*CONDITIONS, "min", "max", "when", "say", "set", "save", "go", "call", "with")
 REPROMPT_KEYS = ("say", "repeat", "go")
 TIMEOUT_KEYS = ("after", "say", "set", "go")
 DEFAULT_REPROMPT = "Sorry, I didn't understand that."
@@ -123,6 +127,22 @@ SetValue = str | Expr
 
 
 @dataclass(frozen=True, slots=True)
+class SubflowCall:
+    """Continue in another flow with `args` as its inputs. A call (`call:` on a step or a
+    branch) comes back when that flow ends: its outputs go into slots (`save`: (slot, output)
+    pairs; none: each output into the slot of its name), then the step's then: (a step's call)
+    or the step the customer was at, asked again (a branch's call). A jump (`flow:`) does not
+    come back."""
+
+    line: int
+    flow: str
+    args: tuple[tuple[str, Arg], ...] = ()
+    save: tuple[tuple[str, str], ...] | None = None
+    jump: bool = False
+    gives: frozenset[str] = frozenset()  # the caller's slots it fills, as far as the reader knew
+
+
+@dataclass(frozen=True, slots=True)
 class Branch:
     line: int
     when: str  # one of CONDITIONS, or "when" for a branch that only tests its guard
@@ -134,6 +154,7 @@ class Branch:
     save: str | None = None
     routes: tuple[Route, ...] = ()  # go:, in order; none: stay in the step
     bounds: Bounds | None = None  # type: with min:/max:
+    call: SubflowCall | None = None  # a digression: another flow, then back to this step
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,6 +210,7 @@ class StateSpec:
     handoff: bool = False
     end: bool = False
     action: ActionCall | None = None
+    call: SubflowCall | None = None  # call: (then: once it returns) or flow: (a jump)
 
     @property
     def waits(self) -> bool:
@@ -213,6 +235,8 @@ class FlowSpec:
     faq: Faq | None = None
     slots: dict[str, SetValue] = field(default_factory=dict)
     handback: tuple[Say, ...] = ()  # said when HANDOFF_TTL runs out and the bot takes over
+    inputs: dict[str, SetValue | None] = field(default_factory=dict)  # None: the caller gives it
+    outputs: tuple[str, ...] = ()  # the slots a caller gets back when this flow ends
 
 
 def prompt_of(spec: FlowSpec, state: StateSpec) -> tuple[Say, ...]:
