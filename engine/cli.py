@@ -153,6 +153,22 @@ def graph_command(
     return 0
 
 
+def _numbered(m: ButtonsMessage | ListMessage) -> list[str]:
+    """Options numbered as the chat reads them; a list's section titles above their rows."""
+    if isinstance(m, ButtonsMessage):
+        return [f"  {i}) {b.title}" for i, b in enumerate(m.buttons, start=1)]
+    lines, n = [], 0
+    for section in m.sections:
+        if section.title:
+            lines.append(f"  [{section.title}]")
+        for row in section.rows:
+            n += 1
+            lines.append(
+                f"  {n}) {row.title}" + (f" - {row.description}" if row.description else "")
+            )
+    return lines
+
+
 class ChatSender:
     """Prints the bot's messages and remembers the options of the last one, numbered."""
 
@@ -173,10 +189,10 @@ class ChatSender:
             options = [("button", b.id, b.title) for b in m.buttons]
         elif isinstance(m, ListMessage):
             options = [("row", r.id, r.title) for s in m.sections for r in s.rows]
-        if options:
+        if options and isinstance(m, ButtonsMessage | ListMessage):
             self.options = options
             self.offered = True
-            lines.extend(f"  {i}) {title}" for i, (_k, _id, title) in enumerate(options, start=1))
+            lines.extend(_numbered(m))
         print("bot > " + "\n      ".join(lines), file=self._out, flush=True)
         return f"chat.{out.id}"
 

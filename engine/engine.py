@@ -386,7 +386,9 @@ class Engine:
             "name": snap.get("name"),
             "flow": row.flow,
             "state": row.state,
-            "slots": {k: to_plain(v) for k, v in (snap.get("slots") or {}).items()},
+            "slots": {  # slots starting with _ are the engine's own (a list's page)
+                k: to_plain(v) for k, v in (snap.get("slots") or {}).items() if k[:1] != "_"
+            },
             "stack": [  # the flows that called this one, outermost first
                 {"flow": f.get("flow"), "state": f.get("state")} for f in snap.get("stack") or ()
             ],

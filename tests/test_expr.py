@@ -104,6 +104,20 @@ VALUES: list[tuple[str, Any]] = [
     ("number('none', 0)", 0),
     ("number(count) > 10", True),
     ("number(7)", 7),
+    # list helpers: positions count from 1, as a customer does
+    ("find(cart, 'name', 'Cola').price", D("2.00")),
+    ("find(cart, 'name', 'Tea')", None),
+    ("len(where(cart, 'qty', 2))", 1),
+    ("[i.name for i in remove(cart, 1)]", ["Cola"]),
+    ("len(remove(cart, 9))", 2),
+    ("[i.name for i in remove(cart, 'name', 'Margherita')]", ["Cola"]),
+    ("update(cart, 2, {'qty': 5})[1].qty", 5),
+    ("update(cart, 2, {'qty': 5})[1].name", "Cola"),
+    ("update(cart, 'name', 'Margherita', {'qty': 3})[0].qty", 3),
+    ("update(['a', 'b'], 1, 'z')", ["z", "b"]),
+    ("update(cart, 7, {'qty': 1}) == cart", True),
+    ("merge(place, {'name': 'Home'}).name", "Home"),
+    ("remove(empty, 1)", []),
 ]
 
 ERRORS: list[tuple[str, str]] = [
@@ -122,6 +136,9 @@ ERRORS: list[tuple[str, str]] = [
     ("total.amount", "has no fields"),
     ("cart[9]", "IndexError"),
     ("5 in total", "cannot look inside the number"),
+    ("remove(cart)", "remove.list, position. or remove.list, field, value."),
+    ("update(total, 1, 2)", "update needs a list, got the number 21.00"),
+    ("remove(cart, 'x')", "remove needs numbers"),
 ]
 
 UNREADABLE: list[tuple[str, str]] = [

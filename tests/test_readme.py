@@ -9,6 +9,8 @@ from pathlib import Path
 from engine.flows import load_flows, validate_path
 from tests.support import ROOT
 
+DOCS_DATA = ROOT / "tests" / "payloads" / "docs_data"
+
 
 def test_the_flows_in_the_readme_and_the_docs_are_valid(tmp_path: Path) -> None:
     """Every YAML example in README.md and docs/flows.md is a whole flow; the one with action:
@@ -30,6 +32,7 @@ def test_the_flows_in_the_readme_and_the_docs_are_valid(tmp_path: Path) -> None:
         for name, text in files.items():
             (folder / f"{name}.yaml").write_text(text)
         shutil.copytree(ROOT / "flows" / "data", folder / "data", dirs_exist_ok=True)
+        shutil.copytree(DOCS_DATA, folder / "data", dirs_exist_ok=True)  # the docs' tables
         if any("action: create_order" in text for text in files.values()):
             (folder / "actions.py").write_text(code)
         assert validate_path(folder) == [], files

@@ -96,7 +96,15 @@ def choices(r: Reading, spec: FlowSpec) -> None:
     """A choice branch must name a button or row its state (or a re-prompt) actually sends."""
     for state in spec.states.values():
         offered = {i for say in offered_says(spec, state) for i, _t in say.choices()}
+        built = {say.rows.source for say in offered_says(spec, state) if say.rows}
         for b in state.on:
+            if b.when == "type" and b.values[0] == "choice" and b.values[1] not in built:
+                shown = ", ".join(sorted(built)) or "none"
+                r.err(
+                    b.line,
+                    f"type: choice from {b.values[1]!r}: state {state.name!r} shows no list rows"
+                    f" from it (it shows rows from: {shown})",
+                )
             if b.when != "choice":
                 continue
             for value in b.values:

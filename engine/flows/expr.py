@@ -250,6 +250,67 @@ def _join(items: Any, separator: Any = ", ") -> str:
     return separator.join(to_text(i) for i in items)
 
 
+def _list(items: Any, name: str) -> list[Any]:
+    if items is None:
+        return []
+    if not isinstance(items, list):
+        raise ExprError(f"{name} needs a list, got {_show(items)}")
+    return items
+
+
+def _matches(item: Any, field: Any, value: Any) -> bool:
+    return isinstance(item, dict) and item.get(field) == value
+
+
+def _position(items: list[Any], position: Any, name: str) -> int | None:
+    """A 1-based position, as a customer counts ("remove item 2"); None when out of range."""
+    index = int(_num(position, name)) - 1
+    return index if 0 <= index < len(items) else None
+
+
+def _find(items: Any, field: Any, value: Any) -> Any:
+    """The first record whose `field` equals `value`, or nothing."""
+    return next((i for i in _list(items, "find") if _matches(i, field, value)), None)
+
+
+def _where(items: Any, field: Any, value: Any) -> list[Any]:
+    """The records whose `field` equals `value`."""
+    return [i for i in _list(items, "where") if _matches(i, field, value)]
+
+
+def _remove(items: Any, *how: Any) -> list[Any]:
+    """remove(cart, 2): without the second item; remove(cart, 'sku', 'A1'): without the
+    records whose sku is A1. A position past the end leaves the list as it is."""
+    found = _list(items, "remove")
+    if len(how) == 1:
+        index = _position(found, how[0], "remove")
+        return found if index is None else found[:index] + found[index + 1 :]
+    if len(how) == 2:
+        return [i for i in found if not _matches(i, how[0], how[1])]
+    raise ExprError("remove(list, position) or remove(list, field, value)")
+
+
+def _merge(record: Any, changes: Any) -> Any:
+    if isinstance(record, dict) and isinstance(changes, dict):
+        return {**record, **changes}
+    return changes
+
+
+def _update(items: Any, *how: Any) -> list[Any]:
+    """update(cart, 2, {'qty': 3}): the second item with these fields changed (or replaced, if
+    the change is not a record); update(cart, 'sku', 'A1', {'qty': 3}): every record whose sku
+    is A1. A position past the end leaves the list as it is."""
+    found = _list(items, "update")
+    if len(how) == 2:
+        index = _position(found, how[0], "update")
+        if index is None:
+            return found
+        return [_merge(i, how[1]) if n == index else i for n, i in enumerate(found)]
+    if len(how) == 3:
+        return [_merge(i, how[2]) if _matches(i, how[0], how[1]) else i for i in found]
+    raise ExprError("update(list, position, change) or update(list, field, value, change)")
+
+
 def _default(value: Any, fallback: Any) -> Any:
     return fallback if value is None or value == "" else value
 
@@ -274,6 +335,11 @@ FUNCTIONS: dict[str, Callable[..., Any]] = {
     "trim": _str_fn("trim", str.strip),
     "default": _default,
     "join": _join,
+    "find": _find,
+    "where": _where,
+    "remove": _remove,
+    "update": _update,
+    "merge": _merge,
 }
 
 

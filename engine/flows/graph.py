@@ -44,6 +44,8 @@ def _condition(b: Branch) -> str:
         text = f"sends {values}"
     elif b.when == "faq":
         text = "FAQ match"
+    elif b.when == "type" and b.values[0] == "choice":
+        text = f"picks from {b.values[1]}"
     elif b.when == "type":
         bounds = b.bounds
         low = bounds.low if bounds is not None else None

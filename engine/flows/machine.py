@@ -27,6 +27,7 @@ from statemachine.io import create_machine_class_from_definition
 
 from ..events import Audio, Document, Image, Location, Message, Sticker, Video, choice_of
 from ..outbound import (
+    LIMITS,
     Button,
     ButtonsMessage,
     ListMessage,
@@ -44,6 +45,7 @@ from .spec import (
     FlowSpec,
     Reprompt,
     Route,
+    Rows,
     Say,
     SetValue,
     StateSpec,
@@ -140,6 +142,7 @@ class Step:
     __slots__ = (
         "choice",
         "convo",
+        "data",
         "effects",
         "entered",
         "evaluate",
@@ -156,8 +159,15 @@ class Step:
         "typed",
     )
 
-    def __init__(self, convo: Any, message: Message | None, evaluate: Evaluator | None) -> None:
+    def __init__(
+        self,
+        convo: Any,
+        message: Message | None,
+        evaluate: Evaluator | None,
+        data: dict[str, Value] | None = None,
+    ) -> None:
         self.convo = convo
+        self.data = data or {}
         self.message = message
         self.evaluate = evaluate
         self.effects = Effects()
@@ -176,7 +186,7 @@ class Step:
 
     def values(self) -> dict[str, Value]:
         c = self.convo
-        return {**c.slots, "name": c.name, "phone": c.phone, "text": self.raw}
+        return {**self.data, **c.slots, "name": c.name, "phone": c.phone, "text": self.raw}
 
     def compute(self, expr: Expr | str) -> Value:
         assert self.evaluate is not None
@@ -205,19 +215,28 @@ class Step:
             self._expression_failed(source, e)
             return ""
 
-    def _expression_failed(self, source: str, error: ExprError) -> None:
+    def _expression_failed(
+        self, source: str, error: ExprError, then: str = "taken as empty"
+    ) -> None:
         log.warning(
-            "flow %s, step %r: %.100r could not be computed (%s); taken as empty",
+            "flow %s, step %r: %.100r could not be computed (%s); %s",
             getattr(self.convo, "flow", "?"),
             self.convo.state,
             source.strip(),
             error,
+            then,
         )
 
     def assign(self, slot: str, value: SetValue) -> None:
-        self.convo.slots[slot] = (
-            self.compute(value) if isinstance(value, Expr) else self.render(value)
-        )
+        """set: a slot. A value that cannot be computed at run time leaves the slot as it was
+        (a cart stays the cart), and is logged."""
+        if isinstance(value, Expr):
+            try:
+                self.convo.slots[slot] = self.compute(value)
+            except ExprError as e:
+                self._expression_failed(value.source, e, "the slot keeps its value")
+        else:
+            self.convo.slots[slot] = self.render(value)
 
     def argument(self, arg: Arg) -> Value:
         """An action parameter's value: expressions computed, templates filled, in depth."""
@@ -266,14 +285,98 @@ def build_message(say: Say, step: Step) -> OutMessage:
     if say.kind == "buttons":
         buttons = tuple(Button(i, step.render(t)) for i, t in say.buttons)
         return ButtonsMessage(body, buttons, header, footer)
-    sections = tuple(
-        Section(
-            step.render(title) if title else None,
-            tuple(Row(i, step.render(t), step.render(d) if d else None) for i, t, d in rows),
+    if say.rows is not None:
+        sections = _built_sections(say.rows, step)
+        if not sections:  # nothing to choose from: WhatsApp refuses an empty list
+            return TextMessage(body)
+    else:
+        sections = tuple(
+            Section(
+                step.render(title) if title else None,
+                tuple(Row(i, step.render(t), step.render(d) if d else None) for i, t, d in rows),
+            )
+            for title, rows in say.sections
         )
-        for title, rows in say.sections
-    )
     return ListMessage(body, step.render(say.list_button or "Options"), sections, header, footer)
+
+
+MORE = "_more"  # the id of the row that shows the next page of built rows
+PAGE = "_page"  # the slot that holds which page of built rows the customer is looking at
+PAGE_ROWS = LIMITS["list_rows"] - 1  # a page's rows, when another page follows
+
+
+def built_rows(rows: Rows, step: Step) -> list[tuple[Value, str, str, str | None, str | None]]:
+    """(item, id, title, description, section) for each item of the rows' list; items whose
+    id is empty or repeats an earlier one are left out (WhatsApp refuses them), and logged."""
+    try:
+        items = step.compute(rows.items)
+    except ExprError as e:
+        step._expression_failed(rows.items.source, e)
+        return []
+    if not isinstance(items, list):
+        items = [] if items is None else [items]
+    out = []
+    seen: set[str] = set()
+    base = step.values()
+    for item in items:
+        names = {**base, **(item if isinstance(item, dict) else {}), "item": item}
+
+        def fill(template: str | None, names: dict[str, Value] = names) -> str | None:
+            if template is None:
+                return None
+            return render(template, names, lambda src: _computed(step, src, names))
+
+        ident = (fill(rows.id) or "").strip()[: LIMITS["row_id"]]
+        if not ident or ident in seen or ident == MORE:
+            log.warning(
+                "rows from %s: an item with an empty or repeated id is left out", rows.source
+            )
+            continue
+        seen.add(ident)
+        out.append(
+            (item, ident, fill(rows.title) or ident, fill(rows.description), fill(rows.section))
+        )
+    return out
+
+
+def _computed(step: Step, source: str, names: dict[str, Value]) -> Value:
+    assert step.evaluate is not None
+    try:
+        return step.evaluate(parse_cached(source), names)
+    except ExprError as e:
+        step._expression_failed(source, e)
+        return ""
+
+
+def _built_sections(rows: Rows, step: Step) -> tuple[Section, ...]:
+    """The page the customer is on: all rows when they fit in one list; otherwise 9 and a
+    row for the next page (the last page shows up to 10)."""
+    found = built_rows(rows, step)
+    page = step.convo.slots.get(PAGE) or 0
+    start = int(page) * PAGE_ROWS if isinstance(page, int | Decimal) else 0
+    if start >= len(found):
+        start = 0
+    shown = found[start:]
+    more = None
+    if len(shown) > LIMITS["list_rows"]:
+        left = len(shown) - PAGE_ROWS
+        shown = shown[:PAGE_ROWS]
+        more = Row(MORE, step.render(rows.more), f"{left} more")
+    groups: dict[str | None, list[Row]] = {}
+    for _item, ident, title, desc, section in shown:
+        groups.setdefault(section if rows.section is not None else None, []).append(
+            Row(ident, title, desc)
+        )
+    sections = [
+        Section(title or ("Options" if rows.section else None), tuple(r))
+        for title, r in groups.items()
+    ]
+    if more is not None:
+        if rows.section is not None:
+            sections.append(Section(step.render(rows.more), (more,)))
+        else:
+            sections[-1] = Section(None, (*sections[-1].rows, more))
+    return tuple(sections)
 
 
 _NO_STEP = Step(None, None, None)
@@ -328,7 +431,7 @@ class Flow:
         caller gave (inputs it did not give to their defaults), then enter the start state."""
         convo.misses = 0
         convo.slots = {}
-        step = Step(convo, None, self._evaluate)
+        step = Step(convo, None, self._evaluate, self.spec.data)
         for slot, value in self.spec.slots.items():
             step.assign(slot, value)
         given = inputs or {}
@@ -359,7 +462,7 @@ class Flow:
                 return self.start(convo)
             return self._send("returned", convo, None, convo.state, result=got)
         convo.slots.update(got)
-        step = Step(convo, None, self._evaluate)
+        step = Step(convo, None, self._evaluate, self.spec.data)
         for say in prompt_of(self.spec, state):
             step.say(say)
         step.entered = True
@@ -409,7 +512,7 @@ class Flow:
 
     def handback(self, convo: ConversationView) -> Effects:
         """What the bot says when a person's HANDOFF_TTL runs out and it takes over again."""
-        step = Step(convo, None, self._evaluate)
+        step = Step(convo, None, self._evaluate, self.spec.data)
         for say in self.spec.handback:
             step.say(say)
         return step.effects
@@ -424,7 +527,7 @@ class Flow:
         rung: int = 0,
         result: dict[str, Value] | None = None,
     ) -> Effects:
-        step = Step(convo, message, self._evaluate)
+        step = Step(convo, message, self._evaluate, self.spec.data)
         step.rung = rung
         step.result = result or {}
         if self._instance is None:
@@ -633,6 +736,7 @@ def _enter(state: StateSpec) -> StepFn:
     def enter(step: Step) -> None:
         step.entered = True
         step.convo.misses = 0
+        step.convo.slots.pop(PAGE, None)
         for slot, value in sets:
             step.assign(slot, value)
         for say in says:
@@ -662,13 +766,23 @@ def _transitions(
 ) -> list[dict[str, Any]]:
     """The state's branches, then the flow's anywhere: branches, then its re-prompt ladder."""
     titles = {i: normalize(t) for say in offered_says(spec, state) for i, t in say.choices()}
+    built = {say.rows.source: say.rows for say in offered_says(spec, state) if say.rows}
     ids = {name: f"s{i}" for i, name in enumerate(spec.states)}  # the re-prompt ladder's go:
-    out = []
+    out: list[dict[str, Any]] = []
+    if built:  # the row that shows the next page of built rows: the step's question again
+        prompt = prompt_of(spec, state)
+        out.append(
+            {
+                "target": None,
+                "cond": [bind(lambda step: step.choice == MORE)],
+                "on": [bind(lambda step: _next_page(step, prompt))],
+            }
+        )
     for branch in (*state.on, *spec.anywhere):
         out.append(
             {
                 "target": target(branch.routes),
-                "cond": [bind(_condition(branch, titles, spec.faq, zone))],
+                "cond": [bind(_condition(branch, titles, spec.faq, zone, built))],
                 "on": [bind(_action(branch))],
             }
         )
@@ -680,6 +794,13 @@ def _transitions(
         out.append({"target": ids[ladder[-1].go], "cond": [exhausted], "on": [reprompt]})
     out.append({"target": None, "on": [reprompt]})
     return out
+
+
+def _next_page(step: Step, prompt: tuple[Say, ...]) -> None:
+    page = step.convo.slots.get(PAGE) or 0
+    step.convo.slots[PAGE] = (int(page) if isinstance(page, int | Decimal) else 0) + 1
+    for say in prompt:
+        step.say(say)
 
 
 def _typed_ladder(state: StateSpec, flow: tuple[Reprompt, ...]) -> tuple[Reprompt, ...]:
@@ -696,10 +817,14 @@ def _typed_ladder(state: StateSpec, flow: tuple[Reprompt, ...]) -> tuple[Repromp
 
 
 def _condition(
-    branch: Branch, titles: dict[str, str], faq: Faq | None, zone: ZoneInfo = UTC
+    branch: Branch,
+    titles: dict[str, str],
+    faq: Faq | None,
+    zone: ZoneInfo = UTC,
+    built: dict[str, Rows] | None = None,
 ) -> StepFn:
     """The branch's test of the message, and then its when: guard."""
-    test = _message_test(branch, titles, faq, zone)
+    test = _message_test(branch, titles, faq, zone, built or {})
     guard = branch.guard
     if guard is None:
         assert test is not None
@@ -710,11 +835,13 @@ def _condition(
 
 
 def _message_test(
-    branch: Branch, titles: dict[str, str], faq: Faq | None, zone: ZoneInfo
+    branch: Branch, titles: dict[str, str], faq: Faq | None, zone: ZoneInfo, built: dict[str, Rows]
 ) -> StepFn | None:
     when = branch.when
     if when == "when":
         return None
+    if when == "type" and branch.values[0] == "choice":
+        return _picked(built.get(branch.values[1]))
     if when == "type":
         return _type_test(branch.values[0], branch.bounds or Bounds(), zone)
     if when == "choice":
@@ -745,6 +872,23 @@ def _message_test(
         return step.faq_hit is not None
 
     return faq_hit
+
+
+def _picked(rows: Rows | None) -> StepFn:
+    """type: choice from a list: a row tapped (by id) or its title typed; the item is kept."""
+
+    def picked(step: Step) -> bool:
+        if rows is None:  # the step shows no rows from that list (the validator says so)
+            return False
+        for item, ident, title, _desc, _section in built_rows(rows, step):
+            if (step.choice is not None and step.choice == ident) or (
+                step.choice is None and step.norm and step.norm == normalize(title)
+            ):
+                step.typed = item
+                return True
+        return False
+
+    return picked
 
 
 def _type_test(kind: str, bounds: Bounds, zone: ZoneInfo) -> StepFn:

@@ -23,6 +23,8 @@ from .checks import (
     then_cycles,
     unset_slots,
 )
+from .data import read_data
+from .expr import Expr
 from .reading import Reading
 from .says import say_items, says, template
 from .source import SourceError, YList, YMap, load
@@ -51,7 +53,7 @@ from .spec import (
     SubflowCall,
     Timeout,
 )
-from .text import BUILTIN_VALUES, Faq, FaqEntry, Keywords, normalize
+from .text import Faq, FaqEntry, Keywords, normalize
 from .types import TYPES, Bounds
 
 MAX_WAIT = 400 * 86400.0  # the longest after: a flow may set
@@ -128,6 +130,7 @@ class FlowReader(Reading):
             self.err(getattr(doc, "line", 1), "a flow must be a mapping with start: and states:")
             return None
         self.keys(doc, FLOW_KEYS, "flow")
+        data, data_text = read_data(self, self.path.parent, doc)
         faq, faq_text = self.faq(doc)
         slots = self.slot_defaults(doc)
         inputs = self.inputs(doc)
@@ -144,7 +147,9 @@ class FlowReader(Reading):
         spec = FlowSpec(
             name=name,
             path=self.file,
-            version=hashlib.sha256((raw + "\0" + faq_text).encode()).hexdigest()[:12],
+            version=hashlib.sha256(
+                "\0".join((raw, faq_text, data_text) if data_text else (raw, faq_text)).encode()
+            ).hexdigest()[:12],
             start=start,
             states=states,
             anywhere=anywhere,
@@ -155,6 +160,7 @@ class FlowReader(Reading):
             handback=handback or (Say(doc.line, "text", DEFAULT_HANDBACK),),
             inputs=inputs,
             outputs=outputs,
+            data=data,
         )
         if start and start not in states:
             self.err(
@@ -172,8 +178,17 @@ class FlowReader(Reading):
         choices(self, spec)
         hidden_anywhere(self, spec)
         unset_slots(self, spec)
-        for line, file, name_ in self.used:
-            if name_ not in BUILTIN_VALUES and name_ not in self.slots:
+        known = self.known()
+        used, exprs = list(self.used), list(self.exprs)
+        for fields, scoped_used, scoped_exprs in self.scoped:
+            if fields is not None:  # rows of a data table: its fields, and item, are names too
+                extra = fields | {"item"}
+                used += [u for u in scoped_used if u[2] not in extra]
+                exprs += [
+                    (ln, f, Expr(e.source, e.tree, e.names - extra)) for ln, f, e in scoped_exprs
+                ]
+        for line, file, name_ in used:
+            if name_ not in known:
                 self.err(
                     line, f"unknown placeholder {{{name_}}}: no step sets a slot by that name", file
                 )
@@ -184,13 +199,12 @@ class FlowReader(Reading):
                     self.output_lines.get(output, 1),
                     f"outputs: {output!r} is not a slot this flow sets",
                 )
-        for line, file, expr in self.exprs:
-            for name_ in sorted(expr.names - BUILTIN_VALUES - self.slots):
-                known = sorted(self.slots | BUILTIN_VALUES)
+        for line, file, expr in exprs:
+            for name_ in sorted(expr.names - known):
                 self.err(
                     line,
                     f"unknown name {name_!r} in {expr.source!r}: no step sets a slot by that"
-                    f" name{self.hint(name_, known)}",
+                    f" name{self.hint(name_, sorted(known))}",
                     file,
                 )
 
@@ -620,6 +634,14 @@ class FlowReader(Reading):
             if condition is None:
                 return None
             values, pattern = condition
+        if values == ("choice",):  # type: choice from: a list the step builds rows from
+            source = self.scalar(item, "from")
+            if source is None:
+                self.err(line, "type: choice needs from: (the data table or list of the rows)")
+                return None
+            values = ("choice", source)
+        elif "from" in item:
+            self.err(item.line_of("from"), "from: belongs to a branch with type: choice")
         save = self.scalar(item, "save")
         if save is not None:
             self.slot_name(save, item.line_of("save"))
@@ -761,9 +783,10 @@ class FlowReader(Reading):
             )
 
     def answer_type(self, raw: Any, line: int) -> tuple[tuple[str, ...], None] | None:
-        if raw not in TYPES:
-            hint = self.hint(str(raw), TYPES)
-            self.err(line, f"type: {raw!r} is not a type{hint}; use {', '.join(TYPES)}")
+        kinds = (*TYPES, "choice")  # choice: a row of a list built from: a table (the machine's)
+        if raw not in kinds:
+            hint = self.hint(str(raw), kinds)
+            self.err(line, f"type: {raw!r} is not a type{hint}; use {', '.join(kinds)}")
             return None
         return (raw,), None
 

@@ -22,6 +22,17 @@ class Reading:
         self.used: list[tuple[int, str, str]] = []  # (line, file, placeholder) to check at the end
         self.exprs: list[tuple[int, str, Expr]] = []  # (line, file, expression), likewise
         self.calls: list[tuple[int, str, dict[str, Any]]] = []  # (line, action, its with:)
+        self.data: set[str] = set()  # the names of the flow's data tables
+        self.fields: dict[str, frozenset[str] | None] = {}  # each table's record fields
+        # Templates of rows built from a list: (fields they may use, None: any), their
+        # placeholders and expressions, checked at the end like the others.
+        self.scoped: list[
+            tuple[frozenset[str] | None, list[tuple[int, str, str]], list[tuple[int, str, Expr]]]
+        ] = []
+
+    def known(self) -> set[str]:
+        """Every name a text or an expression may use: slots, data tables, built-in values."""
+        return self.slots | self.data | BUILTIN_VALUES
 
     def err(self, line: int, message: str, file: str | None = None) -> None:
         self.problems.append(Problem(file or self.file, line, message))
@@ -42,9 +53,9 @@ class Reading:
         self.exprs.append((line, file or self.file, expr))
         return expr
 
-    def yaml(self, text: str, file: str) -> Any:
+    def yaml(self, text: str, file: str, *, numbers: bool = False) -> Any:
         try:
-            doc, problems = load(text)
+            doc, problems = load(text, numbers=numbers)
         except SourceError as e:
             self.err(e.line, e.message, file)
             return None
@@ -57,6 +68,9 @@ class Reading:
             self.err(
                 line, f"slot name {name!r}: use letters, digits and '_' (not name, text or phone)"
             )
+            return False
+        if name in self.data:
+            self.err(line, f"{name!r} is a data table of this flow; a slot needs another name")
             return False
         self.slots.add(name)
         return True

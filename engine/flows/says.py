@@ -11,7 +11,7 @@ from typing import Any
 from ..outbound import LIMITS
 from .reading import Reading
 from .source import YList, YMap
-from .spec import Say, slug
+from .spec import Rows, Say, slug
 from .text import expressions, placeholders, static_length, stray_brace
 
 
@@ -53,6 +53,20 @@ def message(r: Reading, raw: Any, line: int) -> Say | None:
         return Say(line, "buttons", body, buttons=options, header=header, footer=footer)
     if "list" in raw:
         template(r, body, raw.line_of("text"), LIMITS["list_body"], "text of a list")
+        spec = raw["list"]
+        if isinstance(spec, YMap) and isinstance(spec.get("rows"), YMap):
+            button = r.scalar(spec, "button") or "Options"
+            template(r, button, spec.line_of("button"), LIMITS["list_button"], "list button")
+            r.keys(spec, ("button", "rows"), "list")
+            return Say(
+                line,
+                "list",
+                body,
+                list_button=button,
+                header=header,
+                footer=footer,
+                rows=built_rows(r, spec["rows"]),
+            )
         button, sections = list_(r, raw)
         return Say(
             line,
@@ -128,6 +142,50 @@ def list_(
         r.err(line, f"{total} list rows: WhatsApp allows at most {LIMITS['list_rows']} in all")
     unique(r, tuple((row[0], row[1]) for _t, rows in sections for row in rows), line, "row")
     return button, tuple(sections)
+
+
+ROWS_KEYS = ("from", "id", "title", "description", "section", "more")
+
+
+def built_rows(r: Reading, raw: YMap) -> Rows | None:
+    """rows: {from: menu, id: "{sku}", title: "{name}", description: ..., section: ...}: a
+    row for each item of a data table (or of an expression's list), built when it is said."""
+    r.keys(raw, ROWS_KEYS, "rows")
+    source = r.scalar(raw, "from", required=True)
+    title = r.scalar(raw, "title", required=True)
+    if source is None or title is None:
+        return None
+    line = raw.line_of("from")
+    if source.lstrip().startswith("="):
+        items = r.expression(source.lstrip()[1:], line)
+        fields = None  # what an expression's items hold is known at run time only
+    else:
+        if source not in r.data:
+            known = ", ".join(sorted(r.data)) or "none"
+            r.err(line, f"rows from {source!r}: not a data table of this flow (data: {known})")
+            return None
+        items = r.expression(source, line)
+        fields = r.fields.get(source)
+        if fields is None:
+            r.err(line, f"rows from {source!r}: the table is not a list of records")
+            return None
+    if items is None:
+        return None
+    ident = r.scalar(raw, "id") or title
+    desc = r.scalar(raw, "description")
+    section = r.scalar(raw, "section")
+    more = r.scalar(raw, "more") or "More"
+    used, exprs = len(r.used), len(r.exprs)
+    template(r, ident, raw.line_of("id"), LIMITS["row_id"], "row id")
+    template(r, title, raw.line_of("title"), LIMITS["row_title"], "row title")
+    if desc is not None:
+        template(r, desc, raw.line_of("description"), LIMITS["row_description"], "description")
+    if section is not None:
+        template(r, section, raw.line_of("section"), LIMITS["section_title"], "section title")
+    r.scoped.append((fields, r.used[used:], r.exprs[exprs:]))
+    del r.used[used:], r.exprs[exprs:]
+    template(r, more, raw.line_of("more"), LIMITS["row_title"], "more row title")
+    return Rows(raw.line, source, items, ident, title, desc, section, more)
 
 
 def rows(r: Reading, parent: YMap, key: str) -> tuple[tuple[str, str, str | None], ...]:

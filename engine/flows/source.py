@@ -9,6 +9,7 @@ mapping and list remembers the line of every key and item so problems point at `
 from __future__ import annotations
 
 import re
+from decimal import Decimal
 from typing import Any
 
 import yaml
@@ -54,8 +55,14 @@ _Resolver.add_implicit_resolver(
 )
 
 
-def load(text: str) -> tuple[Any, list[SourceError]]:
-    """Parse YAML text into YMap/YList/str/bool/None; duplicate keys are reported, not fatal."""
+# A number in a data file: plain decimal notation, no leading zeros ("00123" stays text, as
+# does "+1555", "1e5" or YAML 1.1's "1:30"), so that codes and phone numbers keep their form.
+NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?")
+
+
+def load(text: str, *, numbers: bool = False) -> tuple[Any, list[SourceError]]:
+    """Parse YAML text into YMap/YList/str/bool/None; duplicate keys are reported, not fatal.
+    With `numbers` (data files), an unquoted scalar written as a decimal number is a Decimal."""
     try:
         node = yaml.compose(text, Loader=_Resolver)
     except yaml.YAMLError as e:
@@ -71,18 +78,20 @@ def load(text: str) -> tuple[Any, list[SourceError]]:
     problems: list[SourceError] = []
     if node is None:
         return None, problems
-    return _convert(node, problems), problems
+    return _convert(node, problems, numbers), problems
 
 
-def _convert(node: Node, problems: list[SourceError]) -> Any:
+def _convert(node: Node, problems: list[SourceError], numbers: bool = False) -> Any:
     if isinstance(node, ScalarNode):
         if node.tag == "tag:yaml.org,2002:bool":
             return node.value.lower() == "true"
         if node.tag == "tag:yaml.org,2002:null":
             return None
+        if numbers and node.style is None and NUMBER.fullmatch(node.value):
+            return Decimal(node.value)
         return node.value
     if isinstance(node, SequenceNode):
-        out = YList(_convert(item, problems) for item in node.value)
+        out = YList(_convert(item, problems, numbers) for item in node.value)
         out.line = node.start_mark.line + 1
         out.item_lines = [item.start_mark.line + 1 for item in node.value]
         return out
@@ -100,7 +109,7 @@ def _convert(node: Node, problems: list[SourceError]) -> Any:
                 first = mapping.key_lines[key]
                 problems.append(SourceError(line, f"duplicate key {key!r} (first at line {first})"))
                 continue
-            mapping[key] = _convert(value_node, problems)
+            mapping[key] = _convert(value_node, problems, numbers)
             mapping.key_lines[key] = line
         return mapping
     raise SourceError(node.start_mark.line + 1, f"unsupported YAML node {node.tag}")

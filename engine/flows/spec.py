@@ -20,6 +20,7 @@ import regex
 from .expr import Expr
 from .text import Faq, normalize
 from .types import Bounds
+from .values import Value
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 SLOT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -61,6 +62,7 @@ FLOW_KEYS = (
     "handback",
     "inputs",
     "outputs",
+    "data",
     "states",
 )
 STATE_KEYS = (
@@ -84,13 +86,41 @@ STATE_KEYS = (
     "flow",
 )
 ACTION_KEYS = ("action", "with", "save", "within", "on_done", "on_error")
-BRANCH_KEYS = (*CONDITIONS, "min", "max", "when", "say", "set", "save", "go", "call", "with")
+BRANCH_KEYS = (
+    *CONDITIONS,
+    "min",
+    "max",
+    "from",
+    "when",
+    "say",
+    "set",
+    "save",
+    "go",
+    "call",
+    "with",
+)
 REPROMPT_KEYS = ("say", "repeat", "go")
 TIMEOUT_KEYS = ("after", "say", "set", "go")
 DEFAULT_REPROMPT = "Sorry, I didn't understand that."
 DEFAULT_HANDBACK = (
     "Our team has handed this conversation back to the assistant. Send a message any time."
 )
+
+
+@dataclass(frozen=True, slots=True)
+class Rows:
+    """List rows built at run time, one per item of a list (a data table, or an expression):
+    templates over the item's fields (and `item`, the item itself), grouped into sections by
+    `section` when given. Past 10 rows they are shown in pages, with a row for the next."""
+
+    line: int
+    source: str  # as written: a data table's name, or "= expression"
+    items: Expr  # what gives the list
+    id: str
+    title: str
+    description: str | None = None
+    section: str | None = None
+    more: str = "More"  # the title of the row that shows the next page
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +135,7 @@ class Say:
     sections: tuple[tuple[str | None, tuple[tuple[str, str, str | None], ...]], ...] = ()
     header: str | None = None
     footer: str | None = None
+    rows: Rows | None = None  # rows built from a list at run time (sections stays empty)
 
     def choices(self) -> Iterable[tuple[str, str]]:
         yield from self.buttons
@@ -237,6 +268,7 @@ class FlowSpec:
     handback: tuple[Say, ...] = ()  # said when HANDOFF_TTL runs out and the bot takes over
     inputs: dict[str, SetValue | None] = field(default_factory=dict)  # None: the caller gives it
     outputs: tuple[str, ...] = ()  # the slots a caller gets back when this flow ends
+    data: dict[str, Value] = field(default_factory=dict)  # tables from data files, by name
 
 
 def prompt_of(spec: FlowSpec, state: StateSpec) -> tuple[Say, ...]:

@@ -23,7 +23,17 @@ from zoneinfo import ZoneInfo
 
 import dateparser
 
-TYPES = ("integer", "number", "yesno", "email", "phone", "text", "date", "time", "datetime")
+TYPES = (
+    "integer",
+    "number",
+    "yesno",
+    "email",
+    "phone",
+    "text",
+    "date",
+    "time",
+    "datetime",
+)
 MAX_READ = 200  # the longest answer a type reads (a date parser on 60 KB would stall); longer: no
 
 _NUMBER = re.compile(
@@ -88,6 +98,7 @@ def describe(kind: str, bounds: Bounds) -> str:
         "date": "a date, like 24/12 or tomorrow",
         "time": "a time, like 5pm or 17:30",
         "datetime": "a date and time, like tomorrow 5pm",
+        "choice": "one of the options",
     }[kind]
     low, high = bounds.low, bounds.high
     if kind == "text":
