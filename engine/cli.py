@@ -23,9 +23,10 @@ from .actions import Fn, load_actions
 from .clock import SkippableClock
 from .engine import Engine, EngineConfig
 from .errors import FlowError, errors_in
-from .events import ButtonReply, Content, Customer, ListReply, Location, Message, Text
+from .events import ButtonReply, Content, Customer, ListReply, Message, Text
 from .flows import Flows, graph, load_flows, validate_path
 from .flows.reader import read_flow
+from .flowtests import parse_location, run_tests
 from .memstore import MemoryStore
 from .outbound import ButtonsMessage, ListMessage
 from .ports import Outgoing
@@ -55,6 +56,10 @@ def main(
     graph.add_argument("flow", help="a flow's name in $FLOWS_DIR (or flows), or its file")
     graph.add_argument("--format", choices=("mermaid", "dot", "svg"), default="mermaid")
     graph.add_argument("-o", "--output", help="write here instead of printing")
+    test = flow_commands.add_parser("test", help="run the conversation tests beside the flows")
+    test.add_argument(
+        "path", nargs="?", help="a test file, or a flows folder (default: $FLOWS_DIR or flows)"
+    )
     chat = commands.add_parser("chat", help="talk to a flow in the terminal")
     chat.add_argument("--flow", help="the flow to start in (default: $ENTRY_FLOW or support)")
     chat.add_argument(
@@ -66,15 +71,17 @@ def main(
     flows_dir = os.environ.get("FLOWS_DIR", "flows")
     if args.command == "flows" and args.flows_command == "graph":
         return graph_command(Path(flows_dir), args.flow, args.format, args.output, provided)
-    if args.command == "flows":
+    if args.command == "flows" and args.flows_command == "validate":
         return validate_command(Path(args.path or flows_dir), provided)
-    entry = args.flow or os.environ.get("ENTRY_FLOW", "support")
     zone_name = os.environ.get("TIMEZONE", "").strip() or "UTC"
     try:
         zone = ZoneInfo(zone_name)
     except (ValueError, OSError, ZoneInfoNotFoundError):
         print(f"TIMEZONE={zone_name!r} is not an IANA time zone name", file=sys.stderr)
         return 2
+    if args.command == "flows":  # test
+        return run_tests(Path(args.path or flows_dir), provided, zone)
+    entry = args.flow or os.environ.get("ENTRY_FLOW", "support")
     talk = chat_command(
         Path(args.flows_dir or flows_dir),
         entry,
@@ -212,22 +219,10 @@ class ChatSender:
                     )
             return ButtonReply(arg.strip(), arg.strip())  # an id no message offered: as Meta would
         if command == "/location":
-            place = _location(arg)
+            place = parse_location(arg)
             if place is not None:
                 return place
         return Text(line)
-
-
-def _location(arg: str) -> Location | None:
-    coords, _, name = arg.strip().partition(" ")
-    lat, _, lng = coords.partition(",")
-    try:
-        latitude, longitude = float(lat), float(lng)
-    except ValueError:
-        return None
-    if not (-90 <= latitude <= 90 and -180 <= longitude <= 180):
-        return None
-    return Location(latitude, longitude, name=name.strip() or None)
 
 
 async def chat_command(

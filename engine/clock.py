@@ -31,8 +31,9 @@ class SkippableClock:
     every timer and sleeper that falls due on the way runs, in order (a reminder can be tried
     without waiting half an hour). Between jumps it runs like SystemClock."""
 
-    def __init__(self) -> None:
-        self._skipped = 0.0
+    def __init__(self, start: float | None = None) -> None:
+        # start: the time it reads now (flows test starts every test on the same morning)
+        self._skipped = 0.0 if start is None else start - time.time()
         self._heap: list[tuple[float, int, _Entry]] = []
         self._seq = 0
         self._handle: asyncio.TimerHandle | None = None

@@ -63,3 +63,21 @@ def test_the_readme_names_every_setting() -> None:
     }
     missing = sorted(n for n in names if f"`{n}`" not in readme)
     assert missing == []
+
+
+def test_the_docs_flow_test_example_passes(tmp_path: Path) -> None:
+    """The flows test example in docs/flows.md runs against the typed-answers example."""
+    from zoneinfo import ZoneInfo
+
+    from engine.flowtests import run_tests
+
+    text = (ROOT / "docs" / "flows.md").read_text()
+    blocks = re.findall(r"^```(\w*)\n(.*?)^```$", text, re.S | re.M)
+    (test,) = [b for lang, b in blocks if not lang and b.startswith("flow: booking")]
+    (flow,) = [e for e in re.findall(r"```yaml\n(.*?)```", text, re.S) if "start: qty" in e]
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "booking.yaml").write_text(flow)
+    (tmp_path / "tests" / "booking.yaml").write_text(test)
+    lines: list[str] = []
+    assert run_tests(tmp_path, None, ZoneInfo("UTC"), lines.append) == 0, lines
+    assert lines[-1] == "1 passed, 0 failed"

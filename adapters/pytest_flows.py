@@ -1,0 +1,67 @@
+"""pytest collects flow tests: each test in `<flows>/tests/*.yaml` is a test item, run on the
+real engine as `python -m engine flows test` runs it (registered as a pytest11 entry point, so
+installing the engine is enough; put the flows folder in pytest's testpaths)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from engine.errors import FlowError
+from engine.flows import Flows, load_flows
+from engine.flowtests import FOLDER, Case, flows_dir_of, read_cases, run_case
+
+_loaded: dict[Path, Flows] = {}
+
+
+def pytest_collect_file(parent: pytest.Collector, file_path: Path) -> pytest.File | None:
+    if file_path.suffix not in (".yaml", ".yml") or file_path.parent.name != FOLDER:
+        return None
+    folder = file_path.parent.parent
+    if not any(p.suffix in (".yaml", ".yml") for p in folder.iterdir() if p.is_file()):
+        return None  # a tests/ folder that is not beside flows
+    return FlowTestFile.from_parent(parent, path=file_path)
+
+
+class FlowTestFile(pytest.File):
+    def collect(self) -> Any:
+        cases, problems = read_cases(self.path)
+        if problems:
+            raise FlowTestError("\n".join(str(p) for p in problems))
+        for case in cases:
+            yield FlowTestItem.from_parent(self, name=case.name, case=case)
+
+
+class FlowTestItem(pytest.Item):
+    def __init__(self, *, case: Case, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.case = case
+
+    def runtest(self) -> None:
+        zone = ZoneInfo(os.environ.get("TIMEZONE", "").strip() or "UTC")
+        folder = flows_dir_of(self.path)
+        if folder not in _loaded:
+            try:
+                _loaded[folder] = load_flows(folder, self.case.flow, zone=zone)
+            except FlowError as e:
+                raise FlowTestError(str(e)) from None
+        failure = asyncio.run(run_case(_loaded[folder], self.case, zone))
+        if failure is not None:
+            raise FlowTestError(str(failure))
+
+    def repr_failure(self, excinfo: Any, style: Any = None) -> Any:
+        if isinstance(excinfo.value, FlowTestError):
+            return str(excinfo.value)
+        return super().repr_failure(excinfo)
+
+    def reportinfo(self) -> tuple[Path, int, str]:
+        return self.path, self.case.line - 1, f"{self.path.name}: {self.case.name}"
+
+
+class FlowTestError(Exception):
+    """A flow test that failed: its message is the file:line and what differed."""

@@ -1,0 +1,577 @@
+"""Conversation tests for flows: YAML files in `FLOWS_DIR/tests/`, run on the real engine.
+
+    flow: support                     # the flow under test (default: the file's name)
+    actions:                          # what actions give in these tests; none is really called
+      create_order: {returns: {id: BP-1}}
+      http: {fails: unavailable}
+    tests:
+      - name: a question answered from the FAQ
+        steps:
+          - say: hello
+            expect: {text: Welcome, buttons: [Ask a question, Opening hours, Talk to a person]}
+          - tap: question
+          - wait: 10m
+            expect: {text: Still there?}
+
+Each test is a new contact on a fresh in-memory store, on a clock that only moves when a step
+says `wait:`, so timers fire exactly when the test says. `python -m engine flows test` runs them
+and prints, for each failure, the test's file:line, the step, and what differed; the pytest
+plugin (adapters.pytest_flows) collects the same files as test items.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import difflib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from .actions import ActionFailed, Actions, Fn
+from .clock import SkippableClock
+from .engine import Engine, EngineConfig
+from .errors import FlowError, Problem
+from .events import ButtonReply, Content, Customer, ListReply, Location, Message, Text
+from .flows import Flows, load_flows
+from .flows.data import plain
+from .flows.source import SourceError, YList, YMap, load
+from .flows.values import Value, to_json, to_plain
+from .memstore import MemoryStore
+from .outbound import ButtonsMessage, ListMessage, OutMessage
+from .ports import Outgoing
+from .settings import parse_duration
+
+FOLDER = "tests"  # beside the flows: FLOWS_DIR/tests/*.yaml
+START = "2026-01-05T10:00"  # a Monday morning, in TIMEZONE: the clock's start unless at: says
+FILE_KEYS = ("flow", "at", "actions", "tests")
+CASE_KEYS = ("name", "contact", "at", "actions", "steps")
+INPUTS = ("say", "tap", "location", "wait")
+EXPECT_KEYS = (
+    "text",
+    "no_text",
+    "silent",
+    "buttons",
+    "rows",
+    "state",
+    "flow",
+    "slots",
+    "handoff",
+    "action",
+)
+NUMBER = "15550000000"  # the business number the tests' contacts write to
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    line: int
+    kind: str  # one of INPUTS, or "" for a step that only expects
+    value: Any
+    expect: YMap | None
+
+
+@dataclass(frozen=True, slots=True)
+class Case:
+    file: str
+    line: int
+    name: str
+    flow: str
+    start: str
+    actions: dict[str, Any]
+    contact: dict[str, str]
+    steps: tuple[Step, ...]
+
+    @property
+    def where(self) -> str:
+        return f"{self.file}:{self.line}"
+
+
+@dataclass(slots=True)
+class Failure:
+    file: str
+    line: int
+    title: str
+    details: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        return "\n".join(
+            [f"{self.file}:{self.line}: {self.title}", *("  " + d for d in self.details)]
+        )
+
+
+# --- reading -----------------------------------------------------------------------------------
+
+
+def test_files(path: Path) -> list[Path]:
+    """A test file, or the tests of a flows folder (its tests/ sub-folder)."""
+    if path.is_file():
+        return [path]
+    folder = path / FOLDER if (path / FOLDER).is_dir() else path
+    return sorted(p for p in folder.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
+
+
+def flows_dir_of(file: Path) -> Path:
+    return file.parent.parent if file.parent.name == FOLDER else file.parent
+
+
+def read_cases(file: Path) -> tuple[list[Case], list[Problem]]:
+    problems: list[Problem] = []
+    name = str(file)
+
+    def err(line: int, message: str) -> None:
+        problems.append(Problem(name, line, message))
+
+    try:
+        doc, found = load(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as e:
+        return [], [Problem(name, 1, f"cannot read the tests: {e}")]
+    except SourceError as e:
+        return [], [Problem(name, e.line, e.message)]
+    problems += [Problem(name, p.line, p.message) for p in found]
+    if not isinstance(doc, YMap) or not isinstance(doc.get("tests"), YList) or not doc["tests"]:
+        line = getattr(doc, "line", 1)
+        return [], [*problems, Problem(name, line, "a test file has tests: a list of tests")]
+    _keys(doc, FILE_KEYS, "test file", err)
+    flow = doc.get("flow") or file.stem
+    start = doc.get("at") or START
+    actions = _actions(doc, err)
+    cases = []
+    for i, raw in enumerate(doc["tests"]):
+        line = doc["tests"].line_of(i)
+        if not isinstance(raw, YMap):
+            err(line, "a test is a mapping with name: and steps:")
+            continue
+        _keys(raw, CASE_KEYS, "test", err)
+        steps = _steps(raw, err)
+        contact = raw["contact"] if isinstance(raw.get("contact"), YMap) else {}
+        cases.append(
+            Case(
+                name,
+                line,
+                str(raw.get("name") or f"test {i + 1}"),
+                str(flow),
+                str(raw.get("at") or start),
+                {**actions, **_actions(raw, err)},
+                {str(k): str(v) for k, v in contact.items()},
+                tuple(steps),
+            )
+        )
+    return cases, problems
+
+
+def _keys(
+    mapping: YMap, allowed: tuple[str, ...], what: str, err: Callable[[int, str], None]
+) -> None:
+    for key in mapping:
+        if key not in allowed:
+            close = difflib.get_close_matches(key, allowed, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            err(mapping.line_of(key), f"unknown key {key!r} in {what}{hint}")
+
+
+def _actions(parent: YMap, err: Callable[[int, str], None]) -> dict[str, Any]:
+    raw = parent.get("actions")
+    if raw is None:
+        return {}
+    if not isinstance(raw, YMap):
+        err(
+            parent.line_of("actions"),
+            "actions: a mapping of action names to {returns: ...} or {fails: kind}",
+        )
+        return {}
+    out: dict[str, Any] = {}
+    for name, how in raw.items():
+        if (
+            not isinstance(how, YMap)
+            or len(how) != 1
+            or next(iter(how)) not in ("returns", "fails")
+        ):
+            err(
+                raw.line_of(name),
+                f"actions: {name}: {{returns: a result}} or {{fails: an error kind}}",
+            )
+            continue
+        out[name] = plain(dict(how))
+    return out
+
+
+def _steps(raw: YMap, err: Callable[[int, str], None]) -> list[Step]:
+    items = raw.get("steps")
+    if not isinstance(items, YList) or not items:
+        err(raw.line, "steps: a list of steps (say:, tap:, location:, wait:, expect:)")
+        return []
+    out = []
+    for i, item in enumerate(items):
+        line = items.line_of(i)
+        if not isinstance(item, YMap):
+            err(line, "a step is a mapping like {say: hello, expect: {text: Hi}}")
+            continue
+        _keys(item, (*INPUTS, "expect"), "step", err)
+        kinds = [k for k in INPUTS if k in item]
+        if len(kinds) > 1 or (not kinds and "expect" not in item):
+            err(line, "a step does one of say:, tap:, location:, wait: (and may expect:)")
+            continue
+        expect = item.get("expect")
+        if expect is not None and not isinstance(expect, YMap):
+            err(item.line_of("expect"), "expect: a mapping like {text: ..., state: ...}")
+            expect = None
+        if expect is not None:
+            _keys(expect, EXPECT_KEYS, "expect", err)
+        kind = kinds[0] if kinds else ""
+        value = item.get(kind) if kind else None
+        if kind == "wait":
+            try:
+                value = parse_duration(str(value))
+            except ValueError as e:
+                err(item.line_of("wait"), f"wait: {e}")
+                continue
+        if kind == "location" and parse_location(str(value)) is None:
+            err(
+                item.line_of("location"),
+                "location: LAT,LNG and an optional name, like 52.37,4.89 Home",
+            )
+            continue
+        out.append(Step(line, kind, value, expect))
+    return out
+
+
+def parse_location(text: str) -> Location | None:
+    """'52.37,4.89 Home': a shared place (chat's /location, a test's location:)."""
+    coords, _, name = text.strip().partition(" ")
+    lat, _, lng = coords.partition(",")
+    try:
+        latitude, longitude = float(lat), float(lng)
+    except ValueError:
+        return None
+    if not (-90 <= latitude <= 90 and -180 <= longitude <= 180):
+        return None
+    return Location(latitude, longitude, name=name.strip() or None)
+
+
+# --- running -----------------------------------------------------------------------------------
+
+
+class Recorder:
+    """The test's sender: every message the bot sends, in order."""
+
+    def __init__(self) -> None:
+        self.sent: list[OutMessage] = []
+
+    async def send(self, out: Outgoing) -> str:
+        self.sent.append(out.message)
+        return f"test.{len(self.sent)}"
+
+
+def fake_actions(
+    actions: Actions, given: Mapping[str, Any], calls: list[tuple[str, dict[str, Value]]]
+) -> Actions:
+    """Every action of the flows, answering as the test file says and recording its calls."""
+    out = Actions()
+    for name, definition in actions.by_name.items():
+        out.add(replace(definition, fn=_fake(name, given.get(name), calls), takes_context=False))
+    return out
+
+
+def _fake(name: str, how: Any, calls: list[tuple[str, dict[str, Value]]]) -> Fn:
+    async def fake(**args: Value) -> Any:
+        calls.append((name, args))
+        if how is None:
+            raise ActionFailed(
+                f"the test declares no result for action {name!r} (actions:)", "error"
+            )
+        if "fails" in how:
+            raise ActionFailed(f"{name} fails, as the test says", str(how["fails"]))
+        return how["returns"]
+
+    return fake
+
+
+class Run:
+    """One test on its own engine: a new contact, a fresh store, a clock that only `wait:` moves."""
+
+    def __init__(self, flows: Flows, case: Case, zone: ZoneInfo) -> None:
+        self.case = case
+        self.calls: list[tuple[str, dict[str, Value]]] = []
+        self.flows = replace(
+            flows, entry=case.flow, actions=fake_actions(flows.actions, case.actions, self.calls)
+        )
+        start = datetime.fromisoformat(case.start)
+        if start.tzinfo is None:
+            start = start.replace(tzinfo=zone)
+        self.clock = SkippableClock(start=start.timestamp())
+        self.sender = Recorder()
+        self.engine = Engine(
+            store=MemoryStore(),
+            sender=self.sender,
+            flows=self.flows,
+            config=EngineConfig(send_concurrency=1),
+            clock=self.clock,
+        )
+        phone = case.contact.get("phone", "15550001234")
+        self.customer = Customer(number=NUMBER, phone=phone, name=case.contact.get("name", "Ana"))
+        self.key = f"{NUMBER}:{phone}"
+        self.count = 0
+        self.offered: list[tuple[str, str, str]] = []  # (kind, id, title) of the last options
+
+    async def settle(self) -> None:
+        for _ in range(100):
+            await self.engine.actors.wait_idle()
+            await self.engine.delivery.wait_empty()
+            if self.engine.calls.in_flight == 0:
+                await asyncio.sleep(0)
+                if self.engine.calls.in_flight == 0 and self.engine.actors.depth == 0:
+                    return
+            await asyncio.sleep(0.001)
+
+    async def step(self, step: Step) -> list[OutMessage]:
+        before = len(self.sender.sent)
+        if step.kind == "wait":
+            self.clock.skip(float(step.value))
+        elif step.kind:
+            self.count += 1
+            message = Message(
+                id=f"test.{self.count}",
+                timestamp=int(self.clock.now()),
+                customer=self.customer,
+                content=self.content(step),
+            )
+            await self.engine.ingest([message])
+        await self.settle()
+        replies = self.sender.sent[before:]
+        for m in replies:
+            if isinstance(m, ButtonsMessage):
+                self.offered = [("button", b.id, b.title) for b in m.buttons]
+            elif isinstance(m, ListMessage):
+                self.offered = [("row", r.id, r.title) for s in m.sections for r in s.rows]
+        return replies
+
+    def content(self, step: Step) -> Content:
+        if step.kind == "location":
+            place = parse_location(str(step.value))
+            assert place is not None
+            return place
+        if step.kind == "tap":
+            ident = str(step.value)
+            for kind, option, title in self.offered:
+                if ident in (option, title):
+                    return (
+                        ButtonReply(option, title) if kind == "button" else ListReply(option, title)
+                    )
+            return ButtonReply(ident, ident)  # an id nothing offered: sent as Meta would
+        return Text(str(step.value))
+
+
+async def run_case(flows: Flows, case: Case, zone: ZoneInfo) -> Failure | None:
+    if case.flow not in flows.by_name:
+        known = ", ".join(sorted(flows.by_name))
+        return Failure(case.file, case.line, f"{case.name}: no flow {case.flow!r} (flows: {known})")
+    run = Run(flows, case, zone)
+    await run.engine.start()
+    try:
+        for n, step in enumerate(case.steps, start=1):
+            replies = await run.step(step)
+            if step.expect is None:
+                continue
+            details = await check(run, step.expect, replies)
+            if details:
+                what = f"{step.kind}: {step.value}" if step.kind else "expect"
+                if step.kind == "wait":
+                    what = f"wait: {_seconds(float(step.value))}"
+                return Failure(case.file, step.line, f"{case.name}, step {n} ({what})", details)
+    finally:
+        await run.engine.close()
+    return None
+
+
+def _seconds(value: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if value >= size and value % size == 0:
+            return f"{value / size:.0f}{unit}"
+    return f"{value:.0f}s"
+
+
+async def check(run: Run, expect: YMap, replies: list[OutMessage]) -> list[str]:
+    """What differs from `expect`, in words and diffs; empty when all of it holds."""
+    out = _said(expect, replies)
+    for key, kind in (("buttons", ButtonsMessage), ("rows", ListMessage)):
+        if key in expect:
+            out += _offered(key, expect[key], _options(replies, kind))
+    known = run.engine.directory.lookup(NUMBER, run.customer.phone or "")
+    view = await run.engine.view(run.key, limit=0) if known else {}
+    out += _where(expect, view)
+    if "slots" in expect:
+        out += _slots(expect["slots"], view.get("slots") or {})
+    if "action" in expect:
+        out += _action(expect["action"], run.calls)
+    return out
+
+
+def _texts(value: Any) -> list[str]:
+    return [str(v) for v in value] if isinstance(value, list) else [str(value)]
+
+
+def _said(expect: YMap, replies: list[OutMessage]) -> list[str]:
+    out: list[str] = []
+    said = [_shown(m) for m in replies]
+    for text in _texts(expect["text"]) if "text" in expect else ():
+        if not any(text in s for s in said):
+            out.append(f"expected a reply containing {text!r}; the bot said:")
+            out += [f"  | {line}" for s in said for line in s.splitlines()] or ["  (nothing)"]
+    for text in _texts(expect["no_text"]) if "no_text" in expect else ():
+        if any(text in s for s in said):
+            out.append(f"expected no reply containing {text!r}")
+    if expect.get("silent") is True and replies:
+        out.append(f"expected no reply; the bot sent {len(replies)} message(s)")
+    return out
+
+
+def _offered(key: str, raw: Any, offered: list[tuple[str, str]]) -> list[str]:
+    wanted = _texts(raw)
+    got = [title for _id, title in offered]
+    if wanted in (got, [i for i, _t in offered]):
+        return []
+    return [
+        f"{key} differ (- expected, + offered):",
+        *("  " + d for d in difflib.ndiff(wanted, got) if d[:1] in "-+ "),
+    ]
+
+
+def _where(expect: YMap, view: dict[str, Any]) -> list[str]:
+    out = []
+    for key in ("state", "flow"):
+        if key in expect and str(expect[key]) != str(view.get(key)):
+            out.append(
+                f"expected {key} {str(expect[key])!r}, the conversation is at {view.get(key)!r}"
+            )
+    if "handoff" in expect and bool(expect["handoff"]) != bool(view.get("handoff")):
+        out.append(f"expected handoff {expect['handoff']}, it is {bool(view.get('handoff'))}")
+    return out
+
+
+def _shown(m: OutMessage) -> str:
+    text = m.body
+    if isinstance(m, ButtonsMessage):
+        text += "".join(f"\n[{b.title}]" for b in m.buttons)
+    elif isinstance(m, ListMessage):
+        text += "".join(f"\n[{r.title}]" for s in m.sections for r in s.rows)
+    return text
+
+
+def _options(replies: list[OutMessage], kind: type) -> list[tuple[str, str]]:
+    for m in reversed(replies):
+        if isinstance(m, ButtonsMessage) and kind is ButtonsMessage:
+            return [(b.id, b.title) for b in m.buttons]
+        if isinstance(m, ListMessage) and kind is ListMessage:
+            return [(r.id, r.title) for s in m.sections for r in s.rows]
+    return []
+
+
+def _slots(wanted: Any, got: dict[str, Any]) -> list[str]:
+    if not isinstance(wanted, dict):
+        return ["slots: a mapping of slot names to values"]
+    out = []
+    for slot, value in wanted.items():
+        have = got.get(slot)
+        if _plain(value) != have:
+            out.append(f"slot {slot} differs (- expected, + has):")
+            out += [
+                "  " + d
+                for d in difflib.ndiff(_lines(_plain(value)), _lines(have))
+                if d[:1] in "-+ "
+            ]
+    return out
+
+
+def _plain(value: Any) -> Any:
+    """A test file's value as the admin API shows slots: numbers as text, nothing as None."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, bool) or value is None:
+        return value
+    return str(value)
+
+
+def _lines(value: Any) -> list[str]:
+    if isinstance(value, dict):
+        return [f"{k}: {v!r}" for k, v in value.items()]
+    if isinstance(value, list):
+        return [repr(v) for v in value]
+    return [repr(value)]
+
+
+def _action(wanted: Any, calls: list[tuple[str, dict[str, Value]]]) -> list[str]:
+    name = (
+        wanted
+        if isinstance(wanted, str)
+        else wanted.get("name")
+        if isinstance(wanted, dict)
+        else None
+    )
+    args = wanted.get("with", {}) if isinstance(wanted, dict) else {}
+    made = [(n, {k: to_plain(to_json(v)) for k, v in a.items()}) for n, a in calls if n == name]
+    if not made:
+        names = ", ".join(n for n, _a in calls) or "none"
+        return [f"expected a call of action {name!r}; calls so far: {names}"]
+    last = made[-1][1]
+    out = []
+    for key, value in args.items():
+        if _plain(value) != last.get(key):
+            out.append(f"action {name}: {key} is {last.get(key)!r}, expected {_plain(value)!r}")
+    return out
+
+
+# --- the command -------------------------------------------------------------------------------
+
+
+def run_tests(
+    path: Path,
+    provided: Mapping[str, Fn] | None,
+    zone: ZoneInfo,
+    out: Callable[[str], None] = print,
+) -> int:
+    """`python -m engine flows test [PATH]`: 0 when every test passes, 1 otherwise."""
+    if not path.exists():
+        out(f"{path}: no such file or folder")
+        return 1
+    files = test_files(path)
+    if not files:
+        out(f"{path}: no flow tests (write them in {path / FOLDER}/*.yaml)")
+        return 1
+    passed = failed = 0
+    loaded: dict[Path, Flows | FlowError] = {}
+    for file in files:
+        cases, problems = read_cases(file)
+        for p in problems:
+            out(str(p))
+        failed += len([p for p in problems if not p.warning])
+        folder = flows_dir_of(file)
+        if folder not in loaded:
+            try:
+                loaded[folder] = load_flows(folder, _any_flow(folder), provided, zone)
+            except FlowError as e:
+                loaded[folder] = e
+        flows = loaded[folder]
+        if isinstance(flows, FlowError):
+            for p in flows.problems:
+                out(str(p))
+            failed += len(cases)
+            continue
+        for case in cases:
+            failure = asyncio.run(run_case(flows, case, zone))
+            if failure is None:
+                passed += 1
+                out(f"ok   {case.where} {case.name}")
+            else:
+                failed += 1
+                out(f"FAIL {failure}")
+    out(f"{passed} passed, {failed} failed")
+    return 0 if failed == 0 and passed > 0 else 1
+
+
+def _any_flow(folder: Path) -> str:
+    names = sorted(p.stem for p in folder.iterdir() if p.suffix in (".yaml", ".yml"))
+    return names[0] if names else "support"

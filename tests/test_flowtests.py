@@ -1,0 +1,208 @@
+"""`python -m engine flows test`: conversation tests in YAML beside the flows, on the real
+engine with a virtual clock and declared action results; failures name the file:line and show
+what differed. pytest collects the same files."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+from engine.flowtests import run_tests
+from tests.support import ROOT
+
+SHOP = """
+start: ask
+states:
+  ask:
+    say: {text: "How many cakes?", buttons: [One, Two]}
+    on:
+      - type: integer
+        save: qty
+        go: when
+  when:
+    say: When?
+    on:
+      - type: datetime
+        save: at
+        go: where
+    timeout:
+      - after: 30m
+        say: Still there?
+  where:
+    say: Where to?
+    on:
+      - kind: location
+        save: place
+        go: place
+  place:
+    action: create_order
+    with: {qty: "=qty", at: "{at}"}
+    save: {order: id}
+    on_done: done
+    on_error: sorry
+  done:
+    say: "Order {order}: {qty} cakes to {= place.name}."
+    end: true
+  sorry:
+    say: "Sorry ({= error.kind})."
+    end: true
+"""
+ACTIONS = """
+from engine.actions import action
+
+
+@action
+def create_order(qty, at):
+    raise RuntimeError("flows test never calls the real action")
+"""
+TESTS = """
+flow: shop
+at: 2026-12-07T10:00
+actions:
+  create_order: {returns: {id: BP-7}}
+tests:
+  - name: an order on the virtual clock
+    steps:
+      - tap: Two
+        expect: {buttons: [One, Two]}
+      - say: "3 cakes"
+        expect: {text: "When?", slots: {qty: 3}}
+      - wait: 31m
+        expect: {text: "Still there?"}
+      - say: tomorrow 5pm
+        expect: {slots: {at: "2026-12-08T17:00+00:00"}, state: where}
+      - location: 52.37,4.89 Home
+        expect:
+          text: "Order BP-7: 3 cakes to Home."
+          action: {name: create_order, with: {qty: 3}}
+          flow: shop
+  - name: the action fails
+    actions:
+      create_order: {fails: unavailable}
+    steps:
+      - say: hi
+      - say: "2"
+      - say: "tomorrow 9am"
+      - location: 1,2
+        expect: {text: "Sorry (unavailable)."}
+"""
+
+
+def folder(tmp: Path, tests: str = TESTS) -> Path:
+    flows = tmp / "flows"
+    (flows / "tests").mkdir(parents=True)
+    (flows / "shop.yaml").write_text(textwrap.dedent(SHOP).lstrip("\n"))
+    (flows / "actions.py").write_text(textwrap.dedent(ACTIONS).lstrip("\n"))
+    (flows / "tests" / "shop.yaml").write_text(textwrap.dedent(tests).lstrip("\n"))
+    return flows
+
+
+def run(path: Path) -> tuple[int, list[str]]:
+    lines: list[str] = []
+    code = run_tests(path, None, ZoneInfo("UTC"), lines.append)
+    return code, lines
+
+
+def test_typed_answers_timers_places_and_actions_pass(tmp_path: Path) -> None:
+    code, lines = run(folder(tmp_path))
+    assert lines[-1] == "2 passed, 0 failed", lines
+    assert code == 0
+
+
+def test_a_failure_names_its_line_and_shows_what_differed(tmp_path: Path) -> None:
+    tests = (
+        TESTS.replace("expect: {buttons: [One, Two]}", "expect: {buttons: [One, Three]}")
+        .replace("slots: {qty: 3}", "slots: {qty: 4}")
+        .replace("fails: unavailable", "fails: rejected")
+    )
+    code, lines = run(folder(tmp_path, tests))
+    text = "\n".join(lines)
+    assert code == 1
+    file = tmp_path / "flows" / "tests" / "shop.yaml"
+    assert f"FAIL {file}:8: an order on the virtual clock, step 1 (tap: Two)" in text
+    assert "buttons differ (- expected, + offered):\n      One\n    - Three\n    + Two" in text
+    assert "step 2" not in text  # a test stops at its first failing step
+    assert f"FAIL {file}:28: the action fails, step 4 (location: 1,2)" in text
+    assert (
+        "expected a reply containing 'Sorry (unavailable).'; the bot said:\n    | Sorry (rejected)."
+        in text
+    )
+    assert lines[-1] == "0 passed, 2 failed"
+
+
+def test_slots_and_actions_that_differ(tmp_path: Path) -> None:
+    tests = TESTS.replace("slots: {qty: 3}", "slots: {qty: 4}")
+    _code, lines = run(folder(tmp_path, tests))
+    text = "\n".join(lines)
+    assert "step 2 (say: 3 cakes)" in text
+    assert "slot qty differs (- expected, + has):\n    - '4'\n    + '3'" in text
+    tests = TESTS.replace("with: {qty: 3}", "with: {qty: 5}")
+    _code, lines = run(folder(tmp_path / "b", tests))
+    assert any("action create_order: qty is '3', expected '5'" in line for line in lines), lines
+
+
+def test_mistakes_in_a_test_file_are_reported_at_their_line(tmp_path: Path) -> None:
+    tests = TESTS.replace("      - tap: Two\n", "      - tapp: Two\n").replace(
+        "      - wait: 31m\n", "      - wait: soon\n"
+    )
+    code, lines = run(folder(tmp_path, tests))
+    file = tmp_path / "flows" / "tests" / "shop.yaml"
+    assert code == 1
+    assert f"{file}:8: unknown key 'tapp' in step (did you mean 'tap'?)" in lines
+    assert any(line.startswith(f"{file}:12: wait: ") for line in lines), lines
+
+
+def test_no_tests_is_a_failure(tmp_path: Path) -> None:
+    (tmp_path / "flows").mkdir()
+    code, lines = run(tmp_path / "flows")
+    assert code == 1 and "no flow tests" in lines[0]
+
+
+def test_pytest_collects_flow_tests_and_reports_the_line(tmp_path: Path) -> None:
+    flows = folder(tmp_path, TESTS.replace("Order BP-7", "Order BP-8"))
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            str(flows),
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "--rootdir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert "1 failed, 1 passed" in result.stdout, result.stdout + result.stderr
+    assert "shop.yaml:16: an order on the virtual clock, step 5" in result.stdout
+
+
+def test_the_command_runs_the_shipped_flows_tests() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "engine", "flows", "test"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.strip().endswith("passed, 0 failed")
+
+
+def test_every_shipped_flow_has_tests() -> None:
+    flows = {p.stem for p in (ROOT / "flows").glob("*.yaml")}
+    tested = set()
+    for file in (ROOT / "flows" / "tests").glob("*.yaml"):
+        from engine.flowtests import read_cases
+
+        cases, problems = read_cases(file)
+        assert problems == []
+        tested |= {c.flow for c in cases}
+    assert flows <= tested
