@@ -305,21 +305,61 @@ PAGE = "_page"  # the slot that holds which page of built rows the customer is l
 PAGE_ROWS = LIMITS["list_rows"] - 1  # a page's rows, when another page follows
 
 
-def built_rows(rows: Rows, step: Step) -> list[tuple[Value, str, str, str | None, str | None]]:
-    """(item, id, title, description, section) for each item of the rows' list; items whose
-    id is empty or repeats an earlier one are left out (WhatsApp refuses them), and logged."""
-    try:
-        items = step.compute(rows.items)
-    except ExprError as e:
-        step._expression_failed(rows.items.source, e)
-        return []
+Built = tuple[Value, str, str, str | None, str | None]  # item, id, title, description, section
+
+
+class BuiltRows:
+    """The rows built from a list, with lookups by id and by typed title."""
+
+    __slots__ = ("by_id", "by_title", "rows")
+
+    def __init__(self, rows: list[Built]) -> None:
+        self.rows = rows
+        self.by_id = {r[1]: r for r in rows}
+        self.by_title: dict[str, Built] = {}
+        for r in rows:
+            self.by_title.setdefault(normalize(r[2]), r)
+
+
+# Rows built from a data table with templates over its fields only are the same for every
+# conversation: built once (a 10,000-row catalogue takes ~130 ms), kept while the flow lives.
+_STATIC: dict[int, tuple[Rows, Any, BuiltRows]] = {}
+_STATIC_MAX = 256
+
+
+def built_rows(rows: Rows, step: Step) -> BuiltRows:
+    """A row for each item of the rows' list; items whose id is empty or repeats an earlier
+    one are left out (WhatsApp refuses them), and logged once per list."""
+    if rows.source in step.data:  # a table, as it is (the sandbox would walk all of it)
+        items = step.data[rows.source]
+    else:
+        try:
+            items = step.compute(rows.items)
+        except ExprError as e:
+            step._expression_failed(rows.items.source, e)
+            return BuiltRows([])
+    if rows.static:
+        cached = _STATIC.get(id(rows))
+        if cached is not None and cached[1] is items:
+            return cached[2]
+    built = BuiltRows(_build(rows, step, items))
+    if rows.static:
+        if len(_STATIC) >= _STATIC_MAX:
+            _STATIC.clear()
+        _STATIC[id(rows)] = (rows, items, built)
+    return built
+
+
+def _build(rows: Rows, step: Step, items: Value) -> list[Built]:
     if not isinstance(items, list):
         items = [] if items is None else [items]
     out = []
     seen: set[str] = set()
+    left_out = 0
     base = step.values()
-    for item in items:
-        names = {**base, **(item if isinstance(item, dict) else {}), "item": item}
+    for index, item in enumerate(items, start=1):
+        fields = item if isinstance(item, dict) else {}
+        names = {**base, **fields, "item": item, "index": index}
 
         def fill(template: str | None, names: dict[str, Value] = names) -> str | None:
             if template is None:
@@ -328,13 +368,15 @@ def built_rows(rows: Rows, step: Step) -> list[tuple[Value, str, str, str | None
 
         ident = (fill(rows.id) or "").strip()[: LIMITS["row_id"]]
         if not ident or ident in seen or ident == MORE:
-            log.warning(
-                "rows from %s: an item with an empty or repeated id is left out", rows.source
-            )
+            left_out += 1
             continue
         seen.add(ident)
         out.append(
             (item, ident, fill(rows.title) or ident, fill(rows.description), fill(rows.section))
+        )
+    if left_out:
+        log.warning(
+            "rows from %s: %d item(s) with an empty or repeated id left out", rows.source, left_out
         )
     return out
 
@@ -351,7 +393,7 @@ def _computed(step: Step, source: str, names: dict[str, Value]) -> Value:
 def _built_sections(rows: Rows, step: Step) -> tuple[Section, ...]:
     """The page the customer is on: all rows when they fit in one list; otherwise 9 and a
     row for the next page (the last page shows up to 10)."""
-    found = built_rows(rows, step)
+    found = built_rows(rows, step).rows
     page = step.convo.slots.get(PAGE) or 0
     start = int(page) * PAGE_ROWS if isinstance(page, int | Decimal) else 0
     if start >= len(found):
@@ -880,13 +922,14 @@ def _picked(rows: Rows | None) -> StepFn:
     def picked(step: Step) -> bool:
         if rows is None:  # the step shows no rows from that list (the validator says so)
             return False
-        for item, ident, title, _desc, _section in built_rows(rows, step):
-            if (step.choice is not None and step.choice == ident) or (
-                step.choice is None and step.norm and step.norm == normalize(title)
-            ):
-                step.typed = item
-                return True
-        return False
+        built = built_rows(rows, step)
+        found = built.by_id.get(step.choice) if step.choice is not None else None
+        if found is None and step.choice is None and step.norm:
+            found = built.by_title.get(step.norm)
+        if found is None:
+            return False
+        step.typed = found[0]
+        return True
 
     return picked
 

@@ -26,7 +26,7 @@ from .checks import (
 from .data import read_data
 from .expr import Expr
 from .reading import Reading
-from .says import say_items, says, template
+from .says import ROW_NAMES, say_items, says, template
 from .source import SourceError, YList, YMap, load
 from .spec import (
     ACTION_KEYS,
@@ -182,7 +182,7 @@ class FlowReader(Reading):
         used, exprs = list(self.used), list(self.exprs)
         for fields, scoped_used, scoped_exprs in self.scoped:
             if fields is not None:  # rows of a data table: its fields, and item, are names too
-                extra = fields | {"item"}
+                extra = fields | ROW_NAMES
                 used += [u for u in scoped_used if u[2] not in extra]
                 exprs += [
                     (ln, f, Expr(e.source, e.tree, e.names - extra)) for ln, f, e in scoped_exprs

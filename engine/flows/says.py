@@ -145,6 +145,7 @@ def list_(
 
 
 ROWS_KEYS = ("from", "id", "title", "description", "section", "more")
+ROW_NAMES = frozenset({"item", "index"})  # what a built row's templates know besides fields
 
 
 def built_rows(r: Reading, raw: YMap) -> Rows | None:
@@ -182,10 +183,14 @@ def built_rows(r: Reading, raw: YMap) -> Rows | None:
         template(r, desc, raw.line_of("description"), LIMITS["row_description"], "description")
     if section is not None:
         template(r, section, raw.line_of("section"), LIMITS["section_title"], "section title")
+    names = {n for _l, _f, n in r.used[used:]} | {
+        n for _l, _f, e in r.exprs[exprs:] for n in e.names
+    }
+    static = fields is not None and names <= fields | ROW_NAMES | r.data
     r.scoped.append((fields, r.used[used:], r.exprs[exprs:]))
     del r.used[used:], r.exprs[exprs:]
     template(r, more, raw.line_of("more"), LIMITS["row_title"], "more row title")
-    return Rows(raw.line, source, items, ident, title, desc, section, more)
+    return Rows(raw.line, source, items, ident, title, desc, section, more, static)
 
 
 def rows(r: Reading, parent: YMap, key: str) -> tuple[tuple[str, str, str | None], ...]:

@@ -121,6 +121,7 @@ class Rows:
     description: str | None = None
     section: str | None = None
     more: str = "More"  # the title of the row that shows the next page
+    static: bool = False  # a data table's rows over its fields only: the same for everyone
 
 
 @dataclass(frozen=True, slots=True)
