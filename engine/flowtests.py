@@ -372,9 +372,13 @@ async def run_case(flows: Flows, case: Case, zone: ZoneInfo) -> Failure | None:
     try:
         for n, step in enumerate(case.steps, start=1):
             replies = await run.step(step)
-            if step.expect is None:
-                continue
-            details = await check(run, step.expect, replies)
+            details = [
+                f"action {name!r} was called, and the test declares no result for it"
+                f" (actions: {{{name}: {{returns: ...}}}} or {{fails: kind}})"
+                for name in dict.fromkeys(n for n, _a in run.calls if n not in case.actions)
+            ]
+            if step.expect is not None and not details:
+                details = await check(run, step.expect, replies)
             if details:
                 what = f"{step.kind}: {step.value}" if step.kind else "expect"
                 if step.kind == "wait":

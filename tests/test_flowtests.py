@@ -206,3 +206,13 @@ def test_every_shipped_flow_has_tests() -> None:
         assert problems == []
         tested |= {c.flow for c in cases}
     assert flows <= tested
+
+
+def test_an_action_without_a_declared_result_fails_the_step_that_called_it(
+    tmp_path: Path,
+) -> None:
+    tests = TESTS.replace("actions:\n  create_order: {returns: {id: BP-7}}\n", "")
+    _code, lines = run(folder(tmp_path, tests))
+    text = "\n".join(lines)
+    assert "step 5 (location: 52.37,4.89 Home)" in text
+    assert "action 'create_order' was called, and the test declares no result for it" in text
