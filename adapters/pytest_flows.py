@@ -13,10 +13,10 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from engine.errors import FlowError
-from engine.flows import Flows, load_flows
-from engine.flowtests import FOLDER, Case, flows_dir_of, read_cases, run_case
+from engine.flows import Flows
+from engine.flowtests import FOLDER, Case, flows_for, read_cases, run_case
 
-_loaded: dict[Path, Flows] = {}
+_loaded: dict[tuple[Path, str], Flows | FlowError] = {}
 
 
 def pytest_collect_file(parent: pytest.Collector, file_path: Path) -> pytest.File | None:
@@ -30,27 +30,24 @@ def pytest_collect_file(parent: pytest.Collector, file_path: Path) -> pytest.Fil
 
 class FlowTestFile(pytest.File):
     def collect(self) -> Any:
-        cases, problems = read_cases(self.path)
+        default = ZoneInfo(os.environ.get("TIMEZONE", "").strip() or "UTC")
+        flows, zone = flows_for(self.path, default, _loaded)
+        if isinstance(flows, FlowError):
+            raise FlowTestError(str(flows))
+        cases, problems = read_cases(self.path, flows)
         if problems:
             raise FlowTestError("\n".join(str(p) for p in problems))
         for case in cases:
-            yield FlowTestItem.from_parent(self, name=case.name, case=case)
+            yield FlowTestItem.from_parent(self, name=case.name, case=case, flows=flows, zone=zone)
 
 
 class FlowTestItem(pytest.Item):
-    def __init__(self, *, case: Case, **kwargs: Any) -> None:
+    def __init__(self, *, case: Case, flows: Flows, zone: ZoneInfo, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.case = case
+        self.case, self.flows, self.zone = case, flows, zone
 
     def runtest(self) -> None:
-        zone = ZoneInfo(os.environ.get("TIMEZONE", "").strip() or "UTC")
-        folder = flows_dir_of(self.path)
-        if folder not in _loaded:
-            try:
-                _loaded[folder] = load_flows(folder, self.case.flow, zone=zone)
-            except FlowError as e:
-                raise FlowTestError(str(e)) from None
-        failure = asyncio.run(run_case(_loaded[folder], self.case, zone))
+        failure = asyncio.run(run_case(self.flows, self.case, self.zone))
         if failure is not None:
             raise FlowTestError(str(failure))
 

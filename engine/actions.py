@@ -147,6 +147,7 @@ class Actions:
     """Every action a deployment's flows may call, by name."""
 
     by_name: dict[str, ActionDef] = field(default_factory=dict)
+    broken: bool = False  # actions.py could not be imported: its names are unknown, not wrong
 
     def get(self, name: str) -> ActionDef | None:
         return self.by_name.get(name)
@@ -199,6 +200,7 @@ def load_actions(
     try:
         module = _import(path)
     except Exception as e:
+        actions.broken = True
         return actions, [Problem(str(path), _line_of(e, path), f"cannot import actions: {e!r}")]
     problems = _defined_twice(path)
     for value in vars(module).values():

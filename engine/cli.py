@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import shutil
 import subprocess
@@ -21,7 +22,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from .actions import Fn, load_actions
 from .clock import SkippableClock
-from .engine import Engine, EngineConfig
+from .engine import Engine, EngineConfig, NotFound
 from .errors import FlowError, errors_in
 from .events import ButtonReply, Content, Customer, ListReply, Message, Text
 from .flows import Flows, graph, load_flows, validate_path
@@ -102,9 +103,10 @@ def main(
 
 
 def validate_command(path: Path, provided: Mapping[str, Fn] | None = None) -> int:
-    problems = validate_path(path, provided)
+    problems = sorted(validate_path(path, provided), key=lambda p: (p.file, p.line))
     for p in problems:
         print(p)
+    sys.stdout.flush()  # before the count, on stderr
     errors = errors_in(problems)
     warnings = len(problems) - len(errors)
     if errors:
@@ -275,10 +277,13 @@ async def chat_command(
             line = line.rstrip("\n")
             key = engine.directory.lookup(CHAT_NUMBER, phone)
             if line.startswith("/wait"):
-                await _wait(engine, clock, sender, line, out)
+                await _wait(engine, key, clock=clock, sender=sender, line=line, out=out)
                 continue
             if line.strip() == "/trace":
                 tracing = _trace(flows, not tracing, out)
+                continue
+            if line.startswith("/location") and parse_location(line[9:]) is None:
+                print("      (/location LAT,LNG [NAME], like /location 52.37,4.89 Home)", file=out)
                 continue
             if line.startswith("/") and not line.startswith(("/tap ", "/location ")):
                 await _command(engine, key, line, out)
@@ -286,27 +291,43 @@ async def chat_command(
             if not line.strip():
                 continue
             count += 1
-            before = sender.sent
-            sender.offered = False
-            message = Message(
-                id=f"chat.{run}.{count}",
-                timestamp=int(time.time()),
-                customer=customer,
-                content=sender.content(line),
-            )
-            await engine.ingest([message])
-            await _settle(engine)
-            if sender.sent > before and not sender.offered:
-                sender.options = []  # a question without buttons: a number is just a number
-            if sender.sent == before:
-                print(
-                    "      (the bot stays silent: a person holds this conversation;"
-                    " /release hands it back)",
-                    file=out,
-                )
+            await _say(engine, sender, customer, ident=f"chat.{run}.{count}", line=line, out=out)
     finally:
         await engine.close()
     return 0
+
+
+async def _say(
+    engine: Engine, sender: ChatSender, customer: Customer, *, ident: str, line: str, out: TextIO
+) -> None:
+    """The customer's line, sent as WhatsApp would send it, and the bot's answer printed."""
+    before = sender.sent
+    sender.offered = False
+    message = Message(
+        id=ident, timestamp=int(time.time()), customer=customer, content=sender.content(line)
+    )
+    await engine.ingest([message])
+    await _settle(engine)
+    if sender.sent > before and not sender.offered:
+        sender.options = []  # a question without buttons: a number is just a number
+    if sender.sent == before:
+        await _silent(engine, engine.directory.lookup(CHAT_NUMBER, customer.phone or ""), out)
+
+
+async def _silent(engine: Engine, key: str | None, out: TextIO) -> None:
+    """Why the bot said nothing: a person holds the conversation, or the step says nothing."""
+    held = False
+    if key is not None:
+        with contextlib.suppress(NotFound):
+            held = bool((await engine.view(key, limit=0))["handoff"])
+    if held:
+        print(
+            "      (the bot stays silent: a person holds this conversation; /release hands it"
+            " back)",
+            file=out,
+        )
+    else:
+        print("      (the bot sent nothing: this step has nothing to say)", file=out)
 
 
 def _trace(flows: Flows, on: bool, out: TextIO) -> bool:
@@ -323,7 +344,13 @@ async def _settle(engine: Engine) -> None:
 
 
 async def _wait(
-    engine: Engine, clock: SkippableClock, sender: ChatSender, line: str, out: TextIO
+    engine: Engine,
+    key: str | None,
+    *,
+    clock: SkippableClock,
+    sender: ChatSender,
+    line: str,
+    out: TextIO,
 ) -> None:
     """`/wait 30m`: time jumps ahead; reminders and delays that fall due run now."""
     _, _, arg = line.partition(" ")
@@ -333,10 +360,22 @@ async def _wait(
         print(f"      (/wait DURATION, like 90s, 30m, 2h or 1d: {e})", file=out)
         return
     before = sender.sent
-    clock.skip(seconds)
-    await _settle(engine)
+    was = await _step_of(engine, key)
+    await clock.advance(seconds, lambda: _settle(engine))
+    now = await _step_of(engine, key)
     if sender.sent == before:
-        print(f"      ({arg.strip()} later: nothing was due)", file=out)
+        what = "nothing was due" if now == was else f"now at step {now}; nothing was sent"
+        print(f"      ({arg.strip()} later: {what})", file=out)
+
+
+async def _step_of(engine: Engine, key: str | None) -> str | None:
+    if key is None:
+        return None
+    try:
+        view = await engine.view(key, limit=0)
+    except NotFound:
+        return None
+    return f"{view['flow']}.{view['state']}"
 
 
 async def _command(engine: Engine, key: str | None, line: str, out: TextIO) -> None:

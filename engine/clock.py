@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from .ports import Timer
 
@@ -62,9 +62,30 @@ class SkippableClock:
         return entry
 
     def skip(self, seconds: float) -> int:
-        """Jump `seconds` ahead; return how many timers fell due on the way."""
+        """Jump `seconds` ahead at once; return how many timers fell due on the way."""
         self._skipped += seconds
         return self._fire()
+
+    async def advance(self, seconds: float, settle: Callable[[], Awaitable[None]]) -> int:
+        """Move `seconds` ahead through every timer due on the way, in order: time stops at
+        each one's due time, it runs, and `settle` lets what it started finish (and set the
+        next timers, counted from then) before time moves on. Returns how many ran."""
+        target = self.now() + seconds
+        fired = 0
+        await settle()
+        for _ in range(100_000):  # a sleeper that re-arms itself at once cannot spin this
+            while self._heap and self._heap[0][2].cancelled:
+                heapq.heappop(self._heap)
+            if not self._heap or self._heap[0][0] > target:
+                break
+            due = self._heap[0][0]
+            self._skipped += max(due - self.now(), 0.0)
+            fired += self._fire()
+            await settle()
+        self._skipped += max(target - self.now(), 0.0)
+        fired += self._fire()
+        await settle()
+        return fired
 
     def _fire(self) -> int:
         fired = 0

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
-from zoneinfo import ZoneInfo
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from .actions import ActionFailed, Actions, Fn
 from .clock import SkippableClock
@@ -46,7 +46,7 @@ from .settings import parse_duration
 
 FOLDER = "tests"  # beside the flows: FLOWS_DIR/tests/*.yaml
 START = "2026-01-05T10:00"  # a Monday morning, in TIMEZONE: the clock's start unless at: says
-FILE_KEYS = ("flow", "at", "actions", "tests")
+FILE_KEYS = ("flow", "at", "timezone", "actions", "tests")
 CASE_KEYS = ("name", "contact", "at", "actions", "steps")
 INPUTS = ("say", "tap", "location", "wait")
 EXPECT_KEYS = (
@@ -82,6 +82,7 @@ class Case:
     actions: dict[str, Any]
     contact: dict[str, str]
     steps: tuple[Step, ...]
+    zone: str | None = None  # timezone: of the file (else TIMEZONE)
 
     @property
     def where(self) -> str:
@@ -104,19 +105,29 @@ class Failure:
 # --- reading -----------------------------------------------------------------------------------
 
 
-def test_files(path: Path) -> list[Path]:
-    """A test file, or the tests of a flows folder (its tests/ sub-folder)."""
+def test_files(path: Path) -> tuple[list[Path], str | None]:
+    """The test files at `path`, and the one flow whose tests to run (None: all): a test file;
+    a flow file (its tests); a flows folder (its tests/ sub-folder); or a tests/ folder."""
     if path.is_file():
-        return [path]
-    folder = path / FOLDER if (path / FOLDER).is_dir() else path
-    return sorted(p for p in folder.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
+        if path.parent.name == FOLDER:
+            return [path], None
+        path, only = path.parent / FOLDER, path.stem
+    else:
+        only = None
+        path = path if path.name == FOLDER else path / FOLDER
+    if not path.is_dir():
+        return [], only
+    files = sorted(p for p in path.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
+    return files, only
 
 
 def flows_dir_of(file: Path) -> Path:
     return file.parent.parent if file.parent.name == FOLDER else file.parent
 
 
-def read_cases(file: Path) -> tuple[list[Case], list[Problem]]:
+def read_cases(file: Path, flows: Flows | None = None) -> tuple[list[Case], list[Problem]]:
+    """The tests of a file, and its problems; with `flows`, the flow and the actions it names
+    are checked against them."""
     problems: list[Problem] = []
     name = str(file)
 
@@ -136,7 +147,18 @@ def read_cases(file: Path) -> tuple[list[Case], list[Problem]]:
     _keys(doc, FILE_KEYS, "test file", err)
     flow = doc.get("flow") or file.stem
     start = doc.get("at") or START
-    actions = _actions(doc, err)
+    zone = doc.get("timezone")
+    if zone is not None:
+        try:
+            ZoneInfo(str(zone))
+        except (ValueError, OSError, ZoneInfoNotFoundError):
+            err(doc.line_of("timezone"), f"timezone: {zone!r} is not an IANA time zone name")
+            zone = None
+    actions = _actions(doc, err, flows)
+    if flows is not None and flow not in flows.by_name:
+        close = difflib.get_close_matches(str(flow), sorted(flows.by_name), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        err(doc.line_of("flow"), f"flow: no flow {flow!r} beside these tests{hint}")
     cases = []
     for i, raw in enumerate(doc["tests"]):
         line = doc["tests"].line_of(i)
@@ -153,9 +175,10 @@ def read_cases(file: Path) -> tuple[list[Case], list[Problem]]:
                 str(raw.get("name") or f"test {i + 1}"),
                 str(flow),
                 str(raw.get("at") or start),
-                {**actions, **_actions(raw, err)},
+                {**actions, **_actions(raw, err, flows)},
                 {str(k): str(v) for k, v in contact.items()},
                 tuple(steps),
+                str(zone) if zone is not None else None,
             )
         )
     return cases, problems
@@ -171,7 +194,9 @@ def _keys(
             err(mapping.line_of(key), f"unknown key {key!r} in {what}{hint}")
 
 
-def _actions(parent: YMap, err: Callable[[int, str], None]) -> dict[str, Any]:
+def _actions(
+    parent: YMap, err: Callable[[int, str], None], flows: Flows | None = None
+) -> dict[str, Any]:
     raw = parent.get("actions")
     if raw is None:
         return {}
@@ -183,6 +208,12 @@ def _actions(parent: YMap, err: Callable[[int, str], None]) -> dict[str, Any]:
         return {}
     out: dict[str, Any] = {}
     for name, how in raw.items():
+        if flows is not None and flows.actions.get(name) is None:
+            known = flows.actions.names()
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            err(raw.line_of(name), f"actions: no action {name!r} in these flows{hint}")
+            continue
         if (
             not isinstance(how, YMap)
             or len(how) != 1
@@ -314,6 +345,7 @@ class Run:
         self.key = f"{NUMBER}:{phone}"
         self.count = 0
         self.offered: list[tuple[str, str, str]] = []  # (kind, id, title) of the last options
+        self.ever: set[tuple[str, str]] = set()  # (id, title) of every option offered so far
 
     async def settle(self) -> None:
         for _ in range(100):
@@ -328,7 +360,7 @@ class Run:
     async def step(self, step: Step) -> list[OutMessage]:
         before = len(self.sender.sent)
         if step.kind == "wait":
-            self.clock.skip(float(step.value))
+            await self.clock.advance(float(step.value), self.settle)
         elif step.kind:
             self.count += 1
             message = Message(
@@ -345,7 +377,13 @@ class Run:
                 self.offered = [("button", b.id, b.title) for b in m.buttons]
             elif isinstance(m, ListMessage):
                 self.offered = [("row", r.id, r.title) for s in m.sections for r in s.rows]
+            self.ever.update(o[1:] for o in self.offered)
         return replies
+
+    def tappable(self, what: str) -> bool:
+        """A tap of a button or row some message of this test offered (an old one too: a
+        customer may tap a button further up the chat)."""
+        return any(what in pair for pair in self.ever)
 
     def content(self, step: Step) -> Content:
         if step.kind == "location":
@@ -359,11 +397,15 @@ class Run:
                     return (
                         ButtonReply(option, title) if kind == "button" else ListReply(option, title)
                     )
-            return ButtonReply(ident, ident)  # an id nothing offered: sent as Meta would
+            for option, title in sorted(self.ever):  # a button of an earlier message
+                if ident in (option, title):
+                    return ButtonReply(option, title)
+            return ButtonReply(ident, ident)
         return Text(str(step.value))
 
 
 async def run_case(flows: Flows, case: Case, zone: ZoneInfo) -> Failure | None:
+    """One test; `zone`: the time zone the flows were loaded with (a file's timezone:)."""
     if case.flow not in flows.by_name:
         known = ", ".join(sorted(flows.by_name))
         return Failure(case.file, case.line, f"{case.name}: no flow {case.flow!r} (flows: {known})")
@@ -371,6 +413,12 @@ async def run_case(flows: Flows, case: Case, zone: ZoneInfo) -> Failure | None:
     await run.engine.start()
     try:
         for n, step in enumerate(case.steps, start=1):
+            if step.kind == "tap" and not run.tappable(str(step.value)):
+                offered = ", ".join(f"{t} ({i})" for _k, i, t in run.offered) or "nothing"
+                why = f"no message of this test offered {step.value!r}; the last offered: {offered}"
+                return Failure(
+                    case.file, step.line, f"{case.name}, step {n} (tap: {step.value})", [why]
+                )
             replies = await run.step(step)
             details = [
                 f"action {name!r} was called, and the test declares no result for it"
@@ -541,31 +589,29 @@ def run_tests(
     if not path.exists():
         out(f"{path}: no such file or folder")
         return 1
-    files = test_files(path)
+    files, only = test_files(path)
     if not files:
-        out(f"{path}: no flow tests (write them in {path / FOLDER}/*.yaml)")
+        out(f"{path}: no flow tests (write them in {FOLDER}/*.yaml beside the flows)")
         return 1
     passed = failed = 0
-    loaded: dict[Path, Flows | FlowError] = {}
+    loaded: dict[tuple[Path, str], Flows | FlowError] = {}
     for file in files:
-        cases, problems = read_cases(file)
-        for p in problems:
-            out(str(p))
-        failed += len([p for p in problems if not p.warning])
-        folder = flows_dir_of(file)
-        if folder not in loaded:
-            try:
-                loaded[folder] = load_flows(folder, _any_flow(folder), provided, zone)
-            except FlowError as e:
-                loaded[folder] = e
-        flows = loaded[folder]
+        flows, zone_here = flows_for(file, zone, loaded, provided)
         if isinstance(flows, FlowError):
             for p in flows.problems:
                 out(str(p))
-            failed += len(cases)
+            failed += 1
+            continue
+        cases, problems = read_cases(file, flows)
+        for p in problems:
+            out(str(p))
+        if problems:
+            failed += len(problems)
             continue
         for case in cases:
-            failure = asyncio.run(run_case(flows, case, zone))
+            if only is not None and case.flow != only:
+                continue
+            failure = asyncio.run(run_case(flows, case, zone_here))
             if failure is None:
                 passed += 1
                 out(f"ok   {case.where} {case.name}")
@@ -574,6 +620,26 @@ def run_tests(
                 out(f"FAIL {failure}")
     out(f"{passed} passed, {failed} failed")
     return 0 if failed == 0 and passed > 0 else 1
+
+
+def flows_for(
+    file: Path,
+    zone: ZoneInfo,
+    cache: dict[tuple[Path, str], Flows | FlowError],
+    provided: Mapping[str, Fn] | None = None,
+) -> tuple[Flows | FlowError, ZoneInfo]:
+    """The flows a test file tests, loaded once per folder and time zone (its timezone:, or
+    `zone`), and that zone."""
+    cases, _problems = read_cases(file)
+    here = ZoneInfo(cases[0].zone) if cases and cases[0].zone else zone
+    folder = flows_dir_of(file)
+    key = (folder, str(here))
+    if key not in cache:
+        try:
+            cache[key] = load_flows(folder, _any_flow(folder), provided, here)
+        except FlowError as e:
+            cache[key] = e
+    return cache[key], here
 
 
 def _any_flow(folder: Path) -> str:

@@ -490,3 +490,8 @@ def test_mistakes_in_actions_py_are_reported_at_their_line(
         assert at in (line, line + 1), (at, line)
     else:
         assert at == line
+
+
+def test_an_actions_py_that_does_not_import_is_the_one_problem_named(tmp_path: Path) -> None:
+    found = problems(write(tmp_path / "flows", actions="import nothing_by_this_name\n"))
+    assert [p[0] for p in found] == ["actions.py"], found  # not also "unknown action ..."

@@ -155,3 +155,16 @@ def test_trace_shows_each_transition_and_state_shows_the_callers(tmp_path: Path)
     assert "(trace off)" in out
     assert ". address: ask -> ok" not in out  # traced no more
     assert "bot > Delivering to 1 main street for bob, fee 5.00." in out
+
+
+def test_silence_and_a_location_that_is_not_one_are_explained(tmp_path: Path) -> None:
+    (tmp_path / "quiet.yaml").write_text(
+        "start: a\nstates:\n  a:\n    say: Hi\n    on:\n      - text: go\n        go: b\n"
+        "  b:\n    end: true\n"
+    )
+    out = chat(
+        ["hi", "go", "/location abc", "/quit"], "--flows-dir", str(tmp_path), "--flow", "quiet"
+    )
+    assert "(the bot sent nothing: this step has nothing to say)" in out
+    assert "a person holds" not in out
+    assert "(/location LAT,LNG [NAME], like /location 52.37,4.89 Home)" in out

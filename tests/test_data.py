@@ -110,17 +110,19 @@ def test_a_menu_of_23_is_shown_in_pages_with_a_row_for_the_next(tmp_path: Path) 
     assert isinstance(first, ListMessage) and first.body == "Luigi's: 23 pizzas."
     assert rows_of(first) == [
         ["Classic:", *(f"P{i:02d}" for i in range(1, 10))],
-        ["More:", "_more"],
+        ["More:", "_more1"],
     ]
     assert first.sections[0].rows[0].description == "9.90"  # 9 x 1.10, in Decimal
     assert first.sections[1].rows[0].description == "14 more"
-    (second,) = flow.handle(c, msg(ListReply("_more", "More"))).messages
+    (second,) = flow.handle(c, msg(ListReply("_more1", "More"))).messages
     assert rows_of(second) == [
         ["Classic:", "P10", "P11", "P12"],
         ["Special:", *(f"P{i:02d}" for i in range(13, 19))],
-        ["More:", "_more"],
+        ["More:", "_more2"],
     ]
-    (third,) = flow.handle(c, msg(ListReply("_more", "More"))).messages
+    again = flow.handle(c, msg(ListReply("_more1", "More"))).messages  # the old list's row
+    assert rows_of(again[0]) == rows_of(second)  # the same page again, not the next
+    (third,) = flow.handle(c, msg(ListReply("_more2", "More"))).messages
     assert rows_of(third) == [["Special:", *(f"P{i:02d}" for i in range(19, 24))]]
     assert c.state == "pick" and c.misses == 0
     # A row of an earlier page still counts: the whole table is the choice.
@@ -176,7 +178,10 @@ def test_names_in_rows_are_checked_against_the_tables_fields(tmp_path: Path) -> 
     shop = shop.replace('        from: "=cart"\n        save', "        from: menu\n        save")
     found = {(p.line, p.message) for p in validate_path(folder(tmp_path, shop=shop))}
     assert (4, "'menu' is a data table of this flow; a slot needs another name") in found
-    assert (15, "unknown placeholder {nme}: no step sets a slot by that name") in found
+    assert (
+        15,
+        "unknown field 'nme' (did you mean 'name'?): the records have category, name, price, sku",
+    ) in found
     assert (
         31,
         "type: choice from 'menu': state 'review' shows no list rows from it"
@@ -210,3 +215,36 @@ def test_rows_from_what_is_not_a_table(tmp_path: Path) -> None:
     assert (8, "rows from 'shop': the table is not a list of records") in found
     assert (10, "type: choice needs from: (the data table or list of the rows)") in found
     assert (14, "from: belongs to a branch with type: choice") in found
+
+
+def test_a_field_of_a_data_record_is_checked_and_a_function_name_is_no_data_name(
+    tmp_path: Path,
+) -> None:
+    shop = SHOP.replace("{= shop.name}", "{= shop.nmae}").replace(
+        "  shop: data/shop.yaml\n", "  shop: data/shop.yaml\n  len: data/shop.yaml\n"
+    )
+    found = {(p.line, p.message) for p in validate_path(folder(tmp_path, shop=shop))}
+    assert (
+        4,
+        "data name 'len': a name of letters, digits and '_' that is not name, text, phone or a"
+        " function",
+    ) in found
+    assert (
+        10,
+        "shop.nmae: the data 'shop' has no field 'nmae' (did you mean 'name'?) (it has code, name,"
+        " phone, tax)",
+    ) in found
+
+
+def test_an_unclosed_quote_in_a_csv_is_reported_where_its_record_starts(tmp_path: Path) -> None:
+    menu = 'sku,name,price,category\nP1,Pizza,9,A\nP2,"Pasta,8,A\nP3,Cola,2,A\n'
+    found = [
+        (Path(p.file).name, p.line, p.message) for p in validate_path(folder(tmp_path, menu=menu))
+    ]
+    assert found == [
+        (
+            "menu.csv",
+            3,
+            "CSV: unexpected end of data (a quote opened in this record is never closed?)",
+        )
+    ], found  # and nothing else: the rows built from it are not checked against a broken table

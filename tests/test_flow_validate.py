@@ -683,3 +683,31 @@ def test_a_slot_shown_on_a_path_that_never_sets_it_is_a_warning(tmp_path: Path) 
     )
     assert warnings_of(tmp_path, every) == []
     assert warnings_of(tmp_path, text.replace("{order}", "{order|unknown}")) == []
+
+
+def test_yaml_that_would_expand_or_nest_without_end_is_refused_at_its_line(tmp_path: Path) -> None:
+    """A few hundred bytes of nested aliases ("billion laughs") would need gigabytes; a deep
+    nest of lists would exhaust Python's recursion: both are problems at a line, in a flow and
+    in a data file."""
+    from engine.flows import validate_path
+
+    bomb = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{c}: &{c} [{', '.join(['*' + p] * 9)}]\n"
+        for p, c in zip("abcdefgh", "bcdefghi", strict=True)
+    )
+    deep = "[" * 3000 + "]" * 3000 + "\n"
+    for i, text in enumerate((bomb, deep)):
+        folder = tmp_path / f"f{i}"
+        (folder / "data").mkdir(parents=True)
+        (folder / "flow.yaml").write_text(text)
+        (folder / "other.yaml").write_text(
+            "data: {t: data/t.yaml}\nstart: a\nstates:\n  a:\n    end: true\n"
+        )
+        (folder / "data" / "t.yaml").write_text(text)
+        found = {(Path(p.file).name, p.line, p.message) for p in validate_path(folder)}
+        if i == 0:
+            message = "this expands to more than 1,000,000 values (YAML aliases: &name, *name)"
+            assert found == {("flow.yaml", 7, message), ("t.yaml", 7, message)}
+        else:
+            message = "YAML nested more than 64 levels deep"
+            assert found == {("flow.yaml", 1, message), ("t.yaml", 1, message)}

@@ -66,7 +66,7 @@ actions:
 tests:
   - name: an order on the virtual clock
     steps:
-      - tap: Two
+      - say: hello
         expect: {buttons: [One, Two]}
       - say: "3 cakes"
         expect: {text: "When?", slots: {qty: 3}}
@@ -122,7 +122,7 @@ def test_a_failure_names_its_line_and_shows_what_differed(tmp_path: Path) -> Non
     text = "\n".join(lines)
     assert code == 1
     file = tmp_path / "flows" / "tests" / "shop.yaml"
-    assert f"FAIL {file}:8: an order on the virtual clock, step 1 (tap: Two)" in text
+    assert f"FAIL {file}:8: an order on the virtual clock, step 1 (say: hello)" in text
     assert "buttons differ (- expected, + offered):\n      One\n    - Three\n    + Two" in text
     assert "step 2" not in text  # a test stops at its first failing step
     assert f"FAIL {file}:28: the action fails, step 4 (location: 1,2)" in text
@@ -145,7 +145,7 @@ def test_slots_and_actions_that_differ(tmp_path: Path) -> None:
 
 
 def test_mistakes_in_a_test_file_are_reported_at_their_line(tmp_path: Path) -> None:
-    tests = TESTS.replace("      - tap: Two\n", "      - tapp: Two\n").replace(
+    tests = TESTS.replace("      - say: hello\n", "      - tapp: Two\n").replace(
         "      - wait: 31m\n", "      - wait: soon\n"
     )
     code, lines = run(folder(tmp_path, tests))
@@ -216,3 +216,59 @@ def test_an_action_without_a_declared_result_fails_the_step_that_called_it(
     text = "\n".join(lines)
     assert "step 5 (location: 52.37,4.89 Home)" in text
     assert "action 'create_order' was called, and the test declares no result for it" in text
+
+
+def test_a_long_wait_runs_every_timer_on_the_way_at_its_own_time(tmp_path: Path) -> None:
+    shop = SHOP.replace(
+        "      - after: 30m\n        say: Still there?\n",
+        "      - after: 30m\n        say: Still there?\n      - after: 20h\n"
+        "        say: Closing.\n        go: sorry\n",
+    )
+    tests = """
+    flow: shop
+    tests:
+      - name: both rungs within one wait, the first inside the 24-hour window
+        steps:
+          - say: hi
+          - say: "2"
+          - wait: 25h
+            expect: {text: ["Still there?", "Closing."], state: sorry}
+    """
+    flows = folder(tmp_path, tests)
+    (flows / "shop.yaml").write_text(textwrap.dedent(shop).lstrip("\n"))
+    code, lines = run(flows)
+    assert code == 0, lines
+
+
+def test_names_the_flows_do_not_have_and_taps_of_what_was_never_offered(tmp_path: Path) -> None:
+    tests = TESTS.replace("flow: shop", "flow: shopp").replace(
+        "create_order: {returns", "create_ordr: {returns"
+    )
+    code, lines = run(folder(tmp_path, tests))
+    file = tmp_path / "flows" / "tests" / "shop.yaml"
+    assert code == 1
+    assert f"{file}:1: flow: no flow 'shopp' beside these tests (did you mean 'shop'?)" in lines
+    assert (
+        f"{file}:4: actions: no action 'create_ordr' in these flows (did you mean 'create_order'?)"
+        in lines
+    )
+    tests = TESTS.replace(
+        "        expect: {buttons: [One, Two]}\n",
+        "      - tap: Three\n",
+    )
+    _code, lines = run(folder(tmp_path / "b", tests))
+    text = "\n".join(lines)
+    assert (
+        "step 2 (tap: Three)\n  no message of this test offered 'Three'; the last offered: One (one), Two (two)"
+        in text
+    )
+
+
+def test_a_flow_file_or_a_folder_without_tests(tmp_path: Path) -> None:
+    flows = folder(tmp_path)
+    code, lines = run(flows / "shop.yaml")  # the tests of that flow
+    assert code == 0 and lines[-1] == "2 passed, 0 failed", lines
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "main.yaml").write_text("start: a\nstates:\n  a:\n    end: true\n")
+    code, lines = run(tmp_path / "other")
+    assert code == 1 and "no flow tests" in lines[0], lines

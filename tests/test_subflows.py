@@ -296,3 +296,36 @@ def test_outputs_must_be_slots_the_flow_sets_and_inputs_count_as_set(tmp_path: P
     found = problems(write(tmp_path / "f", address=address))
     assert found == [("address.yaml", 2, "outputs: 'zip' is not a slot this flow sets")]
     # {who} is shown in the callee's first step without a warning: inputs are set at its start.
+
+
+def test_calls_nested_deeper_than_the_engine_allows_are_refused(tmp_path: Path) -> None:
+    def chained(count: int) -> dict[str, str]:
+        files = {}
+        for i in range(count):
+            last = i == count - 1
+            body = (
+                "    say: bottom\n    end: true\n" if last else f"    call: f{i + 1}\n    then: b\n"
+            )
+            files[f"f{i}"] = f"start: a\nstates:\n  a:\n{body}" + (
+                "" if last else "  b:\n    end: true\n"
+            )
+        return files
+
+    folder = tmp_path / "ok"
+    folder.mkdir()
+    for name, text in chained(9).items():  # 8 calls inside each other: the most allowed
+        (folder / f"{name}.yaml").write_text(text)
+    assert validate_path(folder) == []
+    folder = tmp_path / "deep"
+    folder.mkdir()
+    for name, text in chained(10).items():
+        (folder / f"{name}.yaml").write_text(text)
+    found = problems(folder)
+    assert found == [
+        (
+            "f0.yaml",
+            4,
+            "call: 9 calls inside each other (f0 -> f1 -> f2 -> f3 -> f4 -> f5 -> f6"
+            " -> f7 -> f8 -> f9); at most 8 can be",
+        )
+    ], found

@@ -48,19 +48,21 @@ def validate_path(path: Path, provided: Mapping[str, Fn] | None = None) -> list[
     outputs = peek_outputs(folder)
     specs: dict[str, FlowSpec] = {}
     for file in files:
-        spec, found = read_flow(file, actions, outputs)
+        # Kept with its errors, so that calls across flows are checked in the same round.
+        spec, found = read_flow(file, actions, outputs, keep=True)
         problems.extend(found)
         if spec is not None:
             specs[spec.name] = spec
-            try:
-                Flow(spec)
-            except Exception as e:  # the library refused what our checks let through
-                problems.append(Problem(str(file), 1, f"cannot build the state machine: {e}"))
+            if not errors_in(found):
+                try:
+                    Flow(spec)
+                except Exception as e:  # the library refused what our checks let through
+                    problems.append(Problem(str(file), 1, f"cannot build the state machine: {e}"))
     others = {f.stem for f in flow_files(folder)}
     if not path.is_dir():  # one file: the flows it calls are read, their problems not shown
         for file in flow_files(folder):
             if file.stem not in specs:
-                spec, _found = read_flow(file, actions, outputs)
+                spec, _found = read_flow(file, actions, outputs, keep=True)
                 if spec is not None:
                     specs[spec.name] = spec
     mine = {str(f) for f in files}
@@ -106,10 +108,11 @@ def load_flows(
     files = flow_files(folder)
     specs: dict[str, FlowSpec] = {}
     for file in files:
-        spec, found = read_flow(file, actions, outputs)
+        spec, found = read_flow(file, actions, outputs, keep=True)
         problems.extend(found)
         if spec is not None:
             specs[spec.name] = spec
+        if spec is not None and not errors_in(found):
             try:
                 flows[spec.name] = Flow(spec, zone or UTC)
             except Exception as e:  # the library refused what our checks let through

@@ -98,7 +98,12 @@ def choices(r: Reading, spec: FlowSpec) -> None:
         offered = {i for say in offered_says(spec, state) for i, _t in say.choices()}
         built = {say.rows.source for say in offered_says(spec, state) if say.rows}
         for b in state.on:
-            if b.when == "type" and b.values[0] == "choice" and b.values[1] not in built:
+            if (
+                b.when == "type"
+                and b.values[0] == "choice"
+                and b.values[1] not in built
+                and b.values[1] not in r.broken  # a table that could not be read: said there
+            ):
                 shown = ", ".join(sorted(built)) or "none"
                 r.err(
                     b.line,

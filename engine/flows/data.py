@@ -18,6 +18,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from .expr import FUNCTIONS
 from .reading import Reading
 from .source import NUMBER, YList, YMap
 from .spec import SLOT
@@ -41,8 +42,12 @@ def read_data(r: Reading, folder: Path, doc: YMap) -> tuple[dict[str, Value], st
     texts: list[str] = []
     for name, ref in raw.items():
         line = raw.line_of(name)
-        if not SLOT.fullmatch(name) or name in BUILTIN_VALUES:
-            r.err(line, f"data name {name!r}: use letters, digits and '_' (not name, text, phone)")
+        if not SLOT.fullmatch(name) or name in BUILTIN_VALUES or name in FUNCTIONS:
+            r.err(
+                line,
+                f"data name {name!r}: a name of letters, digits and '_' that is not name, text,"
+                " phone or a function",
+            )
             continue
         if not isinstance(ref, str) or Path(ref).suffix.lower() not in SUFFIXES:
             r.err(line, f"data: {name}: a .yaml or .csv file beside the flow, like data/{name}.csv")
@@ -61,15 +66,19 @@ def read_data(r: Reading, folder: Path, doc: YMap) -> tuple[dict[str, Value], st
         if table is not None:
             tables[name] = table
             texts.append(text)
-    r.data = set(raw) & set(tables)
+        else:
+            r.broken.add(name)  # its own problems are reported; its uses are not checked
+    r.data = (set(raw) & set(tables)) | r.broken
     r.fields = {n: _fields(v) for n, v in tables.items()}
     return tables, "\0".join(texts)
 
 
 def _yaml(r: Reading, text: str, file: str) -> Value | None:
+    before = len(r.problems)
     doc = r.yaml(text, file, numbers=True)
     if doc is None:
-        r.err(1, "the data file is empty", file)
+        if len(r.problems) == before:
+            r.err(1, "the data file is empty", file)
         return None
     if isinstance(doc, YList) and len(doc) > MAX_ROWS:
         r.err(doc.line, f"{len(doc)} records: a table holds at most {MAX_ROWS}", file)
@@ -80,11 +89,19 @@ def _yaml(r: Reading, text: str, file: str) -> Value | None:
 def _csv(r: Reading, text: str, file: str) -> Value | None:
     """A header row naming the fields, then one record per row."""
     reader = csv.reader(io.StringIO(text, newline=""), strict=True)
-    try:
-        rows = list(reader)
-    except csv.Error as e:
-        r.err(reader.line_num, f"CSV: {e}", file)
-        return None
+    rows: list[list[str]] = []
+    starts: list[int] = []  # the line each record starts on (a quoted value may span lines)
+    while True:
+        start = reader.line_num + 1
+        try:
+            row = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as e:  # an unclosed quote: reported where the record starts
+            r.err(start, f"CSV: {e} (a quote opened in this record is never closed?)", file)
+            return None
+        rows.append(row)
+        starts.append(start)
     if not rows or not any(c.strip() for c in rows[0]):
         r.err(1, "a CSV data file starts with a header row naming its fields", file)
         return None
@@ -101,7 +118,7 @@ def _csv(r: Reading, text: str, file: str) -> Value | None:
         r.err(1, f"{len(rows) - 1} rows: a table holds at most {MAX_ROWS}", file)
         return None
     records: list[Value] = []
-    for number, row in enumerate(rows[1:], start=2):
+    for number, row in zip(starts[1:], rows[1:], strict=True):
         if not any(c.strip() for c in row):
             continue  # a blank line
         if len(row) != len(header):

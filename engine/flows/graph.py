@@ -62,7 +62,8 @@ def _condition(b: Branch) -> str:
 def _routed(source: str, routes: tuple[Route, ...], label: str, dashed: bool = False) -> list[Edge]:
     out = []
     for r in routes:
-        extra = f" if {r.guard.source}" if r.guard is not None else ""
+        joint = " and " if " if " in label else " if "  # the branch has a guard of its own
+        extra = f"{joint}{r.guard.source}" if r.guard is not None else ""
         if r.guard is None and len(routes) > 1:
             extra = " otherwise"
         out.append(Edge(source, r.to, (label + extra).strip(), dashed))

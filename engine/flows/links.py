@@ -8,6 +8,7 @@ from collections.abc import Iterable
 
 from ..errors import Problem
 from .spec import FlowSpec, SubflowCall
+from .stack import MAX_DEPTH
 
 
 def calls_of(spec: FlowSpec) -> Iterable[SubflowCall]:
@@ -58,6 +59,40 @@ def check_links(specs: dict[str, FlowSpec], names: Iterable[str]) -> list[Proble
             if not call.jump and not any(s.end for s in target.states.values()):
                 err(f"call: flow {call.flow!r} has no end: step, so it never comes back")
     problems.extend(_cycles(specs))
+    if not problems:
+        problems.extend(_too_deep(specs))
+    return problems
+
+
+def _too_deep(specs: dict[str, FlowSpec]) -> list[Problem]:
+    """Calls inside calls past MAX_DEPTH would fail at run time: refuse them here, at the top
+    call of the chain (the call graph has no circles by now)."""
+    longest: dict[str, list[tuple[str, int]]] = {}  # flow -> the longest chain of calls below
+
+    def chain(name: str) -> list[tuple[str, int]]:
+        if name not in longest:
+            best: list[tuple[str, int]] = []
+            for call in calls_of(specs[name]):
+                if not call.jump and call.flow in specs:
+                    below = [(call.flow, call.line), *chain(call.flow)]
+                    if len(below) > len(best):
+                        best = below
+            longest[name] = best
+        return longest[name]
+
+    deep = {name for name in specs if len(chain(name)) > MAX_DEPTH}
+    called = {c.flow for n in deep for c in calls_of(specs[n]) if not c.jump}
+    problems = []
+    for name in sorted(deep - called):
+        path = chain(name)
+        circle = " -> ".join([name, *(f for f, _l in path)])
+        problems.append(
+            Problem(
+                specs[name].path,
+                path[0][1],
+                f"call: {len(path)} calls inside each other ({circle}); at most {MAX_DEPTH} can be",
+            )
+        )
     return problems
 
 

@@ -300,7 +300,7 @@ def build_message(say: Say, step: Step) -> OutMessage:
     return ListMessage(body, step.render(say.list_button or "Options"), sections, header, footer)
 
 
-MORE = "_more"  # the id of the row that shows the next page of built rows
+MORE = "_more"  # the id of the row that shows page N of built rows is "_more<N>" (from 0)
 PAGE = "_page"  # the slot that holds which page of built rows the customer is looking at
 PAGE_ROWS = LIMITS["list_rows"] - 1  # a page's rows, when another page follows
 
@@ -367,7 +367,7 @@ def _build(rows: Rows, step: Step, items: Value) -> list[Built]:
             return render(template, names, lambda src: _computed(step, src, names))
 
         ident = (fill(rows.id) or "").strip()[: LIMITS["row_id"]]
-        if not ident or ident in seen or ident == MORE:
+        if not ident or ident in seen or ident.startswith(MORE):
             left_out += 1
             continue
         seen.add(ident)
@@ -403,7 +403,7 @@ def _built_sections(rows: Rows, step: Step) -> tuple[Section, ...]:
     if len(shown) > LIMITS["list_rows"]:
         left = len(shown) - PAGE_ROWS
         shown = shown[:PAGE_ROWS]
-        more = Row(MORE, step.render(rows.more), f"{left} more")
+        more = Row(f"{MORE}{start // PAGE_ROWS + 1}", step.render(rows.more), f"{left} more")
     groups: dict[str | None, list[Row]] = {}
     for _item, ident, title, desc, section in shown:
         groups.setdefault(section if rows.section is not None else None, []).append(
@@ -620,17 +620,18 @@ class Tracer:
         self._flow = flow
         self._sink = sink
         self._via: str | None = None
+        self._why: str | None = None
 
     def after_transition(self, event: str | None, source: Any, target: Any) -> None:
-        what = TRACED.get(event or "", event or "then")
         src = self._via or str(source.value)
+        what = self._why or TRACED.get(event or "", event or "then")
         if target is None or target is source:
             self._sink(f"{self._flow}: {src} stays ({what})")
             return
-        if str(target.value).startswith("_route"):
-            self._via = src
+        if str(target.value).startswith("_route"):  # a route by condition: report the event
+            self._via, self._why = src, what
             return
-        self._via = None
+        self._via = self._why = None
         shown = "(start)" if src == IDLE else src
         self._sink(f"{self._flow}: {shown} -> {target.value} ({what})")
 
@@ -816,7 +817,7 @@ def _transitions(
         out.append(
             {
                 "target": None,
-                "cond": [bind(lambda step: step.choice == MORE)],
+                "cond": [bind(lambda step: (step.choice or "").startswith(MORE))],
                 "on": [bind(lambda step: _next_page(step, prompt))],
             }
         )
@@ -839,8 +840,9 @@ def _transitions(
 
 
 def _next_page(step: Step, prompt: tuple[Say, ...]) -> None:
-    page = step.convo.slots.get(PAGE) or 0
-    step.convo.slots[PAGE] = (int(page) if isinstance(page, int | Decimal) else 0) + 1
+    """The page a More row names (so tapping an old More row again shows the same page)."""
+    wanted = (step.choice or "")[len(MORE) :]
+    step.convo.slots[PAGE] = int(wanted) if wanted.isdigit() and len(wanted) < 6 else 0
     for say in prompt:
         step.say(say)
 

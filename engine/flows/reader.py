@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import re
 from decimal import Decimal
@@ -55,6 +56,7 @@ from .spec import (
 )
 from .text import Faq, FaqEntry, Keywords, normalize
 from .types import TYPES, Bounds
+from .values import Value
 
 MAX_WAIT = 400 * 86400.0  # the longest after: a flow may set
 MAX_WITHIN = 300.0  # the longest an action may take
@@ -66,17 +68,19 @@ def read_flow(
     path: Path,
     actions: Actions | None = None,
     outputs: dict[str, frozenset[str]] | None = None,
+    *,
+    keep: bool = False,
 ) -> tuple[FlowSpec | None, list[Problem]]:
     """Read and check one flow file: (spec, []) when valid, (None, problems) otherwise.
     Its action: steps are checked against `actions` (the built-ins when not given); the slots
     its call: steps get back, against `outputs` (each flow's outputs: read from the files
-    beside it when not given)."""
+    beside it when not given). With `keep`, the spec comes back even when it has errors."""
     if outputs is None:
         outputs = peek_outputs(path.parent)
     reader = FlowReader(path, actions, outputs)
     spec = reader.flow()
     problems = sorted(reader.problems, key=lambda p: (p.file, p.line))
-    if errors_in(problems):
+    if errors_in(problems) and not keep:  # keep: what was read, for checks across flows
         return None, problems
     return spec, problems  # warnings only: the flow is valid
 
@@ -108,6 +112,7 @@ class FlowReader(Reading):
         self.path = path
         self.actions = actions
         self.subflows: list[SubflowCall] = []  # checked against the other flows (links)
+        self.tables: dict[str, Value] = {}  # the flow's data, by name
         self.output_lines: dict[str, int] = {}
 
     # --- document --------------------------------------------------------------------------
@@ -131,6 +136,7 @@ class FlowReader(Reading):
             return None
         self.keys(doc, FLOW_KEYS, "flow")
         data, data_text = read_data(self, self.path.parent, doc)
+        self.tables = data
         faq, faq_text = self.faq(doc)
         slots = self.slot_defaults(doc)
         inputs = self.inputs(doc)
@@ -182,11 +188,8 @@ class FlowReader(Reading):
         used, exprs = list(self.used), list(self.exprs)
         for fields, scoped_used, scoped_exprs in self.scoped:
             if fields is not None:  # rows of a data table: its fields, and item, are names too
-                extra = fields | ROW_NAMES
-                used += [u for u in scoped_used if u[2] not in extra]
-                exprs += [
-                    (ln, f, Expr(e.source, e.tree, e.names - extra)) for ln, f, e in scoped_exprs
-                ]
+                self.row_names(fields, known, scoped_used, scoped_exprs)
+        self.record_fields(exprs)
         for line, file, name_ in used:
             if name_ not in known:
                 self.err(
@@ -207,6 +210,40 @@ class FlowReader(Reading):
                     f" name{self.hint(name_, sorted(known))}",
                     file,
                 )
+
+    def row_names(
+        self,
+        fields: frozenset[str],
+        known: set[str],
+        used: list[tuple[int, str, str]],
+        exprs: list[tuple[int, str, Expr]],
+    ) -> None:
+        """The templates of rows built from a table: a name that is neither one of its fields
+        nor known elsewhere is most likely a misspelt field."""
+        names = [(ln, f, n) for ln, f, n in used] + [
+            (ln, f, n) for ln, f, e in exprs for n in sorted(e.names)
+        ]
+        have = ", ".join(sorted(fields))
+        for line, file, name_ in names:
+            if name_ not in fields | ROW_NAMES | known:
+                hint = self.hint(name_, sorted(fields | ROW_NAMES))
+                self.err(line, f"unknown field {name_!r}{hint}: the records have {have}", file)
+
+    def record_fields(self, exprs: list[tuple[int, str, Expr]]) -> None:
+        """`shop.nmae`, where shop is a data record: its fields are known when the flow loads."""
+        for line, file, expr in exprs:
+            for node in ast.walk(expr.tree):
+                if not (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)):
+                    continue
+                record = self.tables.get(node.value.id)
+                if isinstance(record, dict) and node.attr not in record:
+                    hint = self.hint(node.attr, sorted(record))
+                    self.err(
+                        line,
+                        f"{node.value.id}.{node.attr}: the data {node.value.id!r} has no field"
+                        f" {node.attr!r}{hint} (it has {', '.join(sorted(record))})",
+                        file,
+                    )
 
     def faq(self, doc: YMap) -> tuple[Faq | None, str]:
         ref = self.scalar(doc, "faq")
@@ -375,6 +412,8 @@ class FlowReader(Reading):
         actions = self.actions or Actions({b.name: b for b in BUILTINS})
         for line, name, given in self.calls:
             definition = actions.get(name)
+            if definition is None and actions.broken:
+                continue  # actions.py did not import (reported there): it may well define it
             if definition is None:
                 known = actions.names()
                 self.err(

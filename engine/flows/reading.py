@@ -23,6 +23,7 @@ class Reading:
         self.exprs: list[tuple[int, str, Expr]] = []  # (line, file, expression), likewise
         self.calls: list[tuple[int, str, dict[str, Any]]] = []  # (line, action, its with:)
         self.data: set[str] = set()  # the names of the flow's data tables
+        self.broken: set[str] = set()  # tables that could not be read (reported already)
         self.fields: dict[str, frozenset[str] | None] = {}  # each table's record fields
         # Templates of rows built from a list: (fields they may use, None: any), their
         # placeholders and expressions, checked at the end like the others.

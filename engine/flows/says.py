@@ -167,6 +167,8 @@ def built_rows(r: Reading, raw: YMap) -> Rows | None:
             return None
         items = r.expression(source, line)
         fields = r.fields.get(source)
+        if source in r.broken:
+            return None  # the table's own problems are reported
         if fields is None:
             r.err(line, f"rows from {source!r}: the table is not a list of records")
             return None

@@ -65,6 +65,8 @@ def load(text: str, *, numbers: bool = False) -> tuple[Any, list[SourceError]]:
     With `numbers` (data files), an unquoted scalar written as a decimal number is a Decimal."""
     try:
         node = yaml.compose(text, Loader=_Resolver)
+    except RecursionError:
+        raise SourceError(1, f"YAML nested more than {MAX_DEPTH} levels deep") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
         problem = getattr(e, "problem", None) or str(e)
@@ -78,7 +80,40 @@ def load(text: str, *, numbers: bool = False) -> tuple[Any, list[SourceError]]:
     problems: list[SourceError] = []
     if node is None:
         return None, problems
+    _measure(node)
     return _convert(node, problems, numbers), problems
+
+
+MAX_DEPTH = 64  # levels of nesting in one file
+MAX_VALUES = 1_000_000  # values one file may expand to, aliases expanded ("billion laughs")
+
+
+def _measure(root: Node) -> None:
+    """Refuse a document nested too deeply, or whose aliases (&a, *a) expand it past
+    MAX_VALUES: a few hundred bytes of nested aliases would otherwise need gigabytes."""
+    sizes: dict[int, int] = {}
+    stack: list[tuple[Node, int, bool]] = [(root, 1, False)]
+    while stack:
+        node, depth, done = stack.pop()
+        if id(node) in sizes and not done:
+            continue
+        if depth > MAX_DEPTH:
+            raise SourceError(node.start_mark.line + 1, f"nested more than {MAX_DEPTH} levels deep")
+        children: list[Node] = []
+        if isinstance(node, SequenceNode):
+            children = list(node.value)
+        elif isinstance(node, MappingNode):
+            children = [n for pair in node.value for n in pair]
+        if not done:
+            stack.append((node, depth, True))
+            stack.extend((c, depth + 1, False) for c in children if id(c) not in sizes)
+            continue
+        sizes[id(node)] = 1 + sum(sizes.get(id(c), 1) for c in children)
+        if sizes[id(node)] > MAX_VALUES:
+            raise SourceError(
+                node.start_mark.line + 1,
+                f"this expands to more than {MAX_VALUES:,} values (YAML aliases: &name, *name)",
+            )
 
 
 def _convert(node: Node, problems: list[SourceError], numbers: bool = False) -> Any:
