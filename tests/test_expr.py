@@ -118,6 +118,11 @@ VALUES: list[tuple[str, Any]] = [
     ("update(cart, 7, {'qty': 1}) == cart", True),
     ("merge(place, {'name': 'Home'}).name", "Home"),
     ("remove(empty, 1)", []),
+    # dates as typed answers keep them, written for a customer
+    ("format_date('2026-12-08T17:00+05:30')", "Tue 08 Dec 2026, 17:00"),
+    ("format_date('2026-12-08', '%d %B')", "08 December"),
+    ("format_date('17:30', '%I:%M %p')", "05:30 PM"),
+    ("format_date(unset)", ""),
 ]
 
 ERRORS: list[tuple[str, str]] = [
@@ -139,6 +144,8 @@ ERRORS: list[tuple[str, str]] = [
     ("remove(cart)", "remove.list, position. or remove.list, field, value."),
     ("update(total, 1, 2)", "update needs a list, got the number 21.00"),
     ("remove(cart, 'x')", "remove needs numbers"),
+    ("format_date('soon')", "format_date: 'soon' is not a date or time"),
+    ("format_date(total)", "format_date needs a date as text"),
 ]
 
 UNREADABLE: list[tuple[str, str]] = [

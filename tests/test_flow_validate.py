@@ -334,7 +334,7 @@ SEEDED = [
             ),
             (
                 12,
-                "expression \"open('x')\": unknown function 'open'; use one of len, sum, min, max, abs, round, int, number, money, text, lower, upper, trim, default, join, find, where, remove, update, merge",
+                "expression \"open('x')\": unknown function 'open'; use one of len, sum, min, max, abs, round, int, number, money, text, lower, upper, trim, default, join, find, where, remove, update, merge, format_date",
             ),
             (15, "unknown name 'discount' in 'fee + discount': no step sets a slot by that name"),
         ],

@@ -28,6 +28,7 @@ import operator as op
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal, DivisionByZero, InvalidOperation
 from typing import Any
 
@@ -311,6 +312,24 @@ def _update(items: Any, *how: Any) -> list[Any]:
     raise ExprError("update(list, position, change) or update(list, field, value, change)")
 
 
+def _format_date(value: Any, pattern: Any = "%a %d %b %Y, %H:%M") -> str:
+    """A date, time or date and time as typed answers keep them (ISO text: "2026-12-08",
+    "17:00", "2026-12-08T17:00+05:30") written for a customer: format_date(at, "%d %B at %H:%M")
+    gives "08 December at 17:00" (Python's strftime codes; English names)."""
+    if value is None or value == "":
+        return ""
+    if not isinstance(value, str) or not isinstance(pattern, str) or len(pattern) > 100:
+        raise ExprError(f"format_date needs a date as text and a pattern, got {_show(value)}")
+    try:
+        if re.fullmatch(r"\d{1,2}:\d{2}(:\d{2})?", value):
+            moment = datetime.strptime(value[:5], "%H:%M")
+        else:
+            moment = datetime.fromisoformat(value)
+        return moment.strftime(pattern)
+    except ValueError as e:
+        raise ExprError(f"format_date: {value[:40]!r} is not a date or time ({e})") from None
+
+
 def _default(value: Any, fallback: Any) -> Any:
     return fallback if value is None or value == "" else value
 
@@ -340,6 +359,7 @@ FUNCTIONS: dict[str, Callable[..., Any]] = {
     "remove": _remove,
     "update": _update,
     "merge": _merge,
+    "format_date": _format_date,
 }
 
 
