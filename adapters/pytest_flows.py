@@ -32,11 +32,14 @@ class FlowTestFile(pytest.File):
     def collect(self) -> Any:
         default = ZoneInfo(os.environ.get("TIMEZONE", "").strip() or "UTC")
         flows, zone = flows_for(self.path, default, _loaded)
-        if isinstance(flows, FlowError):
-            raise FlowTestError(str(flows))
+        if isinstance(flows, FlowError):  # one failing item, not a halt of the whole session
+            yield FlowFileProblem.from_parent(self, name="flows", problems=str(flows))
+            return
         cases, problems = read_cases(self.path, flows)
         if problems:
-            raise FlowTestError("\n".join(str(p) for p in problems))
+            text = "\n".join(str(p) for p in problems)
+            yield FlowFileProblem.from_parent(self, name="test file", problems=text)
+            return
         for case in cases:
             yield FlowTestItem.from_parent(self, name=case.name, case=case, flows=flows, zone=zone)
 
@@ -58,6 +61,23 @@ class FlowTestItem(pytest.Item):
 
     def reportinfo(self) -> tuple[Path, int, str]:
         return self.path, self.case.line - 1, f"{self.path.name}: {self.case.name}"
+
+
+class FlowFileProblem(pytest.Item):
+    """A test file (or the flows it tests) that cannot be read: it fails, the others run."""
+
+    def __init__(self, *, problems: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.problems = problems
+
+    def runtest(self) -> None:
+        raise FlowTestError(self.problems)
+
+    def repr_failure(self, excinfo: Any, style: Any = None) -> Any:
+        return self.problems
+
+    def reportinfo(self) -> tuple[Path, int, str]:
+        return self.path, 0, f"{self.path.name}: {self.name}"
 
 
 class FlowTestError(Exception):

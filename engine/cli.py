@@ -355,7 +355,9 @@ async def _wait(
     """`/wait 30m`: time jumps ahead; reminders and delays that fall due run now."""
     _, _, arg = line.partition(" ")
     try:
-        seconds = parse_duration(arg.strip())
+        seconds = parse_duration(arg.strip()[:40])
+        if seconds > 400 * 86400:
+            raise ValueError("at most 400d")
     except ValueError as e:
         print(f"      (/wait DURATION, like 90s, 30m, 2h or 1d: {e})", file=out)
         return

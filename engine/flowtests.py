@@ -26,6 +26,7 @@ import difflib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -37,7 +38,7 @@ from .errors import FlowError, Problem
 from .events import ButtonReply, Content, Customer, ListReply, Location, Message, Text
 from .flows import Flows, load_flows
 from .flows.data import plain
-from .flows.source import SourceError, YList, YMap, load
+from .flows.source import SourceError, YList, YMap, decode, load
 from .flows.values import Value, to_json, to_plain
 from .memstore import MemoryStore
 from .outbound import ButtonsMessage, ListMessage, OutMessage
@@ -62,6 +63,7 @@ EXPECT_KEYS = (
     "action",
 )
 NUMBER = "15550000000"  # the business number the tests' contacts write to
+MAX_WAIT = 400 * 86400.0  # the longest wait: a step may take
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,8 +137,8 @@ def read_cases(file: Path, flows: Flows | None = None) -> tuple[list[Case], list
         problems.append(Problem(name, line, message))
 
     try:
-        doc, found = load(file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as e:
+        doc, found = load(decode(file.read_bytes()))
+    except OSError as e:
         return [], [Problem(name, 1, f"cannot read the tests: {e}")]
     except SourceError as e:
         return [], [Problem(name, e.line, e.message)]
@@ -146,7 +148,7 @@ def read_cases(file: Path, flows: Flows | None = None) -> tuple[list[Case], list
         return [], [*problems, Problem(name, line, "a test file has tests: a list of tests")]
     _keys(doc, FILE_KEYS, "test file", err)
     flow = doc.get("flow") or file.stem
-    start = doc.get("at") or START
+    start = _moment(doc, err) or START
     zone = doc.get("timezone")
     if zone is not None:
         try:
@@ -160,12 +162,17 @@ def read_cases(file: Path, flows: Flows | None = None) -> tuple[list[Case], list
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         err(doc.line_of("flow"), f"flow: no flow {flow!r} beside these tests{hint}")
     cases = []
+    names: dict[str, int] = {}
     for i, raw in enumerate(doc["tests"]):
         line = doc["tests"].line_of(i)
         if not isinstance(raw, YMap):
             err(line, "a test is a mapping with name: and steps:")
             continue
         _keys(raw, CASE_KEYS, "test", err)
+        title = str(raw.get("name") or f"test {i + 1}")
+        if title in names:
+            err(line, f"a test named {title!r} is already at line {names[title]}")
+        names.setdefault(title, line)
         steps = _steps(raw, err)
         contact = raw["contact"] if isinstance(raw.get("contact"), YMap) else {}
         cases.append(
@@ -174,7 +181,7 @@ def read_cases(file: Path, flows: Flows | None = None) -> tuple[list[Case], list
                 line,
                 str(raw.get("name") or f"test {i + 1}"),
                 str(flow),
-                str(raw.get("at") or start),
+                _moment(raw, err) or start,
                 {**actions, **_actions(raw, err, flows)},
                 {str(k): str(v) for k, v in contact.items()},
                 tuple(steps),
@@ -182,6 +189,21 @@ def read_cases(file: Path, flows: Flows | None = None) -> tuple[list[Case], list
             )
         )
     return cases, problems
+
+
+def _moment(parent: YMap, err: Callable[[int, str], None]) -> str | None:
+    """at: a date and time like 2026-12-07T10:00, from 2000 to 2199."""
+    raw = parent.get("at")
+    if raw is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(str(raw))
+        if not 2000 <= moment.year < 2200:
+            raise ValueError("a year from 2000 to 2199")
+    except ValueError as e:
+        err(parent.line_of("at"), f"at: a date and time like 2026-12-07T10:00 ({e})")
+        return None
+    return str(raw)
 
 
 def _keys(
@@ -254,10 +276,16 @@ def _steps(raw: YMap, err: Callable[[int, str], None]) -> list[Step]:
         value = item.get(kind) if kind else None
         if kind == "wait":
             try:
-                value = parse_duration(str(value))
+                value = parse_duration(str(value)[:40])
             except ValueError as e:
                 err(item.line_of("wait"), f"wait: {e}")
                 continue
+            if value > MAX_WAIT:
+                err(item.line_of("wait"), "wait: at most 400d")
+                continue
+        if kind in ("say", "tap") and not isinstance(value, str):
+            err(item.line_of(kind), f"{kind}: the text the customer sends")
+            continue
         if kind == "location" and parse_location(str(value)) is None:
             err(
                 item.line_of("location"),
@@ -526,7 +554,7 @@ def _slots(wanted: Any, got: dict[str, Any]) -> list[str]:
     out = []
     for slot, value in wanted.items():
         have = got.get(slot)
-        if _plain(value) != have:
+        if not _same(value, have):
             out.append(f"slot {slot} differs (- expected, + has):")
             out += [
                 "  " + d
@@ -534,6 +562,39 @@ def _slots(wanted: Any, got: dict[str, Any]) -> list[str]:
                 if d[:1] in "-+ "
             ]
     return out
+
+
+def _same(wanted: Any, got: Any) -> bool:
+    """A test file's value against a slot as the admin API shows it: numbers equal as numbers
+    (5, "5" and 5.00 are one number), yes/no only as yes/no, records and lists in depth."""
+    if isinstance(wanted, dict) or isinstance(got, dict):
+        return (
+            isinstance(wanted, dict)
+            and isinstance(got, dict)
+            and wanted.keys() == got.keys()
+            and all(_same(wanted[k], got[k]) for k in wanted)
+        )
+    if isinstance(wanted, list) or isinstance(got, list):
+        return (
+            isinstance(wanted, list)
+            and isinstance(got, list)
+            and len(wanted) == len(got)
+            and all(_same(a, b) for a, b in zip(wanted, got, strict=True))
+        )
+    if isinstance(wanted, bool) or isinstance(got, bool) or wanted is None or got is None:
+        return wanted is got or (wanted == got and type(wanted) is type(got))
+    a, b = _decimal(wanted), _decimal(got)
+    if a is not None and b is not None:
+        return a == b
+    return str(wanted) == str(got)
+
+
+def _decimal(value: Any) -> Decimal | None:
+    try:
+        number = Decimal(str(value).strip())
+    except ArithmeticError:
+        return None
+    return number if number.is_finite() else None
 
 
 def _plain(value: Any) -> Any:

@@ -248,3 +248,11 @@ def test_an_unclosed_quote_in_a_csv_is_reported_where_its_record_starts(tmp_path
             "CSV: unexpected end of data (a quote opened in this record is never closed?)",
         )
     ], found  # and nothing else: the rows built from it are not checked against a broken table
+
+
+def test_a_data_file_that_is_not_utf8_names_the_line_of_the_bad_byte(tmp_path: Path) -> None:
+    menu = "sku,name,price,category\nP1,Pizza,9,A\nP2,Caf\xe9,2,A\n".encode("latin-1")
+    root = folder(tmp_path)
+    (root / "data" / "menu.csv").write_bytes(menu)
+    found = [(Path(p.file).name, p.line, p.message) for p in validate_path(root)]
+    assert found == [("menu.csv", 3, "not UTF-8 text: byte 0xe9 (save the file as UTF-8)")], found

@@ -123,6 +123,10 @@ VALUES: list[tuple[str, Any]] = [
     ("format_date('2026-12-08', '%d %B')", "08 December"),
     ("format_date('17:30', '%I:%M %p')", "05:30 PM"),
     ("format_date(unset)", ""),
+    # YAML's words for the constants work too
+    ("true and not false", True),
+    ("none is None", True),
+    ("merge(place, {'name': {'first': 'Home'}}).name.first", "Home"),
 ]
 
 ERRORS: list[tuple[str, str]] = [

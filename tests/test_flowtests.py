@@ -272,3 +272,59 @@ def test_a_flow_file_or_a_folder_without_tests(tmp_path: Path) -> None:
     (tmp_path / "other" / "main.yaml").write_text("start: a\nstates:\n  a:\n    end: true\n")
     code, lines = run(tmp_path / "other")
     assert code == 1 and "no flow tests" in lines[0], lines
+
+
+def test_slots_compare_as_numbers_and_bad_times_are_problems(tmp_path: Path) -> None:
+    flows = tmp_path / "flows"
+    (flows / "tests").mkdir(parents=True)
+    (flows / "calc.yaml").write_text(
+        'slots: {five: "=5", dec: "=2.50", flag: "=false", zero: "=0", word: "5 cakes"}\n'
+        "start: a\nstates:\n  a:\n    say: \"{= merge({'n': five}, {'m': 1}).n}\"\n"
+        "    end: true\n"
+    )
+    (flows / "tests" / "calc.yaml").write_text(
+        "tests:\n  - name: numbers\n    steps:\n      - say: hi\n"
+        "        expect: {text: '5', slots: {five: 5, dec: 2.5, flag: false, zero: 0, word: 5 cakes}}\n"
+        "  - name: zero is not no\n    steps:\n      - say: hi\n"
+        "        expect: {slots: {zero: false}}\n"
+    )
+    code, lines = run(flows)
+    assert lines[0].startswith("ok ") and lines[1].startswith("FAIL "), lines
+    assert lines[-1] == "1 passed, 1 failed"
+    (flows / "tests" / "calc.yaml").write_text(
+        "at: 10:00\ntests:\n  - name: a\n    at: 9999-12-31T23:00\n    steps:\n"
+        "      - wait: 100000000d\n      - say: [a, b]\n"
+    )
+    code, lines = run(flows)
+    file = flows / "tests" / "calc.yaml"
+    assert code == 1
+    assert any(
+        line.startswith(f"{file}:1: at: a date and time like 2026-12-07T10:00") for line in lines
+    ), lines
+    assert any(line.startswith(f"{file}:4: at: a date and time like") for line in lines), lines
+    assert f"{file}:6: wait: at most 400d" in lines
+    assert f"{file}:7: say: the text the customer sends" in lines
+
+
+def test_a_bad_test_file_fails_alone_under_pytest(tmp_path: Path) -> None:
+    flows = folder(tmp_path)
+    (flows / "tests" / "broken.yaml").write_text("flow: shop\ntests:\n  - name: x\n    stepz: []\n")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            str(flows),
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "--rootdir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert "1 failed, 2 passed" in result.stdout, result.stdout + result.stderr
+    assert "broken.yaml:4: unknown key 'stepz' in test (did you mean 'steps'?)" in result.stdout

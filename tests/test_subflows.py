@@ -329,3 +329,20 @@ def test_calls_nested_deeper_than_the_engine_allows_are_refused(tmp_path: Path) 
             " -> f7 -> f8 -> f9); at most 8 can be",
         )
     ], found
+
+
+async def test_an_input_that_cannot_be_computed_is_nothing_not_a_restart(
+    tmp_path: Path, opened: list[Any]
+) -> None:
+    shop = SHOP.replace(
+        'with: {who: "{who}", fee: "=2.50"}', 'with: {who: "{who}", fee: "=[1][5]"}'
+    )
+    s = await shop_of(opened, tmp_path, shop)
+    await s.say("hi")
+    assert await s.say("bob") == ["Where shall we deliver, bob?"]  # no apology, no restart
+    view = await s.engine.view("n:1")
+    assert (view["flow"], view["slots"]) == ("address", {"who": "bob", "fee": None})
+
+
+async def shop_of(opened: list[Any], tmp: Path, text: str) -> Any:
+    return await shop(opened, write(tmp / "flows", shop=text))

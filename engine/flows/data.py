@@ -20,7 +20,7 @@ from typing import Any
 
 from .expr import FUNCTIONS
 from .reading import Reading
-from .source import NUMBER, YList, YMap
+from .source import NUMBER, SourceError, YList, YMap, decode
 from .spec import SLOT
 from .text import BUILTIN_VALUES
 from .values import Value
@@ -49,6 +49,7 @@ def read_data(r: Reading, folder: Path, doc: YMap) -> tuple[dict[str, Value], st
                 " phone or a function",
             )
             continue
+        r.broken.add(name)  # until it is read: its uses are not checked against it
         if not isinstance(ref, str) or Path(ref).suffix.lower() not in SUFFIXES:
             r.err(line, f"data: {name}: a .yaml or .csv file beside the flow, like data/{name}.csv")
             continue
@@ -57,20 +58,30 @@ def read_data(r: Reading, folder: Path, doc: YMap) -> tuple[dict[str, Value], st
             if path.stat().st_size > MAX_BYTES:
                 r.err(line, f"data: {ref!r} is over {MAX_BYTES // (1024 * 1024)} MiB")
                 continue
-            text = path.read_text(encoding="utf-8-sig")
-        except (OSError, UnicodeDecodeError) as e:
+            raw_bytes = path.read_bytes()
+        except OSError as e:
             r.err(line, f"data: cannot read {ref!r}: {e.__class__.__name__}")
             continue
         file = str(path)
+        text = decoded(r, raw_bytes, file)
+        if text is None:
+            continue
         table = _csv(r, text, file) if path.suffix.lower() == ".csv" else _yaml(r, text, file)
         if table is not None:
             tables[name] = table
             texts.append(text)
-        else:
-            r.broken.add(name)  # its own problems are reported; its uses are not checked
+            r.broken.discard(name)
     r.data = (set(raw) & set(tables)) | r.broken
     r.fields = {n: _fields(v) for n, v in tables.items()}
     return tables, "\0".join(texts)
+
+
+def decoded(r: Reading, data: bytes, file: str) -> str | None:
+    try:
+        return decode(data)
+    except SourceError as e:
+        r.err(e.line, e.message, file)
+        return None
 
 
 def _yaml(r: Reading, text: str, file: str) -> Value | None:

@@ -402,6 +402,7 @@ def parse(source: str) -> Expr:
         tree = ast.parse(text, mode="eval")
     except SyntaxError as e:
         raise ExprError(f"not an expression: {e.msg}") from None
+    tree = _Constants().visit(tree)
     bound: set[str] = set()
     free: set[str] = set()
     for node in ast.walk(tree):
@@ -418,6 +419,17 @@ def parse(source: str) -> Expr:
         elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load):
             free.add(node.id)
     return Expr(text, tree.body, frozenset(free - bound - set(FUNCTIONS)))
+
+
+class _Constants(ast.NodeTransformer):
+    """true, false and none, as YAML writes them, are the constants True, False and None."""
+
+    NAMES = {"true": True, "false": False, "none": None, "null": None}  # noqa: RUF012
+
+    def visit_Name(self, node: ast.Name) -> ast.AST:
+        if node.id in self.NAMES and isinstance(node.ctx, ast.Load):
+            return ast.copy_location(ast.Constant(self.NAMES[node.id]), node)
+        return node
 
 
 @functools.lru_cache(maxsize=4096)

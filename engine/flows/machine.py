@@ -239,9 +239,14 @@ class Step:
             self.convo.slots[slot] = self.render(value)
 
     def argument(self, arg: Arg) -> Value:
-        """An action parameter's value: expressions computed, templates filled, in depth."""
+        """An action parameter's value: expressions computed, templates filled, in depth. One
+        that cannot be computed at run time is nothing (None), and logged."""
         if isinstance(arg, Expr):
-            return self.compute(arg)
+            try:
+                return self.compute(arg)
+            except ExprError as e:
+                self._expression_failed(arg.source, e)
+                return None
         if isinstance(arg, str):
             return self.render(arg)
         if isinstance(arg, dict):

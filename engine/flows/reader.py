@@ -28,7 +28,7 @@ from .data import read_data
 from .expr import Expr
 from .reading import Reading
 from .says import ROW_NAMES, say_items, says, template
-from .source import SourceError, YList, YMap, load
+from .source import SourceError, YList, YMap, decode, load
 from .spec import (
     ACTION_KEYS,
     BRANCH_KEYS,
@@ -122,9 +122,12 @@ class FlowReader(Reading):
         if not NAME.fullmatch(name):
             self.err(1, f"flow file name {name!r} must be letters, digits, '_', '-' or '.'")
         try:
-            raw = self.path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as e:
+            raw = decode(self.path.read_bytes())
+        except OSError as e:
             self.err(1, f"cannot read flow: {e}")
+            return None
+        except SourceError as e:
+            self.err(e.line, e.message)
             return None
         doc = self.yaml(raw, self.file)
         if doc is None:

@@ -60,6 +60,17 @@ _Resolver.add_implicit_resolver(
 NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?")
 
 
+def decode(data: bytes) -> str:
+    """UTF-8 text (a byte-order mark dropped); SourceError at the line of the first bad byte."""
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise SourceError(
+            line, f"not UTF-8 text: byte 0x{data[e.start]:02x} (save the file as UTF-8)"
+        ) from None
+
+
 def load(text: str, *, numbers: bool = False) -> tuple[Any, list[SourceError]]:
     """Parse YAML text into YMap/YList/str/bool/None; duplicate keys are reported, not fatal.
     With `numbers` (data files), an unquoted scalar written as a decimal number is a Decimal."""

@@ -15,8 +15,12 @@ from dataclasses import dataclass
 
 from .values import Value, to_text
 
+# {{ and }} (literal braces), {= expression} (which may hold records, two deep: {= merge(r,
+# {'a': {'b': 1}})}), {slot} and {slot|default}.
+_NESTED = r"(?:[^{}]|\{(?:[^{}]|\{[^{}]*\})*\})*"
 PLACEHOLDER = re.compile(
-    r"\{\{|\}\}|\{=(?P<expr>[^{}]*)\}|\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:\|(?P<default>[^{}]*))?\}"
+    r"\{\{|\}\}|\{=(?P<expr>" + _NESTED + r")\}"
+    r"|\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:\|(?P<default>[^{}]*))?\}"
 )
 WORD = re.compile(r"\w+")
 BUILTIN_VALUES = frozenset({"name", "text", "phone"})
