@@ -348,7 +348,8 @@ def _fake(name: str, how: Any, calls: list[tuple[str, dict[str, Value]]]) -> Fn:
 
 
 class Run:
-    """One test on its own engine: a new contact, a fresh store, a clock that only `wait:` moves."""
+    """One test on its own engine: a new contact, a fresh store, and a clock that starts at the
+    test's `at:` and jumps ahead only when a step says `wait:`."""
 
     def __init__(self, flows: Flows, case: Case, zone: ZoneInfo) -> None:
         self.case = case
