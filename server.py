@@ -35,7 +35,7 @@ from adapters.bodies import BodyBudget
 from adapters.console import ConsoleSender
 from adapters.http_action import HttpAction
 from adapters.prometheus import EngineCollector
-from adapters.sqlite_store import SqliteStore
+from adapters.stores.sqlite import SqliteStore
 from adapters.web import (
     BODIES,
     CONFIG,

@@ -24,7 +24,7 @@ import aiohttp
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from adapters.sqlite_store import SqliteStore  # noqa: E402
+from adapters.stores.sqlite import SqliteStore  # noqa: E402
 from engine.ports import Commit, ConversationRow, TimerWrite  # noqa: E402
 from engine.records import Conversation  # noqa: E402
 from tests.process import Server  # noqa: E402

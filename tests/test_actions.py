@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from adapters.sqlite_store import SqliteStore
+from adapters.stores.sqlite import SqliteStore
 from engine.engine import Engine
 from engine.flows import validate_path
 from engine.ports import Store

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from adapters.sqlite_store import SqliteStore
+from adapters.stores.sqlite import SqliteStore
 from engine.committer import Committer
 from engine.errors import StoreRejected, StoreUnavailable
 from engine.metrics import Metrics

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from adapters.sqlite_store import SqliteStore
+from adapters.stores.sqlite import SqliteStore
 from engine.engine import Engine, EngineConfig
 from engine.events import Customer, Message, Text, encode
 from engine.flows import Flow, Flows, load_flows

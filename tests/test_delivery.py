@@ -356,7 +356,7 @@ async def test_an_answer_the_store_cannot_hold_still_settles_the_message(
 ) -> None:
     """A provider id SQLite cannot store (half an emoji) must not leave the message pending, to
     go out again after a restart behind the contact's later replies."""
-    from adapters.sqlite_store import SqliteStore
+    from adapters.stores.sqlite import SqliteStore
 
     class Odd:
         async def send(self, out: Outgoing) -> str:

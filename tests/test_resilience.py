@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from adapters.meta import parse, parse_body
-from adapters.sqlite_store import SqliteStore
+from adapters.stores.sqlite import SqliteStore
 from adapters.whatsapp import AccessToken, CloudApiSender
 from engine.committer import Committer
 from engine.delivery import Delivery

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from adapters.sqlite_store import SqliteStore
+from adapters.stores.sqlite import SqliteStore
 from engine.errors import ConfigError
 from tests.process import Server
 from tests.support import ROOT

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from adapters.sqlite_store import SqliteStore
+from adapters.stores.sqlite import SqliteStore
 from engine.memstore import MemoryStore
 from engine.ports import (
     Accept,

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from adapters.sqlite_store import SqliteStore
+from adapters.stores.sqlite import SqliteStore
 from adapters.web import ENGINE
 from engine.engine import STORE_FAILURE_MEMORY
 from engine.ports import Accept, JournalEntry

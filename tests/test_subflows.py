@@ -8,7 +8,7 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-from adapters.sqlite_store import SqliteStore
+from adapters.stores.sqlite import SqliteStore
 from engine.flows import load_flows, validate_path
 from tests.fakes.clock import FakeClock
 from tests.test_timers import shop

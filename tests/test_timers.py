@@ -7,7 +7,7 @@ import textwrap
 from pathlib import Path
 from typing import Any, TypeVar
 
-from adapters.sqlite_store import SqliteStore
+from adapters.stores.sqlite import SqliteStore
 from engine.engine import Engine, EngineConfig
 from engine.events import Customer, Message, Text
 from engine.flows import load_flows
