@@ -27,7 +27,6 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import aiohttp
-import asyncpg
 import redis.asyncio as redis
 from aiohttp import web
 
@@ -35,6 +34,7 @@ from adapters.bodies import BodyBudget
 from adapters.console import ConsoleSender
 from adapters.http_action import HttpAction
 from adapters.prometheus import EngineCollector
+from adapters.stores.postgres import PostgresStore
 from adapters.stores.sqlite import SqliteStore
 from adapters.web import (
     BODIES,
@@ -143,21 +143,15 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> web.Applica
 
 
 async def open_store(database: Database) -> Store:
+    store: SqliteStore | PostgresStore
     if database.kind == "sqlite":
         assert database.path is not None
         store = SqliteStore(database.path)
-        await store.open()
-        return store
-    assert database.dsn is not None
-    try:
-        conn = await asyncpg.connect(database.dsn.reveal(), timeout=5)
-        await conn.close()
-    except (TimeoutError, OSError, asyncpg.PostgresError) as e:
-        raise ConfigError(f"DATABASE_URL: cannot reach {database.describe()}: {e}") from e
-    raise ConfigError(
-        f"DATABASE_URL: {database.describe()} is reachable, but this version stores its state in "
-        "SQLite only; use sqlite:///path"
-    )
+    else:
+        assert database.dsn is not None
+        store = PostgresStore.from_url(database.dsn.reveal())
+    await store.open()
+    return store
 
 
 class _redis:

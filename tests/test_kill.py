@@ -8,17 +8,22 @@ recording it) is measured: every duplicate send must have been accepted just bef
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import time
+import uuid
 from collections import Counter
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
+import asyncpg
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from tests.conftest import TEST_DATABASE_URL, unavailable
 from tests.fakes.graph import FakeGraph
 from tests.process import Server
 from tests.support import ADMIN, body, change, eventually, signed, text
@@ -40,9 +45,36 @@ async def metric(session: aiohttp.ClientSession, url: str, name: str) -> float:
 
 @pytest.mark.slow
 @pytest.mark.timeout(180)
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
 async def test_kill_9_loses_nothing_and_repeats_nothing(
-    env: dict[str, str], tmp_path: Path, graph: tuple[FakeGraph, str]
+    env: dict[str, str], tmp_path: Path, graph: tuple[FakeGraph, str], backend: str
 ) -> None:
+    if backend == "postgres":
+        async with postgres_database() as url:
+            env["DATABASE_URL"] = url
+            await kill_rounds(env, tmp_path, graph)
+    else:
+        await kill_rounds(env, tmp_path, graph)
+
+
+@contextlib.asynccontextmanager
+async def postgres_database() -> AsyncIterator[str]:
+    """A DATABASE_URL on the test Postgres, in a schema of its own, dropped afterwards."""
+    try:
+        await (await asyncpg.connect(TEST_DATABASE_URL, timeout=5)).close()
+    except (OSError, TimeoutError, asyncpg.PostgresError) as e:
+        unavailable(f"Postgres at {TEST_DATABASE_URL}", e)
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    sep = "&" if "?" in TEST_DATABASE_URL else "?"
+    try:
+        yield f"{TEST_DATABASE_URL}{sep}schema={schema}"
+    finally:
+        conn = await asyncpg.connect(TEST_DATABASE_URL)
+        await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+        await conn.close()
+
+
+async def kill_rounds(env: dict[str, str], tmp_path: Path, graph: tuple[FakeGraph, str]) -> None:
     fake, _ = graph
     fake.latency = 0.02  # a slow provider: replies queue up, so each kill finds a non-empty outbox
     env["SEND_CONCURRENCY"] = "4"

@@ -162,8 +162,17 @@ async def test_the_sqlite_lock_is_one_engine_per_file(tmp_path: Path) -> None:
         await first.close()
 
 
-def test_reachable_postgres_is_refused_honestly(tmp_path: Path, postgres_url: str) -> None:
-    """This version keeps state in SQLite; a working Postgres URL says so instead of pretending."""
-    result = run_server({"DATABASE_URL": postgres_url}, tmp_path)
+def test_an_unreachable_postgres_is_one_line_at_start(tmp_path: Path) -> None:
+    port = free_port()  # nothing listens there
+    result = run_server({"DATABASE_URL": f"postgresql://postgres@127.0.0.1:{port}/x"}, tmp_path)
     assert result.returncode == 2
-    assert "stores its state in SQLite only" in result.stderr
+    assert f"DATABASE_URL: cannot reach postgres at 127.0.0.1:{port}/x" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_schema_name_that_is_not_one_is_refused(tmp_path: Path) -> None:
+    result = run_server(
+        {"DATABASE_URL": "postgresql://postgres@127.0.0.1:5432/test?schema=a;drop"}, tmp_path
+    )
+    assert result.returncode == 2
+    assert "Postgres schema 'a;drop': lower-case letters, digits and _" in result.stderr

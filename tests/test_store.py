@@ -1,15 +1,20 @@
-"""The Store contract, run over every implementation (memory, SQLite)."""
+"""The Store contract, run over every implementation (memory, SQLite, Postgres)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 
+from adapters.stores.postgres import PostgresStore
 from adapters.stores.sqlite import SqliteStore
+from engine.errors import ConfigError, StoreRejected
 from engine.memstore import MemoryStore
 from engine.ports import (
     Accept,
@@ -23,16 +28,42 @@ from engine.ports import (
     RawWrite,
     StatusWrite,
     Store,
+    TimerWrite,
 )
 from engine.records import STATUS_RANK
+from tests.conftest import TEST_DATABASE_URL, unavailable
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    if request.param == "postgres":
+        async with postgres_schema() as s:
+            yield s
+        return
     s: Store = MemoryStore() if request.param == "memory" else SqliteStore(tmp_path / "s.sqlite3")
     await s.open()
     yield s
     await s.close()
+
+
+@contextlib.asynccontextmanager
+async def postgres_schema() -> AsyncIterator[PostgresStore]:
+    """A Postgres store in a schema of its own, dropped afterwards."""
+    url = TEST_DATABASE_URL
+    try:
+        await (await asyncpg.connect(url, timeout=5)).close()
+    except (OSError, TimeoutError, asyncpg.PostgresError) as e:
+        unavailable(f"Postgres at {url}", e)  # skips, or fails under CI
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    s = PostgresStore(url, schema=schema)
+    await s.open()
+    try:
+        yield s
+    finally:
+        await s.close()
+        conn = await asyncpg.connect(url)
+        await conn.execute(f"DROP SCHEMA {schema} CASCADE")
+        await conn.close()
 
 
 def entry(event_id: str, contact: str = "n:1", at: float = 100.0) -> JournalEntry:
@@ -272,3 +303,56 @@ async def test_sqlite_survives_reopen_and_migrates_once(tmp_path: Path) -> None:
     rows = await again.reader.execute_fetchall("SELECT version FROM schema_version")
     assert [r[0] for r in rows] == [1, 2, 3]
     await again.close()
+
+
+async def test_timers_are_read_in_pages_by_due_time_and_the_last_write_wins(store: Store) -> None:
+    armed = [TimerWrite(f"n:{i}", "flow", 100.0 + i, 1, 0) for i in range(5)]
+    await store.write([Commit(convo("n:0", 0), [], armed)])
+    first = await store.timers(None, 2)
+    assert [t.contact for t in first] == ["n:0", "n:1"]
+    rest = await store.timers(first[-1].order, 10)
+    assert [t.contact for t in rest] == ["n:2", "n:3", "n:4"]
+    # One batch that arms and then clears a timer (two steps of one contact) leaves it cleared.
+    await store.write(
+        [
+            Commit(convo("n:9", 0), [], [TimerWrite("n:9", "flow", 50.0, 2, 0)]),
+            Commit(convo("n:9", 0), [], [TimerWrite("n:9", "flow", None)]),
+        ]
+    )
+    assert "n:9" not in [t.contact for t in await store.timers(None, 10)]
+
+
+async def test_postgres_write_is_all_or_nothing_and_survives_reopen() -> None:
+    async with postgres_schema() as store:
+        broken: Any = MessageRow("x", "n:1", "out", "n", "text", None, "pending", 1.0)  # type: ignore[arg-type]
+        with pytest.raises(StoreRejected):
+            await store.write([Accept(journal=[entry("w1")]), Commit(convo("n:1", 1), [broken])])
+        assert await store.unhandled() == [] and await store.conversation("n:1") is None
+        await store.write([Accept(journal=[entry("w1")]), Commit(convo("n:1", 0), [out("r:1")])])
+        # Text that Postgres cannot hold (NUL, which JSON allows) is kept, not refused.
+        (r,) = await accept(
+            store, Accept(journal=[entry("w\x002")], statuses=[status("p\x00", "sent")])
+        )
+        assert len(r.entries) == 1
+        await store.close()
+        again = PostgresStore(store.dsn, schema=store.schema)
+        await again.open()
+        try:
+            assert [m.id for m in await again.outbox()] == ["r:1"]
+            assert len(await again.unhandled()) == 2
+            versions = await again.pool.fetch("SELECT version FROM schema_version")
+            assert [v[0] for v in versions] == [1]
+        finally:
+            await again.close()
+
+
+async def test_postgres_one_engine_per_schema_and_no_older_engine_on_a_newer_schema() -> None:
+    async with postgres_schema() as store:
+        second = PostgresStore(store.dsn, schema=store.schema)
+        with pytest.raises(ConfigError, match="in use by another engine"):
+            await second.open()
+        await store.pool.execute("INSERT INTO schema_version VALUES (99)")
+        await store.close()
+        newer = PostgresStore(store.dsn, schema=store.schema)
+        with pytest.raises(ConfigError, match="schema version 99, newer than this engine's 1"):
+            await newer.open()

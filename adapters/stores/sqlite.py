@@ -407,7 +407,10 @@ class SqliteStore:
                 for c in (op.conversation for op in commits)
             ],
         )
-        timers = [t for op in commits for t in op.timers]
+        latest: dict[tuple[str, str], TimerWrite] = {}
+        for t in (t for op in commits for t in op.timers):  # in order: the last write stays
+            latest[(t.contact, t.kind)] = t
+        timers = list(latest.values())
         cleared = [(t.contact, t.kind) for t in timers if t.due is None]
         if cleared:
             await conn.executemany("DELETE FROM timers WHERE contact = ? AND kind = ?", cleared)
