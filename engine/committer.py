@@ -54,6 +54,7 @@ class Failure:
     error: str
     since: float
     last: float
+    unavailable: bool = False  # the store said it is unreachable or timed out (not full, say)
 
 
 Item = tuple[Op, "asyncio.Future[Any]", Then | None]
@@ -113,8 +114,11 @@ class Committer:
         try:
             results = await self._store.write([op for op, _f, _t in batch])
         except Exception as e:
-            if len(batch) == 1:
-                return self._fail(batch[0], e)
+            if len(batch) == 1 or isinstance(e, StoreUnavailable):
+                # The store itself is down (it said so): write by write would only wait out its
+                # timeout once per write.
+                errors = [self._fail(item, e) for item in batch]
+                return errors[0]
             log.debug("a batch of %d writes failed (%s); retrying them one by one", len(batch), e)
             for i, item in enumerate(batch):
                 error = await self._commit([item])
@@ -146,8 +150,9 @@ class Committer:
             log.error("the store refuses a write: %s", error)
         elif self.failure is not None:
             self.failure.error, self.failure.last = said, now
+            self.failure.unavailable = isinstance(e, StoreUnavailable)
         else:
-            self.failure = Failure(said, now, now)
+            self.failure = Failure(said, now, now, isinstance(e, StoreUnavailable))
             self._metrics.store_failures.inc()
             log.error(
                 "the store cannot write (%s); webhooks answer 503 and every write waits until "

@@ -278,6 +278,16 @@ class Engine:
         )
 
     async def _ingest(self, events: Sequence[Event]) -> Accepted:
+        failure = self.committer.failure
+        if (
+            failure is not None
+            and failure.unavailable
+            and self.clock.now() - failure.last < STORE_FAILURE_MEMORY
+        ):
+            # The store timed out or went away moments ago: answer 503 now rather than make
+            # each webhook wait out the store's timeout (Meta retries); one write is tried
+            # again once the failure is STORE_FAILURE_MEMORY old, or readiness's probe passes.
+            raise StoreUnavailable(failure.error)
         op, messages, new_contacts = self._prepare(events)
 
         def dispatch(result: Any) -> None:

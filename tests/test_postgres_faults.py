@@ -1,0 +1,127 @@
+"""Postgres failing under a running engine, through a TCP proxy that really cuts the
+connections: webhooks answer 503 (never 200 for what is not durable), /readyz says so, and
+when Postgres is back the engine serves again by itself, with every acknowledged message
+handled once."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import time
+import uuid
+from collections.abc import AsyncIterator
+from urllib.parse import urlsplit
+
+import asyncpg
+import pytest
+
+from adapters.stores.postgres import TIMEOUT
+from adapters.web import ENGINE
+from tests.conftest import TEST_DATABASE_URL, AppFactory, unavailable
+from tests.fakes.clock import FakeClock
+from tests.fakes.proxy import Proxy
+from tests.support import NUMBER, body, change, eventually, signed, text
+
+
+@pytest.fixture
+async def proxied() -> AsyncIterator[tuple[Proxy, str]]:
+    """A proxy in front of the test Postgres, and a DATABASE_URL (own schema) through it."""
+    try:
+        await (await asyncpg.connect(TEST_DATABASE_URL, timeout=5)).close()
+    except (OSError, TimeoutError, asyncpg.PostgresError) as e:
+        unavailable(f"Postgres at {TEST_DATABASE_URL}", e)
+    parts = urlsplit(TEST_DATABASE_URL)
+    proxy = Proxy(parts.hostname or "127.0.0.1", parts.port or 5432)
+    await proxy.start()
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    netloc = f"{parts.username or 'postgres'}@127.0.0.1:{proxy.port}"
+    url = parts._replace(netloc=netloc, query=f"schema={schema}").geturl()
+    try:
+        yield proxy, url
+    finally:
+        await proxy.close()
+        conn = await asyncpg.connect(TEST_DATABASE_URL)
+        await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+        await conn.close()
+
+
+def webhook(phone: str, wamid: str) -> tuple[bytes, dict[str, str]]:
+    return signed(body(change([text(phone, wamid, "hello")])))
+
+
+async def test_postgres_down_means_503_then_service_resumes_by_itself(
+    start_app: AppFactory, env: dict[str, str], proxied: tuple[Proxy, str]
+) -> None:
+    proxy, url = proxied
+    env["DATABASE_URL"] = url
+    clock = FakeClock(now=time.time())
+    client = await start_app(env, clock=clock)
+    engine = client.app[ENGINE]
+    raw, headers = webhook("15550000001", "wamid.before")
+    assert (await client.post("/webhooks/whatsapp", data=raw, headers=headers)).status == 200
+
+    proxy.cut()
+    started = time.monotonic()
+    raw, headers = webhook("15550000002", "wamid.during")
+    r = await client.post("/webhooks/whatsapp", data=io.BytesIO(raw), headers=headers)
+    assert r.status == 503 and r.headers["Retry-After"]
+    assert time.monotonic() - started < 5  # refused at once, not after a long hang
+    r = await client.get("/readyz")
+    assert r.status == 503
+    assert (await r.json())["store"].startswith("down: ")
+
+    proxy.restore()
+    for _ in range(50):  # the failure is remembered a while; the probe then passes again
+        await clock.advance(5)
+        if (await client.get("/readyz")).status == 200:
+            break
+    assert (await client.get("/readyz")).status == 200
+    # Meta retries what was refused: it is accepted now, and handled once.
+    r = await client.post("/webhooks/whatsapp", data=io.BytesIO(raw), headers=headers)
+    assert r.status == 200
+    await engine.actors.wait_idle()
+    await eventually(lambda: engine.delivery.pending == 0)
+    assert await engine.store.unhandled() == []
+    for phone, wamid in (("15550000001", "wamid.before"), ("15550000002", "wamid.during")):
+        key = engine.directory.lookup(NUMBER, phone)
+        assert key is not None
+        messages = (await engine.view(key))["messages"]
+        assert [m["id"] for m in messages if m["direction"] == "in"] == [wamid]
+        assert len([m for m in messages if m["direction"] == "out"]) == 1
+
+
+async def test_a_stalled_postgres_still_gets_every_webhook_answered(
+    start_app: AppFactory, env: dict[str, str], proxied: tuple[Proxy, str]
+) -> None:
+    """Connections stay open and nothing comes back: each webhook is answered within the
+    store's statement timeout, with 503; service resumes when Postgres answers again."""
+    proxy, url = proxied
+    env["DATABASE_URL"] = url
+    clock = FakeClock(now=time.time())  # the engine's; asyncpg's timeouts run in real time
+    client = await start_app(env, clock=clock)
+    engine = client.app[ENGINE]
+    proxy.stall()
+    started = time.monotonic()
+    raw, headers = webhook("15550000003", "wamid.stalled")
+    r = await client.post("/webhooks/whatsapp", data=io.BytesIO(raw), headers=headers)
+    waited = time.monotonic() - started
+    assert r.status == 503, await r.text()
+    assert waited < TIMEOUT + 3, waited
+    # Moments later a retry is refused at once: it does not wait out the timeout again.
+    started = time.monotonic()
+    r = await client.post("/webhooks/whatsapp", data=io.BytesIO(raw), headers=headers)
+    assert r.status == 503 and time.monotonic() - started < 1
+    proxy.restore()
+    await clock.advance(11)  # the failure is old: the next webhook tries the store again
+    for _ in range(50):
+        r = await client.post("/webhooks/whatsapp", data=io.BytesIO(raw), headers=headers)
+        if r.status == 200:
+            break
+        await clock.advance(11)
+        await asyncio.sleep(0.1)
+    assert r.status == 200
+    await engine.actors.wait_idle()
+    key = engine.directory.lookup(NUMBER, "15550000003")
+    assert key is not None
+    messages = (await engine.view(key))["messages"]
+    assert [m["id"] for m in messages if m["direction"] == "in"] == ["wamid.stalled"]
