@@ -2,7 +2,8 @@
 
 Run from the repository root: `python bench/throughput.py` (about 5 minutes on 2 cores).
 With `--against REV` it measures only webhook -> reply, alternating this tree and the commit REV
-(exported to a temporary folder) run by run, and prints both medians and their ratio.
+(exported to a temporary folder) run by run, and prints both medians and their ratio; with
+`--postgres URL`, the same on SQLite and on that Postgres (a fresh schema each run).
 Everything runs as separate processes on loopback: the engine (`server.py`, SQLite, the
 WhatsApp sender), a fake Graph API that accepts every send, and this load generator, which
 posts signed webhooks, each from a new contact, and waits until every reply was accepted by the
@@ -260,7 +261,15 @@ async def main() -> None:
     parser.add_argument(
         "--against", metavar="REV", help="compare webhook -> reply with this commit, run by run"
     )
+    parser.add_argument(
+        "--postgres",
+        metavar="URL",
+        help="compare webhook -> reply on this Postgres with SQLite, run by run",
+    )
     args = parser.parse_args()
+    if args.postgres:
+        await on_postgres(args.postgres, args.contacts, args.repeats, args.concurrency)
+        return
     if args.against:
         await against(args.against, args.contacts, args.repeats, args.concurrency)
         return
@@ -323,6 +332,43 @@ async def against(rev: str, contacts: int, repeats: int, concurrency: int) -> No
         "this": now,
         "each_run_contacts_per_s": {k: [r["contacts_per_s"] for r in v] for k, v in runs.items()},
         "ratio": now["contacts_per_s"] / then["contacts_per_s"],
+    }
+    print(json.dumps(result, indent=2))
+
+
+async def on_postgres(url: str, contacts: int, repeats: int, concurrency: int) -> None:
+    """SQLite and Postgres (a fresh schema each run), alternating, on the same machine."""
+    import uuid
+
+    import asyncpg
+
+    fake = Fake()
+    runs: dict[str, list[dict[str, float]]] = {"sqlite": [], "postgres": []}
+    try:
+        for _ in range(repeats):
+            runs["sqlite"].append(await engine_run(fake, contacts, concurrency))
+            schema = f"bench_{uuid.uuid4().hex[:10]}"
+            sep = "&" if "?" in url else "?"
+            try:
+                runs["postgres"].append(
+                    await engine_run(
+                        fake, contacts, concurrency, DATABASE_URL=f"{url}{sep}schema={schema}"
+                    )
+                )
+            finally:
+                conn = await asyncpg.connect(url)
+                await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+                await conn.close()
+    finally:
+        fake.stop()
+    pg, lite = median_of(runs["postgres"]), median_of(runs["sqlite"])
+    result = {
+        "contacts": contacts,
+        "repeats": repeats,
+        "sqlite": lite,
+        "postgres": pg,
+        "each_run_contacts_per_s": {k: [r["contacts_per_s"] for r in v] for k, v in runs.items()},
+        "postgres_ratio_to_sqlite": pg["contacts_per_s"] / lite["contacts_per_s"],
     }
     print(json.dumps(result, indent=2))
 
