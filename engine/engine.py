@@ -60,6 +60,7 @@ from .timers import Scheduler
 log = logging.getLogger(__name__)
 
 PRUNE_EVERY = 3600.0
+RESUME_PAGE = 1000  # outbox rows and journal entries read at once when resuming
 STORE_FAILURE_MEMORY = 10.0  # seconds a failed write keeps /readyz at 503 without a new failure
 
 
@@ -162,20 +163,27 @@ class Engine:
         """Load identities, then resume what a crash left: unsent replies, unhandled events."""
         self.directory.load(await self.store.aliases())
         self.committer.start()
-        outbox = await self.store.outbox()
-        self.delivery.enqueue(outbox)
-        unhandled = await self.store.unhandled()
-        for seq, contact, data in unhandled:
-            try:
-                message = decode(data)
-            except (KeyError, TypeError, ValueError) as e:
-                log.error("journal entry %d cannot be read (%s); skipped", seq, e)
-                continue
-            self.route(contact, Deliver(seq, message))
-        if outbox or unhandled:
-            log.info(
-                "resuming: %d replies to send, %d events to handle", len(outbox), len(unhandled)
-            )
+        replies = events = 0
+        after = 0
+        while page := await self.store.outbox(after, RESUME_PAGE):  # in pages: no one read
+            self.delivery.enqueue(page)  # holds a history's worth of rows
+            replies += len(page)
+            if page[-1].n <= after:
+                break  # a store that does not number its rows: one page was all of it
+            after = page[-1].n
+        after = 0
+        while entries := await self.store.unhandled(after, RESUME_PAGE):
+            for seq, contact, data in entries:
+                try:
+                    message = decode(data)
+                except (KeyError, TypeError, ValueError) as e:
+                    log.error("journal entry %d cannot be read (%s); skipped", seq, e)
+                    continue
+                self.route(contact, Deliver(seq, message))
+            events += len(entries)
+            after = entries[-1][0]
+        if replies or events:
+            log.info("resuming: %d replies to send, %d events to handle", replies, events)
         # After the journal: a contact's replayed messages are in its mailbox before any timer
         # that fell due while the process was down.
         await self.timers.start()

@@ -162,18 +162,24 @@ class MemoryStore:
         row = self._conversations.get(key)
         return replace(row, snapshot=_copy(row.snapshot)) if row else None
 
-    async def unhandled(self) -> list[tuple[int, str, JSON]]:
+    async def unhandled(self, after: int = 0, limit: int = 0) -> list[tuple[int, str, JSON]]:
         out = []
         for seq, (contact, _eid, event, _at) in sorted(self._journal.items()):
             row = self._conversations.get(contact)
-            if seq > (int(row.snapshot.get("last_seq") or 0) if row else 0):
+            if seq > after and seq > (int(row.snapshot.get("last_seq") or 0) if row else 0):
                 out.append((seq, contact, _copy(event)))
+                if limit and len(out) >= limit:
+                    break
         return out
 
-    async def outbox(self) -> list[MessageRow]:
-        return [
-            m for m in self._messages.values() if m.direction == "out" and m.status == "pending"
-        ]
+    async def outbox(self, after: int = 0, limit: int = 0) -> list[MessageRow]:
+        out = []
+        for n, m in enumerate(self._messages.values(), start=1):
+            if n > after and m.direction == "out" and m.status == "pending":
+                out.append(replace(m, n=n))
+                if limit and len(out) >= limit:
+                    break
+        return out
 
     async def transcript(self, key: str, limit: int) -> list[MessageRow]:
         return [m for m in self._messages.values() if m.contact == key][-limit:]

@@ -94,6 +94,7 @@ class MessageRow:
     payload: str | None = None  # outbound: JSON of the message and recipient, for the sender
     error_code: int | None = None
     error_title: str | None = None
+    n: int = field(default=0, compare=False)  # the store's order of rows (outbox pages), read only
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,12 +173,14 @@ class Store(Protocol):
 
     async def conversation(self, key: str) -> ConversationRow | None: ...
 
-    async def unhandled(self) -> list[tuple[int, str, JSON]]:
-        """Journal entries no snapshot covers yet, as (seq, contact, event), in journal order."""
+    async def unhandled(self, after: int = 0, limit: int = 0) -> list[tuple[int, str, JSON]]:
+        """Journal entries no snapshot covers yet, as (seq, contact, event), in journal order:
+        those after seq `after`, at most `limit` of them (0: all)."""
         ...
 
-    async def outbox(self) -> list[MessageRow]:
-        """Outbound messages not yet accepted by the provider, in the order they were made."""
+    async def outbox(self, after: int = 0, limit: int = 0) -> list[MessageRow]:
+        """Outbound messages not yet accepted by the provider, in the order they were made:
+        those after row `after` (a row's `n`), at most `limit` of them (0: all)."""
         ...
 
     async def transcript(self, key: str, limit: int) -> list[MessageRow]:

@@ -356,3 +356,18 @@ async def test_postgres_one_engine_per_schema_and_no_older_engine_on_a_newer_sch
         newer = PostgresStore(store.dsn, schema=store.schema)
         with pytest.raises(ConfigError, match="schema version 99, newer than this engine's 1"):
             await newer.open()
+
+
+async def test_the_outbox_and_the_journal_are_read_in_pages(store: Store) -> None:
+    (r,) = await accept(store, Accept(journal=[entry(f"w{i}", f"n:{i}") for i in range(7)]))
+    await store.write([Commit(convo("n:0", r.entries[0][0]), [out(f"r{i}") for i in range(7)])])
+    pages, after = [], 0
+    while page := await store.outbox(after, 3):
+        pages.append([m.id for m in page])
+        after = page[-1].n
+    assert pages == [["r0", "r1", "r2"], ["r3", "r4", "r5"], ["r6"]]
+    seen, after = [], 0
+    while entries := await store.unhandled(after, 4):
+        seen.append([e["id"] for _s, _c, e in entries])
+        after = entries[-1][0]
+    assert seen == [["w1", "w2", "w3", "w4"], ["w5", "w6"]]  # w0 is covered by its snapshot

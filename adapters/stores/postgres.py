@@ -19,6 +19,7 @@ import hashlib
 import json
 import re
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from typing import Any, overload
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -497,19 +498,24 @@ class PostgresStore:
         )
         return _conversation(rows[0]) if rows else None
 
-    async def unhandled(self) -> list[tuple[int, str, JSON]]:
+    async def unhandled(self, after: int = 0, limit: int = 0) -> list[tuple[int, str, JSON]]:
         rows = await self._fetch(
             "SELECT j.seq, j.contact, j.event FROM journal j"
             " LEFT JOIN conversations c ON c.key = j.contact"
-            " WHERE j.seq > COALESCE(c.last_seq, 0) ORDER BY j.seq"
+            " WHERE j.seq > $1 AND j.seq > COALESCE(c.last_seq, 0) ORDER BY j.seq LIMIT $2",
+            after,
+            limit or None,
         )
         return [(seq, contact, json.loads(event)) for seq, contact, event in rows]
 
-    async def outbox(self) -> list[MessageRow]:
+    async def outbox(self, after: int = 0, limit: int = 0) -> list[MessageRow]:
         rows = await self._fetch(
-            f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE status = 'pending' ORDER BY n"
+            f"SELECT n, {_MESSAGE_COLUMNS} FROM messages WHERE status = 'pending' AND n > $1"
+            " ORDER BY n LIMIT $2",
+            after,
+            limit or None,
         )
-        return [_message(r) for r in rows]
+        return [replace(_message(list(r)[1:]), n=r[0]) for r in rows]
 
     async def transcript(self, key: str, limit: int) -> list[MessageRow]:
         rows = await self._fetch(

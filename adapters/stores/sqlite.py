@@ -18,6 +18,7 @@ import json
 import os
 import sqlite3
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import IO, Any
 
@@ -472,19 +473,22 @@ class SqliteStore:
             raise StoreUnavailable(f"cannot read conversation: {e}") from e
         return _conversation(rows[0]) if rows else None
 
-    async def unhandled(self) -> list[tuple[int, str, JSON]]:
+    async def unhandled(self, after: int = 0, limit: int = 0) -> list[tuple[int, str, JSON]]:
         rows = await self.reader.execute_fetchall(
             "SELECT j.seq, j.contact, j.event FROM journal j"
             " LEFT JOIN conversations c ON c.key = j.contact"
-            " WHERE j.seq > COALESCE(c.last_seq, 0) ORDER BY j.seq"
+            " WHERE j.seq > ? AND j.seq > COALESCE(c.last_seq, 0) ORDER BY j.seq LIMIT ?",
+            (after, limit or -1),
         )
         return [(seq, contact, json.loads(event)) for seq, contact, event in rows]
 
-    async def outbox(self) -> list[MessageRow]:
+    async def outbox(self, after: int = 0, limit: int = 0) -> list[MessageRow]:
         rows = await self.reader.execute_fetchall(
-            f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE status = 'pending' ORDER BY n"
+            f"SELECT n, {_MESSAGE_COLUMNS} FROM messages WHERE status = 'pending' AND n > ?"
+            " ORDER BY n LIMIT ?",
+            (after, limit or -1),
         )
-        return [_message(r) for r in rows]
+        return [replace(_message(r[1:]), n=r[0]) for r in rows]
 
     async def transcript(self, key: str, limit: int) -> list[MessageRow]:
         rows = await self.reader.execute_fetchall(
