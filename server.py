@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import hashlib
 import logging
 import os
 import signal
@@ -35,6 +36,7 @@ from adapters.console import ConsoleSender
 from adapters.http_action import HttpAction
 from adapters.prometheus import EngineCollector
 from adapters.stores.postgres import PostgresStore
+from adapters.stores.redis_cache import RedisCachedStore
 from adapters.stores.sqlite import SqliteStore
 from adapters.web import (
     BODIES,
@@ -95,9 +97,9 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> web.Applica
             app[RELOAD] = load
             for warning in flows.warnings:
                 log.warning("flow %s", warning)
-            store = await open_store(settings.database)
+            client = await stack.enter_async_context(_redis(settings, app[HEALTH]))
+            store = await open_store(settings.database, client, settings.dedupe_ttl)
             stack.push_async_callback(store.close)
-            await stack.enter_async_context(_redis(settings, app[HEALTH]))
             session = await stack.enter_async_context(aiohttp.ClientSession())
             sender = make_sender(settings, session)
             metrics = Metrics()
@@ -142,14 +144,21 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> web.Applica
     return app
 
 
-async def open_store(database: Database) -> Store:
-    store: SqliteStore | PostgresStore
+async def open_store(database: Database, redis_client: Any = None, dedupe_ttl: float = 0) -> Store:
+    """The store DATABASE_URL names; with REDIS_URL, behind Redis as its hot tier."""
+    store: Store
     if database.kind == "sqlite":
         assert database.path is not None
         store = SqliteStore(database.path)
     else:
         assert database.dsn is not None
         store = PostgresStore.from_url(database.dsn.reveal())
+    if redis_client is not None:  # keys of their own per database: engines may share a Redis
+        name = database.dsn.reveal() if database.dsn is not None else str(database.path)
+        where = hashlib.sha256(name.encode()).hexdigest()[:10]
+        store = RedisCachedStore(
+            store, redis_client, dedupe_ttl=dedupe_ttl, prefix=f"wa-engine:{where}"
+        )
     await store.open()
     return store
 
@@ -162,9 +171,9 @@ class _redis:
         self._health = health
         self._client: Any = None
 
-    async def __aenter__(self) -> None:
+    async def __aenter__(self) -> Any:
         if self._url is None:
-            return
+            return None
         self._client = redis.from_url(
             self._url.reveal(), socket_connect_timeout=3, socket_timeout=3
         )
@@ -174,9 +183,17 @@ class _redis:
             await self._client.aclose()
             raise ConfigError(f"REDIS_URL: cannot reach Redis: {e}") from e
         self._health.checks["redis"] = self._ping
+        return self._client
 
-    async def _ping(self) -> None:
-        await self._client.ping()
+    async def _ping(self) -> str | None:
+        """Redis is a cache of the store: while it is down the engine reads the store, so
+        readiness says "degraded" (200) rather than take the engine out of service."""
+        try:
+            await asyncio.wait_for(self._client.ping(), 1.5)
+        except (redis.RedisError, OSError, TimeoutError) as e:
+            name = type(e).__name__
+            return f"Redis unreachable ({name}); snapshots and seen ids come from the store"
+        return None
 
     async def __aexit__(self, *exc: object) -> None:
         if self._client is not None:

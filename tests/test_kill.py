@@ -23,7 +23,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from tests.conftest import TEST_DATABASE_URL, unavailable
+from tests.conftest import TEST_DATABASE_URL, TEST_REDIS_URL, unavailable
 from tests.fakes.graph import FakeGraph
 from tests.process import Server
 from tests.support import ADMIN, body, change, eventually, signed, text
@@ -45,13 +45,15 @@ async def metric(session: aiohttp.ClientSession, url: str, name: str) -> float:
 
 @pytest.mark.slow
 @pytest.mark.timeout(180)
-@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+@pytest.mark.parametrize("backend", ["sqlite", "postgres", "postgres+redis"])
 async def test_kill_9_loses_nothing_and_repeats_nothing(
     env: dict[str, str], tmp_path: Path, graph: tuple[FakeGraph, str], backend: str
 ) -> None:
-    if backend == "postgres":
+    if backend.startswith("postgres"):
         async with postgres_database() as url:
             env["DATABASE_URL"] = url
+            if backend.endswith("+redis"):
+                env["REDIS_URL"] = TEST_REDIS_URL  # the hot tier: snapshots and seen ids
             await kill_rounds(env, tmp_path, graph)
     else:
         await kill_rounds(env, tmp_path, graph)

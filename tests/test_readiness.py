@@ -4,6 +4,7 @@ the WhatsApp channel, degraded (200) while a number is paused, with the cause.""
 from __future__ import annotations
 
 import io
+from urllib.parse import urlsplit
 
 from adapters.web import ENGINE
 from tests.conftest import AppFactory
@@ -75,3 +76,28 @@ async def test_a_rejected_token_is_reported_as_degraded_and_ops_can_alert_on_it(
     assert 'engine_channel_probes_total{result="ok"} 1.0' in metrics
     view = await engine.view(f"{NUMBER}:15550001")
     assert [m["status"] for m in view["messages"] if m["direction"] == "out"] == ["accepted"]
+
+
+async def test_redis_down_is_degraded_not_out_of_service(
+    start_app: AppFactory, env: dict[str, str], redis_url: str
+) -> None:
+    """Redis is only a cache of the store: while it is away the engine reads the store, so a
+    load balancer must keep sending webhooks."""
+    from tests.fakes.proxy import Proxy
+
+    parts = urlsplit(redis_url)
+    proxy = Proxy(parts.hostname or "127.0.0.1", parts.port or 6379)
+    await proxy.start()
+    try:
+        env["REDIS_URL"] = f"redis://127.0.0.1:{proxy.port}/0"
+        client = await start_app(env)
+        assert (await client.get("/readyz")).status == 200
+        proxy.cut()
+        r = await client.get("/readyz")
+        report = await r.json()
+        assert r.status == 200
+        assert report["redis"].startswith("degraded: Redis unreachable")
+        raw, headers = signed(body(change([text("15550000009", "wamid.r1", "hi")])))
+        assert (await client.post("/webhooks/whatsapp", data=raw, headers=headers)).status == 200
+    finally:
+        await proxy.close()

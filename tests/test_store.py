@@ -11,8 +11,10 @@ from typing import Any
 
 import asyncpg
 import pytest
+import redis.asyncio as redis
 
 from adapters.stores.postgres import PostgresStore
+from adapters.stores.redis_cache import RedisCachedStore
 from adapters.stores.sqlite import SqliteStore
 from engine.errors import ConfigError, StoreRejected
 from engine.memstore import MemoryStore
@@ -31,19 +33,38 @@ from engine.ports import (
     TimerWrite,
 )
 from engine.records import STATUS_RANK
-from tests.conftest import TEST_DATABASE_URL, unavailable
+from tests.conftest import TEST_DATABASE_URL, TEST_REDIS_URL, unavailable
 
 
-@pytest.fixture(params=["memory", "sqlite", "postgres"])
+@pytest.fixture(params=["memory", "sqlite", "postgres", "postgres+redis"])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
     if request.param == "postgres":
         async with postgres_schema() as s:
             yield s
         return
+    if request.param == "postgres+redis":
+        async with postgres_schema() as pg, redis_client() as client:
+            cached = RedisCachedStore(pg, client, dedupe_ttl=3600, prefix=f"t{uuid.uuid4().hex}")
+            await cached._learn_server()
+            yield cached
+        return
     s: Store = MemoryStore() if request.param == "memory" else SqliteStore(tmp_path / "s.sqlite3")
     await s.open()
     yield s
     await s.close()
+
+
+@contextlib.asynccontextmanager
+async def redis_client() -> AsyncIterator[Any]:
+    client = redis.from_url(TEST_REDIS_URL, socket_connect_timeout=3, socket_timeout=3)
+    try:
+        await client.ping()
+    except (redis.RedisError, OSError) as e:
+        unavailable(f"Redis at {TEST_REDIS_URL}", e)  # skips, or fails under CI
+    try:
+        yield client
+    finally:
+        await client.aclose()
 
 
 @contextlib.asynccontextmanager

@@ -1,0 +1,237 @@
+"""Redis as the hot tier in front of a store: never the system of record.
+
+    write(ops)        -> the store commits, then (pipelined) each committed snapshot and each
+                         new message id goes to Redis, tagged with this process's epoch
+    conversation(key) -> Redis first: an entry of the current epoch is used as it is; anything
+                         else (a miss, an older epoch, Redis down) asks the store
+    write(retried)    -> a webhook whose message ids Redis already knows (committed before) is
+                         acknowledged without a store round trip; a miss decides nothing
+
+The epoch is the Redis server's run id, this process's start, and a counter bumped at every
+Redis error: an entry written before Redis restarted, before this process started (a crash may
+have left Redis behind the store) or before an error (a write that may not have landed) is never
+trusted over the store. Losing or flushing Redis loses nothing and changes no answer: every read
+falls back to the store, and every write goes to the store first.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import redis.asyncio as redis
+
+from engine.ports import (
+    JSON,
+    Accept,
+    Accepted,
+    Alias,
+    Commit,
+    ConversationRow,
+    MessageRow,
+    Op,
+    Pruned,
+    Store,
+    TimerWrite,
+)
+
+log = logging.getLogger(__name__)
+
+ERRORS = (redis.RedisError, OSError, TimeoutError)
+SNAPSHOT_TTL = 86400  # seconds a snapshot stays in Redis after its last write
+
+
+class RedisCachedStore:
+    """A Store that keeps snapshots and seen message ids in Redis as well."""
+
+    def __init__(
+        self, store: Store, client: Any, *, dedupe_ttl: float, prefix: str = "wa-engine"
+    ) -> None:
+        self.inner = store
+        self.client = client
+        self.dedupe_ttl = int(dedupe_ttl)
+        self.prefix = prefix
+        self._start = uuid.uuid4().hex[:12]
+        self._server = "?"
+        self._generation = 0
+        self._failed_at = 0.0
+        self.hits = self.misses = self.acknowledged = 0
+        self.commits = 0
+        self._floor = 0.0  # ids of events before this time: the store has forgotten them
+
+    @property
+    def epoch(self) -> str:
+        return f"{self._server}:{self._start}:{self._generation}"
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        await self.inner.open()
+        await self._learn_server()
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+    async def ping(self) -> None:
+        await self.inner.ping()
+
+    async def _learn_server(self) -> None:
+        try:
+            info = await self.client.info("server")
+            self._server = str(info.get("run_id", "?"))[:16]
+        except ERRORS as e:
+            self._failed(e)
+
+    def _failed(self, error: BaseException) -> None:
+        """Redis failed: nothing it holds from before is trusted again (a new epoch)."""
+        self._generation += 1
+        self._server = "?"  # learnt again: a restart gives Redis a new run id
+        now = time.monotonic()
+        if now - self._failed_at > 10:
+            log.warning("Redis failed (%s); reading the store instead", error)
+        self._failed_at = now
+
+    # --- writes ----------------------------------------------------------------------------
+
+    async def write(self, ops: Sequence[Op]) -> list[Accepted | None]:
+        known = await self._known_ids(ops)
+        results: list[Accepted | None] = [None] * len(ops)
+        rest: list[tuple[int, Op]] = []
+        for i, op in enumerate(ops):
+            if (
+                isinstance(op, Accept)
+                and op.journal
+                and not (op.statuses or op.raw or op.aliases)
+                and all(e.event_id in known for e in op.journal)
+            ):
+                results[i] = Accepted(duplicate_messages=len(op.journal))
+                self.acknowledged += 1
+            else:
+                rest.append((i, op))
+        if rest:
+            written = await self.inner.write([op for _i, op in rest])
+            self.commits += 1
+            for (i, _op), result in zip(rest, written, strict=True):
+                results[i] = result
+            await self._remember([op for _i, op in rest])
+        return results
+
+    async def _known_ids(self, ops: Sequence[Op]) -> set[str]:
+        """Message ids Redis says the store has committed. Any entry will do, whatever its
+        epoch: it was written after the store's commit, and the store never forgets one within
+        DEDUPE_TTL. A miss says nothing."""
+        ids = [e.event_id for op in ops if isinstance(op, Accept) for e in op.journal]
+        if not ids:
+            return set()
+        if self._server == "?":
+            await self._learn_server()
+        try:
+            found = await self.client.mget([self._id_key(i) for i in ids])
+        except ERRORS as e:
+            self._failed(e)
+            return set()
+        return {
+            i for i, v in zip(ids, found, strict=True) if v is not None and _at(v) >= self._floor
+        }
+
+    async def _remember(self, ops: Sequence[Op]) -> None:
+        """After the store committed: the snapshots and the message ids, in one round trip."""
+        if self._server == "?":
+            return
+        epoch = self.epoch
+        try:
+            async with self.client.pipeline(transaction=False) as pipe:
+                for op in ops:
+                    if isinstance(op, Commit):
+                        row = op.conversation
+                        value = json.dumps(
+                            {
+                                "epoch": epoch,
+                                "row": [
+                                    row.key,
+                                    row.number,
+                                    row.flow,
+                                    row.state,
+                                    row.handoff,
+                                    row.updated_at,
+                                    row.snapshot,
+                                ],
+                            },
+                            separators=(",", ":"),
+                        )
+                        pipe.set(self._snapshot_key(row.key), value, ex=SNAPSHOT_TTL)
+                    elif isinstance(op, Accept):
+                        for e in op.journal:  # the event's time: pruning's cut-off applies
+                            pipe.set(self._id_key(e.event_id), repr(e.at), ex=self.dedupe_ttl)
+                await pipe.execute()
+        except ERRORS as e:
+            self._failed(e)
+
+    # --- reads -----------------------------------------------------------------------------
+
+    async def conversation(self, key: str) -> ConversationRow | None:
+        if self._server != "?":
+            try:
+                raw = await self.client.get(self._snapshot_key(key))
+            except ERRORS as e:
+                self._failed(e)
+                raw = None
+            if raw is not None:
+                try:
+                    entry = json.loads(raw)
+                    if entry.get("epoch") == self.epoch:
+                        self.hits += 1
+                        k, number, flow, state, handoff, updated_at, snapshot = entry["row"]
+                        return ConversationRow(
+                            k, number, flow, state, bool(handoff), updated_at, snapshot
+                        )
+                except (ValueError, KeyError, TypeError):
+                    pass  # not ours, or torn: the store knows
+        self.misses += 1
+        return await self.inner.conversation(key)
+
+    async def aliases(self) -> list[Alias]:
+        return await self.inner.aliases()
+
+    async def unhandled(self, after: int = 0, limit: int = 0) -> list[tuple[int, str, JSON]]:
+        return await self.inner.unhandled(after, limit)
+
+    async def outbox(self, after: int = 0, limit: int = 0) -> list[MessageRow]:
+        return await self.inner.outbox(after, limit)
+
+    async def transcript(self, key: str, limit: int) -> list[MessageRow]:
+        return await self.inner.transcript(key, limit)
+
+    async def conversations(
+        self, *, state: str | None, handoff: bool | None, limit: int
+    ) -> list[ConversationRow]:
+        return await self.inner.conversations(state=state, handoff=handoff, limit=limit)
+
+    async def contacts(self, alias: str, number: str | None) -> list[str]:
+        return await self.inner.contacts(alias, number)
+
+    async def timers(self, after: tuple[float, str, str] | None, limit: int) -> list[TimerWrite]:
+        return await self.inner.timers(after, limit)
+
+    async def prune(self, *, dedupe_before: float, journal_before: float) -> Pruned:
+        """The store forgets old message ids; Redis's copies of them stop counting too."""
+        pruned = await self.inner.prune(dedupe_before=dedupe_before, journal_before=journal_before)
+        self._floor = max(self._floor, dedupe_before)
+        return pruned
+
+    def _snapshot_key(self, key: str) -> str:
+        return f"{self.prefix}:c:{key}"
+
+    def _id_key(self, event_id: str) -> str:
+        return f"{self.prefix}:m:{event_id}"
+
+
+def _at(value: bytes | str) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return -1.0  # not ours: not trusted

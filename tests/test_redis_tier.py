@@ -1,0 +1,150 @@
+"""Redis as the hot tier, against the real Redis (and a TCP proxy that cuts it): snapshots
+served from Redis only when they belong to the current epoch, message ids marked seen only
+after the store committed them, and nothing lost or answered differently when Redis goes."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import pytest
+import redis.asyncio as redis
+
+from adapters.stores.redis_cache import RedisCachedStore
+from engine.errors import StoreUnavailable
+from engine.memstore import MemoryStore
+from engine.ports import Accept, Accepted, Commit, ConversationRow, JournalEntry, Op
+from tests.conftest import TEST_REDIS_URL, unavailable
+from tests.fakes.proxy import Proxy
+
+
+class Counting(MemoryStore):
+    """The in-memory store, counting what reaches it; it can be made to fail its writes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads = self.writes = 0
+        self.down = False
+
+    async def conversation(self, key: str) -> ConversationRow | None:
+        self.reads += 1
+        return await super().conversation(key)
+
+    async def write(self, ops: Sequence[Op]) -> list[Accepted | None]:
+        if self.down:
+            raise StoreUnavailable("down")
+        self.writes += 1
+        return await super().write(ops)
+
+
+@pytest.fixture
+async def redis_url() -> str:
+    client = redis.from_url(TEST_REDIS_URL, socket_connect_timeout=3)
+    try:
+        await client.ping()
+    except (redis.RedisError, OSError) as e:
+        unavailable(f"Redis at {TEST_REDIS_URL}", e)
+    finally:
+        await client.aclose()
+    return TEST_REDIS_URL
+
+
+@pytest.fixture
+async def client(redis_url: str) -> AsyncIterator[Any]:
+    c = redis.from_url(redis_url, socket_connect_timeout=1, socket_timeout=1)
+    yield c
+    await c.aclose()
+
+
+async def cached(store: Counting, client: Any, prefix: str) -> RedisCachedStore:
+    s = RedisCachedStore(store, client, dedupe_ttl=3600, prefix=prefix)
+    await s.open()
+    return s
+
+
+def row(key: str, state: str) -> ConversationRow:
+    return ConversationRow(key, "n", "support", state, False, 1.0, {"v": 2, "state": state})
+
+
+def accept(*ids: str) -> Accept:
+    return Accept(journal=[JournalEntry("n:1", i, {"id": i}, 100.0) for i in ids])
+
+
+async def test_a_committed_snapshot_is_read_from_redis_not_the_store(client: Any) -> None:
+    store, prefix = Counting(), f"t{uuid.uuid4().hex}"
+    s = await cached(store, client, prefix)
+    await s.write([Commit(row("n:1", "menu"))])
+    assert (await s.conversation("n:1")) == row("n:1", "menu")
+    assert store.reads == 0 and s.hits == 1
+    await s.write([Commit(row("n:1", "ask"))])
+    assert (await s.conversation("n:1")).state == "ask"  # type: ignore[union-attr]
+    assert store.reads == 0
+
+
+async def test_entries_from_before_this_process_or_a_redis_error_are_not_trusted(
+    client: Any,
+) -> None:
+    store, prefix = Counting(), f"t{uuid.uuid4().hex}"
+    first = await cached(store, client, prefix)
+    await first.write([Commit(row("n:1", "menu"))])
+    # A crash may leave Redis behind the store: a new process reads the store.
+    await store.write([Commit(row("n:1", "later"))])
+    second = await cached(store, client, prefix)
+    assert (await second.conversation("n:1")).state == "later"  # type: ignore[union-attr]
+    assert store.reads == 1
+
+    proxy = Proxy("127.0.0.1", 6379)
+    await proxy.start()
+    try:
+        via = redis.from_url(
+            f"redis://127.0.0.1:{proxy.port}/0", socket_connect_timeout=1, socket_timeout=1
+        )
+        third = await cached(store, via, prefix)
+        await third.write([Commit(row("n:2", "menu"))])
+        proxy.cut()
+        await store.write([Commit(row("n:2", "moved on"))])  # while Redis was away
+        assert (await third.conversation("n:2")).state == "moved on"  # type: ignore[union-attr]
+        proxy.restore()
+        await third.write([accept("wamid.after")])  # Redis is used again from here on
+        assert third.epoch.endswith(":1")
+        # Redis is back, and still holds "menu" for n:2: not trusted (an older epoch).
+        assert (await third.conversation("n:2")).state == "moved on"  # type: ignore[union-attr]
+        await via.aclose()
+    finally:
+        await proxy.close()
+
+
+async def test_a_retried_webhook_is_acknowledged_without_the_store_once_it_is_durable(
+    client: Any,
+) -> None:
+    store, prefix = Counting(), f"t{uuid.uuid4().hex}"
+    s = await cached(store, client, prefix)
+    store.down = True
+    with pytest.raises(StoreUnavailable):
+        await s.write([accept("wamid.1")])  # answered 503: must not be marked seen
+    store.down = False
+    (first,) = await s.write([accept("wamid.1")])
+    assert first is not None and len(first.entries) == 1  # Meta's retry is handled
+    writes = store.writes
+    (again,) = await s.write([accept("wamid.1")])
+    assert again == Accepted(duplicate_messages=1)
+    assert store.writes == writes  # no store round trip
+    (mixed,) = await s.write([accept("wamid.1", "wamid.2")])  # a miss decides nothing
+    assert mixed is not None and [e.event_id for _s, e in mixed.entries] == ["wamid.2"]
+
+
+async def test_flushing_or_losing_redis_changes_no_answer(client: Any) -> None:
+    store, prefix = Counting(), f"t{uuid.uuid4().hex}"
+    s = await cached(store, client, prefix)
+    await s.write([Commit(row("n:1", "menu")), accept("wamid.9")])
+    keys = [k async for k in client.scan_iter(f"{prefix}:*")]
+    await client.delete(*keys)  # as FLUSHALL would, for this test's keys only
+    assert (await s.conversation("n:1")).state == "menu"  # type: ignore[union-attr]
+    (again,) = await s.write([accept("wamid.9")])
+    assert again is not None and again.duplicate_messages == 1  # the store still knows it
+    dead = redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.2)
+    gone = await cached(store, dead, prefix)  # no Redis at all
+    await gone.write([Commit(row("n:3", "menu")), accept("wamid.10")])
+    assert (await gone.conversation("n:3")).state == "menu"  # type: ignore[union-attr]
+    await dead.aclose()
