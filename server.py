@@ -174,8 +174,10 @@ class _redis:
     async def __aenter__(self) -> Any:
         if self._url is None:
             return None
+        # A cache must answer at once or be skipped: a stalled Redis costs a write at most 1 s,
+        # then it is left alone for a few seconds (adapters/stores/redis_cache.py).
         self._client = redis.from_url(
-            self._url.reveal(), socket_connect_timeout=3, socket_timeout=3
+            self._url.reveal(), socket_connect_timeout=1, socket_timeout=1
         )
         try:
             await self._client.ping()

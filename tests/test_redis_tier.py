@@ -148,3 +148,27 @@ async def test_flushing_or_losing_redis_changes_no_answer(client: Any) -> None:
     await gone.write([Commit(row("n:3", "menu")), accept("wamid.10")])
     assert (await gone.conversation("n:3")).state == "menu"  # type: ignore[union-attr]
     await dead.aclose()
+
+
+async def test_a_stalled_redis_costs_one_timeout_then_is_left_alone(client: Any) -> None:
+    import time
+
+    store, prefix = Counting(), f"t{uuid.uuid4().hex}"
+    proxy = Proxy("127.0.0.1", 6379)
+    await proxy.start()
+    via = redis.from_url(
+        f"redis://127.0.0.1:{proxy.port}/0", socket_connect_timeout=0.5, socket_timeout=0.5
+    )
+    try:
+        s = await cached(store, via, prefix)
+        await s.write([Commit(row("n:1", "menu"))])
+        proxy.stall()
+        started = time.monotonic()
+        assert (await s.conversation("n:1")).state == "menu"  # type: ignore[union-attr]
+        for i in range(20):  # then Redis is not waited for again, write after write
+            await s.write([accept(f"wamid.s{i}"), Commit(row("n:1", f"s{i}"))])
+            assert (await s.conversation("n:1")).state == f"s{i}"  # type: ignore[union-attr]
+        assert time.monotonic() - started < 2.0  # one 0.5 s timeout, not 40
+    finally:
+        await via.aclose()
+        await proxy.close()

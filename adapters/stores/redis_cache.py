@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 
 ERRORS = (redis.RedisError, OSError, TimeoutError)
 SNAPSHOT_TTL = 86400  # seconds a snapshot stays in Redis after its last write
+RETRY_AFTER = 5.0  # seconds after a Redis error before it is tried again
 
 
 class RedisCachedStore:
@@ -59,6 +60,7 @@ class RedisCachedStore:
         self._server = "?"
         self._generation = 0
         self._failed_at = 0.0
+        self._retry_at = 0.0  # Redis is not tried again before this (monotonic) time
         self.hits = self.misses = self.acknowledged = 0
         self.commits = 0
         self._floor = 0.0  # ids of events before this time: the store has forgotten them
@@ -80,6 +82,8 @@ class RedisCachedStore:
         await self.inner.ping()
 
     async def _learn_server(self) -> None:
+        if time.monotonic() < self._retry_at:
+            return  # Redis failed moments ago: do not make every write wait for it again
         try:
             info = await self.client.info("server")
             self._server = str(info.get("run_id", "?"))[:16]
@@ -94,6 +98,7 @@ class RedisCachedStore:
         if now - self._failed_at > 10:
             log.warning("Redis failed (%s); reading the store instead", error)
         self._failed_at = now
+        self._retry_at = now + RETRY_AFTER
 
     # --- writes ----------------------------------------------------------------------------
 
@@ -129,6 +134,8 @@ class RedisCachedStore:
             return set()
         if self._server == "?":
             await self._learn_server()
+            if self._server == "?":
+                return set()  # Redis is away (or was moments ago): the store decides
         try:
             found = await self.client.mget([self._id_key(i) for i in ids])
         except ERRORS as e:
