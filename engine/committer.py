@@ -78,6 +78,11 @@ class Committer:
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="committer")
 
+    @property
+    def waiting(self) -> int:
+        """Writes queued for the next batch (they count toward MAX_BACKLOG)."""
+        return len(self._pending)
+
     async def submit(self, op: Op, then: Then | None = None) -> Accepted | None:
         """Record `op`; return once it is durable. Raises StoreUnavailable if it could not be."""
         if self._closing or self._task is None:

@@ -239,10 +239,11 @@ class Engine:
 
     @property
     def backlog(self) -> int:
-        """Work waiting in memory that should drain: events in mailboxes and replies for
-        numbers that are sending. Replies held by a paused number have a bound of their own
-        (`refuses`), so one number's outage does not close intake for the others."""
-        return self.actors.depth + self.delivery.active
+        """Work waiting in memory that should drain: events in mailboxes, writes waiting for
+        the store (a slow or failing one), and replies for numbers that are sending. Replies
+        held by a paused number have a bound of their own (`refuses`), so one number's outage
+        does not close intake for the others."""
+        return self.actors.depth + self.committer.waiting + self.delivery.active
 
     @property
     def overloaded(self) -> bool:

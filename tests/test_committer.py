@@ -64,3 +64,45 @@ async def test_a_rejected_write_costs_only_itself(tmp_path: Path) -> None:
     with pytest.raises(StoreUnavailable):
         await committer.submit(Accept())
     await store.close()
+
+
+async def test_writes_waiting_for_a_slow_store_count_toward_the_backlog(tmp_path: Path) -> None:
+    """A store that takes its time (Postgres stalling): the writes queued behind it are memory
+    like any other backlog, so intake says 503 once they pass MAX_BACKLOG."""
+    from engine.engine import Engine, EngineConfig
+    from engine.events import Customer, Message, Text
+    from engine.flows import load_flows
+    from engine.memstore import MemoryStore
+    from tests.support import ROOT, Recorder
+
+    gate = asyncio.Event()
+
+    class Slow(MemoryStore):
+        async def write(self, ops: Any) -> Any:
+            await gate.wait()
+            return await super().write(ops)
+
+    engine = Engine(
+        store=Slow(),
+        sender=Recorder(),
+        flows=load_flows(ROOT / "flows", "support"),
+        config=EngineConfig(max_backlog=3),
+    )
+    await engine.start()
+    try:
+
+        def message(i: int) -> Message:
+            return Message(f"w{i}", 1, Customer("n", phone=f"1555{i:07d}"), Text("hi"))
+
+        first = asyncio.create_task(engine.ingest([message(0)]))  # the batch the store holds
+        await asyncio.sleep(0.01)
+        waiting = [asyncio.create_task(engine.ingest([message(i)])) for i in range(1, 6)]
+        await asyncio.sleep(0.01)
+        assert engine.committer.waiting == 5
+        assert engine.backlog >= 5 and engine.overloaded
+        gate.set()
+        await asyncio.gather(first, *waiting)
+        assert engine.committer.waiting == 0
+    finally:
+        gate.set()
+        await engine.close()
