@@ -16,7 +16,7 @@ import redis.asyncio as redis
 from adapters.stores.postgres import PostgresStore
 from adapters.stores.redis_cache import RedisCachedStore
 from adapters.stores.sqlite import SqliteStore
-from engine.errors import ConfigError, StoreRejected
+from engine.errors import ConfigError, StoreRejected, StoreUnavailable
 from engine.memstore import MemoryStore
 from engine.ports import (
     Accept,
@@ -392,3 +392,30 @@ async def test_the_outbox_and_the_journal_are_read_in_pages(store: Store) -> Non
         seen.append([e["id"] for _s, _c, e in entries])
         after = entries[-1][0]
     assert seen == [["w1", "w2", "w3", "w4"], ["w5", "w6"]]  # w0 is covered by its snapshot
+
+
+async def test_postgres_takes_its_lock_again_after_losing_its_session() -> None:
+    """A Postgres restart ends the session that holds the advisory lock: the store takes it
+    again before its next write, and refuses to write if another engine took it meanwhile."""
+    async with postgres_schema() as store:
+        assert store._held is not None
+        admin = await asyncpg.connect(store.dsn)
+        try:
+            await admin.execute("SELECT pg_terminate_backend($1)", store._held.get_server_pid())
+            store._checked = 0.0  # (checked once a second)
+            await store.write([Accept(journal=[entry("after-restart")])])  # the lock, again
+            assert len(await store.unhandled()) == 1
+            second = PostgresStore(store.dsn, schema=store.schema)
+            with pytest.raises(ConfigError, match="in use by another engine"):
+                await second.open()  # the lock is held again
+            await admin.execute("SELECT pg_terminate_backend($1)", store._held.get_server_pid())
+            thief = PostgresStore(store.dsn, schema=store.schema)
+            await thief.open()  # another engine got there first
+            store._checked = 0.0
+            try:
+                with pytest.raises(StoreUnavailable, match="in use by another engine"):
+                    await store.write([Accept(journal=[entry("refused")])])
+            finally:
+                await thief.close()
+        finally:
+            await admin.close()

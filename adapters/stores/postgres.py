@@ -18,6 +18,7 @@ import asyncio
 import hashlib
 import json
 import re
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from typing import Any, overload
@@ -123,6 +124,7 @@ MIGRATIONS: list[str] = [
 ]
 
 SCHEMA = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+HOLD_CHECK = 1.0  # seconds between checks that the advisory lock's session is alive
 PRUNE_CHUNK = 5000  # rows one DELETE removes: pruning never holds the writer for long
 TIMEOUT = 5.0  # seconds a statement may take before the store counts as unavailable
 
@@ -172,6 +174,7 @@ class PostgresStore:
         self.commits = 0
         self._pool: asyncpg.Pool | None = None
         self._held: asyncpg.Connection | None = None  # holds the advisory lock
+        self._checked = 0.0  # when the lock's session was last seen alive (monotonic)
         self._lock = asyncio.Lock()
 
     @classmethod
@@ -224,6 +227,41 @@ class PostgresStore:
                 f"DATABASE_URL: schema {self.schema!r} is in use by another engine;"
                 " one engine per database schema"
             )
+
+    async def _still_held(self) -> None:
+        """The advisory lock lives with its session: a Postgres restart (or a terminated
+        backend) ends it. Before writing, take it again on a new session; if another engine
+        took it meanwhile, refuse to write (503s and a down store in /readyz) rather than
+        share the outbox with it."""
+        if self._held is not None and not self._held.is_closed():
+            now = time.monotonic()
+            if now - self._checked < HOLD_CHECK:
+                return
+            self._checked = now
+            try:  # a session that died is only noticed when used
+                await self._held.fetchval("SELECT 1", timeout=HOLD_CHECK)
+                return
+            except TimeoutError as e:  # Postgres is stalled: the write would be too
+                self._held.terminate()
+                raise StoreUnavailable("Postgres: TimeoutError: no answer") from e
+            except Exception:  # any state of a dead session: start a new one
+                self._held.terminate()  # gone: taken again on a new session below
+        settings = {"search_path": self.schema, "application_name": "wa-engine"}
+        try:
+            conn = await asyncpg.connect(self.dsn, timeout=TIMEOUT, server_settings=settings)
+        except UNAVAILABLE as e:
+            raise StoreUnavailable(f"Postgres: {type(e).__name__}: {e}") from e
+        except asyncpg.PostgresError as e:
+            raise StoreUnavailable(f"Postgres: {type(e).__name__}: {e}") from e
+        try:
+            await self._hold(conn)
+        except ConfigError as e:
+            await conn.close()
+            raise StoreUnavailable(str(e).removeprefix("DATABASE_URL: ")) from None
+        except BaseException:
+            conn.terminate()
+            raise
+        self._held = conn
 
     async def _migrate(self, conn: asyncpg.Connection) -> None:
         await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
@@ -278,6 +316,7 @@ class PostgresStore:
                 return await self._apply(conn, ops)
 
         async with self._lock:
+            await self._still_held()
             try:
                 results: list[Accepted | None] = await self._run(apply)
             except REJECTED as e:
