@@ -30,6 +30,8 @@ from zoneinfo import ZoneInfo
 import aiohttp
 import redis.asyncio as redis
 from aiohttp import web
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from adapters.bodies import BodyBudget
 from adapters.console import ConsoleSender
@@ -177,7 +179,12 @@ class _redis:
         # A cache must answer at once or be skipped: a stalled Redis costs a write at most 1 s,
         # then it is left alone for a few seconds (adapters/stores/redis_cache.py).
         self._client = redis.from_url(
-            self._url.reveal(), socket_connect_timeout=1, socket_timeout=1
+            self._url.reveal(),
+            socket_connect_timeout=1,
+            socket_timeout=1,
+            # No silent retries: a Redis that restarted must show as an error, so the hot tier
+            # stops trusting what it held (and a stall costs one timeout, not ten).
+            retry=Retry(NoBackoff(), 0),
         )
         try:
             await self._client.ping()

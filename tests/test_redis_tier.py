@@ -172,3 +172,17 @@ async def test_a_stalled_redis_costs_one_timeout_then_is_left_alone(client: Any)
     finally:
         await via.aclose()
         await proxy.close()
+
+
+async def test_a_redis_that_lost_its_token_is_not_trusted_whatever_it_still_holds(
+    client: Any,
+) -> None:
+    """A Redis restored from an old dump (or restarted empty and written again by someone)
+    lacks this epoch's token: a snapshot it holds is not used."""
+    store, prefix = Counting(), f"t{uuid.uuid4().hex}"
+    s = await cached(store, client, prefix)
+    await s.write([Commit(row("n:1", "menu"))])
+    await store.write([Commit(row("n:1", "newer"))])  # as if Redis had missed this write
+    await client.delete(s._token_key())
+    assert (await s.conversation("n:1")).state == "newer"  # type: ignore[union-attr]
+    assert s.epoch.endswith(":1")  # a new epoch: nothing from before is used again

@@ -86,7 +86,11 @@ class RedisCachedStore:
             return  # Redis failed moments ago: do not make every write wait for it again
         try:
             info = await self.client.info("server")
-            self._server = str(info.get("run_id", "?"))[:16]
+            server = str(info.get("run_id", "?"))[:16]
+            # A token of this epoch, read with every snapshot: a Redis that restarted empty
+            # (or was flushed) has lost it, and its entries are not ours any more.
+            await self.client.set(self._token_key(), f"{server}:{self._start}:{self._generation}")
+            self._server = server
         except ERRORS as e:
             self._failed(e)
 
@@ -183,9 +187,12 @@ class RedisCachedStore:
     async def conversation(self, key: str) -> ConversationRow | None:
         if self._server != "?":
             try:
-                raw = await self.client.get(self._snapshot_key(key))
+                token, raw = await self.client.mget([self._token_key(), self._snapshot_key(key)])
             except ERRORS as e:
                 self._failed(e)
+                token = raw = None
+            if raw is not None and (token or b"").decode() != self.epoch:
+                self._failed(RuntimeError("Redis lost this engine's entries (a restart or flush)"))
                 raw = None
             if raw is not None:
                 try:
@@ -232,6 +239,9 @@ class RedisCachedStore:
 
     def _snapshot_key(self, key: str) -> str:
         return f"{self.prefix}:c:{key}"
+
+    def _token_key(self) -> str:
+        return f"{self.prefix}:epoch:{self._start}"
 
     def _id_key(self, event_id: str) -> str:
         return f"{self.prefix}:m:{event_id}"
