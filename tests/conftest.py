@@ -6,9 +6,11 @@ unreachable they fail under CI=true and are skipped (with the reason) elsewhere.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import threading
+import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -35,8 +37,8 @@ def unavailable(service: str, error: BaseException) -> None:
     pytest.skip(message)
 
 
-@pytest.fixture
-async def postgres_url() -> str:
+async def require_postgres() -> str:
+    """TEST_DATABASE_URL, once Postgres answers there (else skip, or fail under CI)."""
     try:
         conn = await asyncpg.connect(TEST_DATABASE_URL, timeout=5)
         await conn.close()
@@ -45,8 +47,8 @@ async def postgres_url() -> str:
     return TEST_DATABASE_URL
 
 
-@pytest.fixture
-async def redis_url() -> str:
+async def require_redis() -> str:
+    """TEST_REDIS_URL, once Redis answers there (else skip, or fail under CI)."""
     client = redis.from_url(TEST_REDIS_URL, socket_connect_timeout=3)
     try:
         await client.ping()
@@ -55,6 +57,29 @@ async def redis_url() -> str:
     finally:
         await client.aclose()
     return TEST_REDIS_URL
+
+
+@contextlib.asynccontextmanager
+async def postgres_schema() -> AsyncIterator[str]:
+    """A schema of its own on the test Postgres, dropped afterwards: its name."""
+    await require_postgres()
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    try:
+        yield schema
+    finally:
+        conn = await asyncpg.connect(TEST_DATABASE_URL)
+        await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+        await conn.close()
+
+
+@pytest.fixture
+async def postgres_url() -> str:
+    return await require_postgres()
+
+
+@pytest.fixture
+async def redis_url() -> str:
+    return await require_redis()
 
 
 @pytest.fixture

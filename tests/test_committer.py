@@ -77,8 +77,19 @@ async def test_writes_waiting_for_a_slow_store_count_toward_the_backlog(tmp_path
 
     gate = asyncio.Event()
 
+    async def until(done: Any) -> None:  # let the loop run the tasks, no time passing
+        for _ in range(1000):
+            if done():
+                return
+            await asyncio.sleep(0)
+        raise AssertionError("never happened")
+
+    holding = False
+
     class Slow(MemoryStore):
         async def write(self, ops: Any) -> Any:
+            nonlocal holding
+            holding = True
             await gate.wait()
             return await super().write(ops)
 
@@ -95,10 +106,9 @@ async def test_writes_waiting_for_a_slow_store_count_toward_the_backlog(tmp_path
             return Message(f"w{i}", 1, Customer("n", phone=f"1555{i:07d}"), Text("hi"))
 
         first = asyncio.create_task(engine.ingest([message(0)]))  # the batch the store holds
-        await asyncio.sleep(0.01)
+        await until(lambda: holding)
         waiting = [asyncio.create_task(engine.ingest([message(i)])) for i in range(1, 6)]
-        await asyncio.sleep(0.01)
-        assert engine.committer.waiting == 5
+        await until(lambda: engine.committer.waiting == 5)
         assert engine.backlog >= 5 and engine.overloaded
         gate.set()
         await asyncio.gather(first, *waiting)

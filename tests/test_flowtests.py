@@ -328,3 +328,16 @@ def test_a_bad_test_file_fails_alone_under_pytest(tmp_path: Path) -> None:
     )
     assert "1 failed, 2 passed" in result.stdout, result.stdout + result.stderr
     assert "broken.yaml:4: unknown key 'stepz' in test (did you mean 'steps'?)" in result.stdout
+
+
+def test_a_test_files_timezone_is_the_one_typed_dates_are_read_in(tmp_path: Path) -> None:
+    tests = TESTS.replace(
+        "at: 2026-12-07T10:00\n", "at: 2026-12-07T10:00\ntimezone: Asia/Kolkata\n"
+    )
+    tests = tests.replace('"2026-12-08T17:00+00:00"', '"2026-12-08T17:00+05:30"')
+    code, lines = run(folder(tmp_path, tests))
+    assert code == 0, lines
+    bad = TESTS.replace("at: 2026-12-07T10:00\n", "at: 2026-12-07T10:00\ntimezone: Mars/Olympus\n")
+    code, lines = run(folder(tmp_path / "b", bad))
+    assert code == 1
+    assert any("timezone: 'Mars/Olympus' is not an IANA time zone name" in line for line in lines)

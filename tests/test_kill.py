@@ -12,18 +12,16 @@ import contextlib
 import os
 import random
 import time
-import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
-import asyncpg
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from tests.conftest import TEST_DATABASE_URL, TEST_REDIS_URL, unavailable
+from tests.conftest import TEST_DATABASE_URL, TEST_REDIS_URL, postgres_schema
 from tests.fakes.graph import FakeGraph
 from tests.process import Server
 from tests.support import ADMIN, body, change, eventually, signed, text
@@ -62,18 +60,9 @@ async def test_kill_9_loses_nothing_and_repeats_nothing(
 @contextlib.asynccontextmanager
 async def postgres_database() -> AsyncIterator[str]:
     """A DATABASE_URL on the test Postgres, in a schema of its own, dropped afterwards."""
-    try:
-        await (await asyncpg.connect(TEST_DATABASE_URL, timeout=5)).close()
-    except (OSError, TimeoutError, asyncpg.PostgresError) as e:
-        unavailable(f"Postgres at {TEST_DATABASE_URL}", e)
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    sep = "&" if "?" in TEST_DATABASE_URL else "?"
-    try:
+    async with postgres_schema() as schema:
+        sep = "&" if "?" in TEST_DATABASE_URL else "?"
         yield f"{TEST_DATABASE_URL}{sep}schema={schema}"
-    finally:
-        conn = await asyncpg.connect(TEST_DATABASE_URL)
-        await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
-        await conn.close()
 
 
 async def kill_rounds(env: dict[str, str], tmp_path: Path, graph: tuple[FakeGraph, str]) -> None:

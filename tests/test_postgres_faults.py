@@ -8,16 +8,14 @@ from __future__ import annotations
 import asyncio
 import io
 import time
-import uuid
 from collections.abc import AsyncIterator
 from urllib.parse import urlsplit
 
-import asyncpg
 import pytest
 
 from adapters.stores.postgres import TIMEOUT
 from adapters.web import ENGINE
-from tests.conftest import TEST_DATABASE_URL, AppFactory, unavailable
+from tests.conftest import AppFactory, postgres_schema, require_postgres
 from tests.fakes.clock import FakeClock
 from tests.fakes.proxy import Proxy
 from tests.support import NUMBER, body, change, eventually, signed, text
@@ -26,23 +24,15 @@ from tests.support import NUMBER, body, change, eventually, signed, text
 @pytest.fixture
 async def proxied() -> AsyncIterator[tuple[Proxy, str]]:
     """A proxy in front of the test Postgres, and a DATABASE_URL (own schema) through it."""
-    try:
-        await (await asyncpg.connect(TEST_DATABASE_URL, timeout=5)).close()
-    except (OSError, TimeoutError, asyncpg.PostgresError) as e:
-        unavailable(f"Postgres at {TEST_DATABASE_URL}", e)
-    parts = urlsplit(TEST_DATABASE_URL)
+    parts = urlsplit(await require_postgres())
     proxy = Proxy(parts.hostname or "127.0.0.1", parts.port or 5432)
     await proxy.start()
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    netloc = f"{parts.username or 'postgres'}@127.0.0.1:{proxy.port}"
-    url = parts._replace(netloc=netloc, query=f"schema={schema}").geturl()
     try:
-        yield proxy, url
+        async with postgres_schema() as schema:
+            netloc = f"{parts.username or 'postgres'}@127.0.0.1:{proxy.port}"
+            yield proxy, parts._replace(netloc=netloc, query=f"schema={schema}").geturl()
     finally:
         await proxy.close()
-        conn = await asyncpg.connect(TEST_DATABASE_URL)
-        await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
-        await conn.close()
 
 
 def webhook(phone: str, wamid: str) -> tuple[bytes, dict[str, str]]:

@@ -15,7 +15,6 @@ from adapters.stores.redis_cache import RedisCachedStore
 from engine.errors import StoreUnavailable
 from engine.memstore import MemoryStore
 from engine.ports import Accept, Accepted, Commit, ConversationRow, JournalEntry, Op
-from tests.conftest import TEST_REDIS_URL, unavailable
 from tests.fakes.proxy import Proxy
 
 
@@ -36,18 +35,6 @@ class Counting(MemoryStore):
             raise StoreUnavailable("down")
         self.writes += 1
         return await super().write(ops)
-
-
-@pytest.fixture
-async def redis_url() -> str:
-    client = redis.from_url(TEST_REDIS_URL, socket_connect_timeout=3)
-    try:
-        await client.ping()
-    except (redis.RedisError, OSError) as e:
-        unavailable(f"Redis at {TEST_REDIS_URL}", e)
-    finally:
-        await client.aclose()
-    return TEST_REDIS_URL
 
 
 @pytest.fixture

@@ -33,7 +33,8 @@ from engine.ports import (
     TimerWrite,
 )
 from engine.records import STATUS_RANK
-from tests.conftest import TEST_DATABASE_URL, TEST_REDIS_URL, unavailable
+from tests.conftest import TEST_DATABASE_URL, require_redis
+from tests.conftest import postgres_schema as fresh_schema
 
 
 @pytest.fixture(params=["memory", "sqlite", "postgres", "postgres+redis"])
@@ -56,11 +57,7 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
 
 @contextlib.asynccontextmanager
 async def redis_client() -> AsyncIterator[Any]:
-    client = redis.from_url(TEST_REDIS_URL, socket_connect_timeout=3, socket_timeout=3)
-    try:
-        await client.ping()
-    except (redis.RedisError, OSError) as e:
-        unavailable(f"Redis at {TEST_REDIS_URL}", e)  # skips, or fails under CI
+    client = redis.from_url(await require_redis(), socket_connect_timeout=3, socket_timeout=3)
     try:
         yield client
     finally:
@@ -70,21 +67,13 @@ async def redis_client() -> AsyncIterator[Any]:
 @contextlib.asynccontextmanager
 async def postgres_schema() -> AsyncIterator[PostgresStore]:
     """A Postgres store in a schema of its own, dropped afterwards."""
-    url = TEST_DATABASE_URL
-    try:
-        await (await asyncpg.connect(url, timeout=5)).close()
-    except (OSError, TimeoutError, asyncpg.PostgresError) as e:
-        unavailable(f"Postgres at {url}", e)  # skips, or fails under CI
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    s = PostgresStore(url, schema=schema)
-    await s.open()
-    try:
-        yield s
-    finally:
-        await s.close()
-        conn = await asyncpg.connect(url)
-        await conn.execute(f"DROP SCHEMA {schema} CASCADE")
-        await conn.close()
+    async with fresh_schema() as schema:
+        s = PostgresStore(TEST_DATABASE_URL, schema=schema)
+        await s.open()
+        try:
+            yield s
+        finally:
+            await s.close()
 
 
 def entry(event_id: str, contact: str = "n:1", at: float = 100.0) -> JournalEntry:

@@ -20,7 +20,6 @@ import json
 import re
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import replace
 from typing import Any, overload
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -43,6 +42,8 @@ from engine.ports import (
     TimerWrite,
 )
 from engine.records import STATUS_RANK
+
+from .rows import MESSAGE_COLUMNS, conversation, message, message_values
 
 MIGRATIONS: list[str] = [
     # 1: every table of SQLite's migrations 1 to 3, in Postgres types
@@ -496,7 +497,7 @@ class PostgresStore:
                 " $8::int[], $9::float8[], $10::text[], $11::text[], $12::bigint[], $13::text[])"
                 " WITH ORDINALITY AS t(i, c, d, nu, ty, tx, st, r, a, p, pl, ec, et, n)"
                 " ORDER BY n ON CONFLICT (id) DO NOTHING",
-                *_columns([_message_values(m) for m in rows], 13),
+                *_columns([_texts(message_values(m)) for m in rows], 13),
             )
 
     async def _delivered(
@@ -535,7 +536,7 @@ class PostgresStore:
             " FROM conversations WHERE key = $1",
             _t(key),
         )
-        return _conversation(rows[0]) if rows else None
+        return conversation(rows[0]) if rows else None
 
     async def unhandled(self, after: int = 0, limit: int = 0) -> list[tuple[int, str, JSON]]:
         rows = await self._fetch(
@@ -549,21 +550,21 @@ class PostgresStore:
 
     async def outbox(self, after: int = 0, limit: int = 0) -> list[MessageRow]:
         rows = await self._fetch(
-            f"SELECT n, {_MESSAGE_COLUMNS} FROM messages WHERE status = 'pending' AND n > $1"
+            f"SELECT n, {MESSAGE_COLUMNS} FROM messages WHERE status = 'pending' AND n > $1"
             " ORDER BY n LIMIT $2",
             after,
             limit or None,
         )
-        return [replace(_message(list(r)[1:]), n=r[0]) for r in rows]
+        return [message(list(r)[1:], r[0]) for r in rows]
 
     async def transcript(self, key: str, limit: int) -> list[MessageRow]:
         rows = await self._fetch(
-            f"SELECT * FROM (SELECT n, {_MESSAGE_COLUMNS} FROM messages WHERE contact = $1"
+            f"SELECT * FROM (SELECT n, {MESSAGE_COLUMNS} FROM messages WHERE contact = $1"
             " ORDER BY n DESC LIMIT $2) AS latest ORDER BY n",
             _t(key),
             limit,
         )
-        return [_message(list(r)[1:]) for r in rows]
+        return [message(list(r)[1:]) for r in rows]
 
     async def conversations(
         self, *, state: str | None, handoff: bool | None, limit: int
@@ -582,7 +583,7 @@ class PostgresStore:
         args.append(limit)
         sql += f" ORDER BY updated_at DESC LIMIT ${len(args)}"
         rows = await self._fetch(sql, *args)
-        return [_conversation(r) for r in rows]
+        return [conversation(r) for r in rows]
 
     async def contacts(self, alias: str, number: str | None) -> list[str]:
         if number is None:
@@ -642,12 +643,6 @@ class PostgresStore:
         return Pruned(*counts)
 
 
-_MESSAGE_COLUMNS = (
-    "id, contact, direction, number, type, text, status, at, provider_id, payload,"
-    " error_code, error_title"
-)
-
-
 @overload
 def _t(value: str) -> str: ...
 @overload
@@ -663,6 +658,10 @@ def _t(value: str | None) -> str | None:
     return value.replace("\x00", "\ufffd")
 
 
+def _texts(values: tuple[Any, ...]) -> tuple[Any, ...]:
+    return tuple(_t(v) if isinstance(v, str) else v for v in values)
+
+
 def _columns(rows: Iterable[tuple[Any, ...]], width: int) -> list[list[Any]]:
     """Rows as one list per column, for unnest($1::type[], ...)."""
     columns: list[list[Any]] = [[] for _ in range(width)]
@@ -670,59 +669,3 @@ def _columns(rows: Iterable[tuple[Any, ...]], width: int) -> list[list[Any]]:
         for i, value in enumerate(row):
             columns[i].append(value)
     return columns
-
-
-def _message_values(m: MessageRow) -> tuple[Any, ...]:
-    return (
-        _t(m.id),
-        _t(m.contact),
-        m.direction,
-        _t(m.number),
-        _t(m.type),
-        _t(m.text),
-        m.status,
-        STATUS_RANK.get(m.status, 0),
-        m.at,
-        _t(m.provider_id),
-        _t(m.payload),
-        m.error_code,
-        _t(m.error_title),
-    )
-
-
-def _message(r: Iterable[Any]) -> MessageRow:
-    (
-        id_,
-        contact,
-        direction,
-        number,
-        type_,
-        text,
-        status,
-        at,
-        provider_id,
-        payload,
-        code,
-        title,
-    ) = r
-    return MessageRow(
-        id=id_,
-        contact=contact,
-        direction=direction,
-        number=number,
-        type=type_,
-        text=text,
-        status=status,
-        at=at,
-        provider_id=provider_id,
-        payload=payload,
-        error_code=code,
-        error_title=title,
-    )
-
-
-def _conversation(r: Any) -> ConversationRow:
-    key, number, flow, state, handoff, updated_at, snapshot = r
-    return ConversationRow(
-        key, number, flow, state, bool(handoff), updated_at, json.loads(snapshot)
-    )

@@ -18,7 +18,6 @@ import json
 import os
 import sqlite3
 from collections.abc import Iterable, Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import IO, Any
 
@@ -41,6 +40,8 @@ from engine.ports import (
     TimerWrite,
 )
 from engine.records import STATUS_RANK
+
+from .rows import MESSAGE_COLUMNS, conversation, message, message_values
 
 MIGRATIONS: list[str] = [
     # 1: the first schema
@@ -430,7 +431,7 @@ class SqliteStore:
                 " at,"
                 " provider_id, payload, error_code, error_title) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
                 " ON CONFLICT (id) DO NOTHING",
-                [_message_values(m) for m in rows],
+                [message_values(m) for m in rows],
             )
 
     async def _delivered(
@@ -471,7 +472,7 @@ class SqliteStore:
             )
         except (sqlite3.OperationalError, sqlite3.ProgrammingError, ValueError) as e:
             raise StoreUnavailable(f"cannot read conversation: {e}") from e
-        return _conversation(rows[0]) if rows else None
+        return conversation(rows[0]) if rows else None
 
     async def unhandled(self, after: int = 0, limit: int = 0) -> list[tuple[int, str, JSON]]:
         rows = await self.reader.execute_fetchall(
@@ -484,19 +485,19 @@ class SqliteStore:
 
     async def outbox(self, after: int = 0, limit: int = 0) -> list[MessageRow]:
         rows = await self.reader.execute_fetchall(
-            f"SELECT n, {_MESSAGE_COLUMNS} FROM messages WHERE status = 'pending' AND n > ?"
+            f"SELECT n, {MESSAGE_COLUMNS} FROM messages WHERE status = 'pending' AND n > ?"
             " ORDER BY n LIMIT ?",
             (after, limit or -1),
         )
-        return [replace(_message(r[1:]), n=r[0]) for r in rows]
+        return [message(r[1:], r[0]) for r in rows]
 
     async def transcript(self, key: str, limit: int) -> list[MessageRow]:
         rows = await self.reader.execute_fetchall(
-            f"SELECT * FROM (SELECT n, {_MESSAGE_COLUMNS} FROM messages WHERE contact = ?"
+            f"SELECT * FROM (SELECT n, {MESSAGE_COLUMNS} FROM messages WHERE contact = ?"
             " ORDER BY n DESC LIMIT ?) ORDER BY n",
             (key, limit),
         )
-        return [_message(r[1:]) for r in rows]
+        return [message(r[1:]) for r in rows]
 
     async def conversations(
         self, *, state: str | None, handoff: bool | None, limit: int
@@ -514,7 +515,7 @@ class SqliteStore:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY updated_at DESC LIMIT ?"
         rows = await self.reader.execute_fetchall(sql, (*args, limit))
-        return [_conversation(r) for r in rows]
+        return [conversation(r) for r in rows]
 
     async def contacts(self, alias: str, number: str | None) -> list[str]:
         if number is None:
@@ -557,68 +558,6 @@ class SqliteStore:
                 cursor = await conn.execute(sql, (arg,))
                 counts.append(cursor.rowcount)
             return Pruned(*counts)
-
-
-_MESSAGE_COLUMNS = (
-    "id, contact, direction, number, type, text, status, at, provider_id, payload,"
-    " error_code, error_title"
-)
-
-
-def _message_values(m: MessageRow) -> tuple[Any, ...]:
-    return (
-        m.id,
-        m.contact,
-        m.direction,
-        m.number,
-        m.type,
-        m.text,
-        m.status,
-        STATUS_RANK.get(m.status, 0),
-        m.at,
-        m.provider_id,
-        m.payload,
-        m.error_code,
-        m.error_title,
-    )
-
-
-def _message(r: Iterable[Any]) -> MessageRow:
-    (
-        id_,
-        contact,
-        direction,
-        number,
-        type_,
-        text,
-        status,
-        at,
-        provider_id,
-        payload,
-        code,
-        title,
-    ) = r
-    return MessageRow(
-        id=id_,
-        contact=contact,
-        direction=direction,
-        number=number,
-        type=type_,
-        text=text,
-        status=status,
-        at=at,
-        provider_id=provider_id,
-        payload=payload,
-        error_code=code,
-        error_title=title,
-    )
-
-
-def _conversation(r: Iterable[Any]) -> ConversationRow:
-    key, number, flow, state, handoff, updated_at, snapshot = r
-    return ConversationRow(
-        key, number, flow, state, bool(handoff), updated_at, json.loads(snapshot)
-    )
 
 
 async def _insert_returning(
