@@ -6,9 +6,13 @@ latency when the engine is idle. Each write may carry a follow-up (`then`) that 
 its commit, in commit order, inside this task: that is how accepted events reach their actors in
 journal order even when the HTTP request that brought them has gone away.
 
-If a batch fails, its writes are retried one by one, so a single write the store rejects costs
-only itself: that write gets StoreRejected, and writes that fail because the store is down get
-StoreUnavailable.
+If the store refuses a batch (StoreRejected: what one write holds cannot be stored), its writes
+are retried one by one, so that write costs only itself. Any other failure is the store's state
+(down, stalled, full): every write of the batch gets StoreUnavailable at once, chained to what
+the store said, rather than N more transactions that would fail the same way.
+
+The task itself must not die with writes waiting on it: if it does (a bug), every pending write
+fails at once with StoreUnavailable (callers retry or answer 503) and the task is started again.
 """
 
 from __future__ import annotations
@@ -69,6 +73,7 @@ class Committer:
         self._clock = clock or SystemClock()
         self._max_ops = max_ops
         self._pending: list[Item] = []
+        self._inflight: list[Item] = []  # the batch the store is writing now
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
@@ -77,6 +82,30 @@ class Committer:
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="committer")
+        self._task.add_done_callback(self._ended)
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        """The task returned (closing) or died: no write may be left waiting for it."""
+        died = None if task.cancelled() else task.exception()
+        if died is None and not self._pending and not self._inflight:
+            return
+        cause = died or asyncio.CancelledError("the committer task was cancelled")
+        stranded = self._inflight + self._pending
+        self._inflight, self._pending = [], []
+        for _op, future, _then in stranded:
+            if not future.done():
+                error = StoreUnavailable(f"the committer stopped: {type(cause).__name__}")
+                error.__cause__ = cause
+                future.set_exception(error)
+        if died is None:  # closed, or cancelled with the loop: nothing to start again
+            return
+        self._metrics.committer_restarts.inc()
+        log.error(
+            "the committer stopped (%d writes failed with 503); starting it again",
+            len(stranded),
+            exc_info=died,
+        )
+        self.start()
 
     @property
     def waiting(self) -> int:
@@ -108,23 +137,27 @@ class Committer:
             while self._pending:
                 batch = self._pending[: self._max_ops]
                 del self._pending[: self._max_ops]
+                self._inflight = batch
                 await self._commit(batch)
+                self._inflight = []
             if self._closing:
                 return
 
     async def _commit(self, batch: list[Item]) -> Exception | None:
-        """Write `batch` in one transaction; if that fails, write by write. Return the error of
-        a single write that failed, None when everything landed."""
+        """Write `batch` in one transaction; if the store refuses it, write by write. Return the
+        error of a single write that failed, None when everything landed."""
         started = time.perf_counter()
         try:
             results = await self._store.write([op for op, _f, _t in batch])
         except Exception as e:
-            if len(batch) == 1 or isinstance(e, StoreUnavailable):
-                # The store itself is down (it said so): write by write would only wait out its
-                # timeout once per write.
+            if len(batch) == 1 or not isinstance(e, StoreRejected):
+                # The store itself is failing: write by write would only wait out its timeout
+                # (or hit the same full disk) once per write.
                 errors = [self._fail(item, e) for item in batch]
                 return errors[0]
-            log.debug("a batch of %d writes failed (%s); retrying them one by one", len(batch), e)
+            log.debug(
+                "a batch of %d writes was refused (%s); writing them one by one", len(batch), e
+            )
             for i, item in enumerate(batch):
                 error = await self._commit([item])
                 if error is not None and not isinstance(error, StoreRejected):
@@ -148,9 +181,12 @@ class Committer:
         return None
 
     def _fail(self, item: Item, e: Exception) -> Exception:
-        error = e if isinstance(e, StoreRejected | StoreUnavailable) else StoreUnavailable(str(e))
-        now = self._clock.now()
         said = str(e) if isinstance(e, EngineError) else f"{type(e).__name__}: {e}"
+        error: Exception = e
+        if not isinstance(e, StoreRejected | StoreUnavailable):
+            error = StoreUnavailable(said)
+            error.__cause__ = e
+        now = self._clock.now()
         if isinstance(error, StoreRejected):
             log.error("the store refuses a write: %s", error)
         elif self.failure is not None:

@@ -178,6 +178,9 @@ class Metrics:
             "engine_store_write_failures",
             "Times the store stopped being able to write (each outage counted once)",
         )
+        self.committer_restarts = Counter(
+            "engine_committer_restarts", "Times the commit task died and was started again"
+        )
         self.commit_ops = Counter("engine_store_commit_ops", "Writes carried by those transactions")
         self.commit_time = Histogram("engine_store_commit_seconds", "Time of one group commit")
         self.gc_pause = Histogram("engine_gc_pause_seconds", "Garbage-collector pauses")

@@ -11,6 +11,7 @@ import pytest
 from adapters.stores.sqlite import SqliteStore
 from engine.committer import Committer
 from engine.errors import StoreRejected, StoreUnavailable
+from engine.memstore import MemoryStore
 from engine.metrics import Metrics
 from engine.ports import Accept, Commit, ConversationRow, JournalEntry, MessageRow
 
@@ -116,3 +117,78 @@ async def test_writes_waiting_for_a_slow_store_count_toward_the_backlog(tmp_path
     finally:
         gate.set()
         await engine.close()
+
+
+class Counting(MemoryStore):
+    """The in-memory store, with a fault to raise on chosen write calls."""
+
+    def __init__(self, fault: BaseException | None = None) -> None:
+        super().__init__()
+        self.fault = fault
+        self.calls = 0
+        self.gate = asyncio.Event()
+        self.gate.set()
+
+    async def write(self, ops: Any) -> Any:
+        self.calls += 1
+        await self.gate.wait()
+        if self.fault is not None:
+            fault, self.fault = self.fault, None
+            raise fault
+        return await super().write(ops)
+
+
+async def _queued(committer: Committer, n: int) -> list[asyncio.Task[Any]]:
+    """n writes queued before the committer's first batch, so they share it."""
+    tasks = [asyncio.create_task(committer.submit(Accept(journal=[entry(i)]))) for i in range(n)]
+    await asyncio.sleep(0)
+    return tasks
+
+
+async def test_an_outage_fails_the_batch_at_once_without_splitting_it() -> None:
+    """A store that is down (or full) fails a batch of 20 in one call, not 21: each write gets
+    StoreUnavailable chained to what the store raised, and the next batch is written."""
+    full = OSError("database or disk is full")
+    store = Counting(full)
+    committer = Committer(store, Metrics())
+    committer.start()
+    outcomes = await asyncio.gather(*await _queued(committer, 20), return_exceptions=True)
+    assert store.calls == 1
+    assert all(isinstance(o, StoreUnavailable) and o.__cause__ is full for o in outcomes)
+    assert committer.failure is not None and "disk is full" in committer.failure.error
+    assert await committer.submit(Accept(journal=[entry(99)])) is not None
+    assert committer.failure is None
+    await committer.close()
+
+
+async def test_a_committer_that_dies_fails_every_waiting_write_and_starts_again(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Something the commit loop does not expect (a BaseException from the store, here) kills
+    its task: the writes it was carrying and the ones queued behind get 503 at once, never hang,
+    and the next write is committed by a new task."""
+
+    class Bug(BaseException):
+        pass
+
+    store = Counting(Bug("boom"))
+    store.gate.clear()
+    metrics = Metrics()
+    committer = Committer(store, metrics)
+    committer.start()
+    carried = await _queued(committer, 3)
+    await asyncio.sleep(0)  # the first batch is in the store's hands
+    queued = [asyncio.create_task(committer.submit(Accept(journal=[entry(9)])))]
+    await asyncio.sleep(0)
+    assert committer.waiting == 1
+    store.gate.set()
+    outcomes = await asyncio.wait_for(
+        asyncio.gather(*carried, *queued, return_exceptions=True), timeout=5
+    )
+    assert all(isinstance(o, StoreUnavailable) for o in outcomes), outcomes
+    assert all(isinstance(o.__cause__, Bug) for o in outcomes if isinstance(o, BaseException))
+    assert metrics.committer_restarts.total() == 1
+    assert "the committer stopped (4 writes failed with 503)" in caplog.text
+    result = await asyncio.wait_for(committer.submit(Accept(journal=[entry(10)])), timeout=5)
+    assert result is not None and len(result.entries) == 1
+    await committer.close()
