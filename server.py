@@ -62,7 +62,7 @@ from engine.flows import Flows, load_flows
 from engine.logs import setup_logging
 from engine.metrics import GcTimer, Metrics
 from engine.ports import Clock, Sender, Store
-from engine.settings import Database, Settings
+from engine.settings import Settings
 
 log = logging.getLogger("server")
 
@@ -76,6 +76,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> web.Applica
         verify_token=settings.whatsapp_verify_token,
         app_secret=settings.whatsapp_app_secret,
         admin_token=settings.admin_token,
+        default_number=settings.whatsapp_phone_number_id,
     )
     app[HEALTH] = Health()
     app[BODIES] = BodyBudget(settings.max_body_memory, settings.http_read_timeout)
@@ -100,7 +101,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> web.Applica
             for warning in flows.warnings:
                 log.warning("flow %s", warning)
             client = await stack.enter_async_context(_redis(settings, app[HEALTH]))
-            store = await open_store(settings.database, client, settings.dedupe_ttl)
+            store = await open_store(settings, client)
             stack.push_async_callback(store.close)
             session = await stack.enter_async_context(aiohttp.ClientSession())
             sender = make_sender(settings, session)
@@ -146,12 +147,13 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> web.Applica
     return app
 
 
-async def open_store(database: Database, redis_client: Any = None, dedupe_ttl: float = 0) -> Store:
+async def open_store(settings: Settings, redis_client: Any = None) -> Store:
     """The store DATABASE_URL names; with REDIS_URL, behind Redis as its hot tier."""
+    database = settings.database
     store: Store
     if database.kind == "sqlite":
         assert database.path is not None
-        store = SqliteStore(database.path)
+        store = SqliteStore(database.path, synchronous=settings.sqlite_synchronous)
     else:
         assert database.dsn is not None
         store = PostgresStore.from_url(database.dsn.reveal())
@@ -159,7 +161,7 @@ async def open_store(database: Database, redis_client: Any = None, dedupe_ttl: f
         name = database.dsn.reveal() if database.dsn is not None else str(database.path)
         where = hashlib.sha256(name.encode()).hexdigest()[:10]
         store = RedisCachedStore(
-            store, redis_client, dedupe_ttl=dedupe_ttl, prefix=f"wa-engine:{where}"
+            store, redis_client, dedupe_ttl=settings.dedupe_ttl, prefix=f"wa-engine:{where}"
         )
     await store.open()
     return store

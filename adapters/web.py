@@ -70,6 +70,7 @@ _HELD = Throttled()
 MAX_BODY = 4 * 1024 * 1024  # Meta sends up to 3 MB; aiohttp's default limit is 1 MiB
 MAX_API_BODY = 1024 * 1024
 MAX_AGENT_TEXT = 16 * 4096
+MAX_TRANSCRIPT = 10_000  # messages GET /api/conversations/{contact} returns at most
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +78,7 @@ class WebConfig:
     verify_token: Secret | None
     app_secret: Secret | None
     admin_token: Secret | None
+    default_number: str | None = None  # WHATSAPP_PHONE_NUMBER_ID: picks among several numbers
 
 
 class Health:
@@ -326,13 +328,15 @@ async def api_list(request: web.Request) -> web.Response:
 
 
 async def _find(request: web.Request) -> str | web.Response:
+    engine, contact = request.app[ENGINE], request.match_info["contact"].lstrip("+")
     try:
-        return await request.app[ENGINE].find(
-            request.match_info["contact"].lstrip("+"), request.query.get("number")
-        )
+        return await engine.find(contact, request.query.get("number"))
     except NotFound:
         return _error(404, "no conversation with this contact")
     except Ambiguous as e:
+        default = request.app[CONFIG].default_number
+        if default in e.numbers:  # WHATSAPP_PHONE_NUMBER_ID is the number to use by default
+            return await engine.find(contact, default)
         return _error(
             409, "several business numbers talk to this contact: add ?number=", numbers=e.numbers
         )
@@ -343,7 +347,7 @@ async def api_show(request: web.Request) -> web.Response:
     if isinstance(key, web.Response):
         return key
     try:
-        limit = min(max(int(request.query.get("limit", "200")), 1), 5000)
+        limit = min(max(int(request.query.get("limit", "200")), 1), MAX_TRANSCRIPT)
     except ValueError:
         return _error(400, "limit must be a whole number")
     return web.json_response(await request.app[ENGINE].view(key, limit))

@@ -200,3 +200,51 @@ async def test_long_agent_text_is_split_not_refused(api: Api) -> None:
     assert status == 200 and len(result["ids"]) == 2
     await api.settle()
     assert " ".join(_text_of(r["body"]) for r in api.fake.requests[-2:]) == words
+
+
+async def test_a_long_transcript_is_returned_up_to_10000_messages(api: Api) -> None:
+    """The last 200 by default, the last `limit` up to 10,000, in order."""
+    from engine.ports import Commit, MessageRow
+
+    await api.say("15550000011", "w0", "hi")
+    key = await api.engine.find("15550000011", None)
+    row = await api.engine.store.conversation(key)
+    assert row is not None
+    history = [
+        MessageRow(f"h{i}", key, "in", row.number, "text", f"line {i}", "received", 2.0 + i)
+        for i in range(12_000)
+    ]
+    await api.engine.store.write([Commit(row, history)])
+    status, view = await api.get("/api/conversations/15550000011")
+    assert status == 200 and len(view["messages"]) == 200
+    assert view["messages"][-1]["text"] == "line 11999"
+    status, view = await api.get("/api/conversations/15550000011", limit="10000")
+    assert status == 200 and len(view["messages"]) == 10_000
+    assert [m["text"] for m in view["messages"][:2]] == ["line 2000", "line 2001"]
+    status, view = await api.get("/api/conversations/15550000011", limit="50000")
+    assert len(view["messages"]) == 10_000  # at most 10,000
+    status, error = await api.get("/api/conversations/15550000011", limit="lots")
+    assert status == 400 and "whole number" in error["error"]
+
+
+async def test_whatsapp_phone_number_id_picks_the_number_for_a_contact_on_several(
+    start_app: AppFactory, env: dict[str, str], graph: tuple[FakeGraph, str]
+) -> None:
+    """Without ?number=, a contact known by several business numbers is the one the default
+    number (WHATSAPP_PHONE_NUMBER_ID) talks to; an agent's reply leaves through it."""
+    env["WHATSAPP_PHONE_NUMBER_ID"] = "222222222222222"
+    api = Api(await start_app(env, clock=FakeClock()), graph[0], FakeClock())
+    for number in ("111111111111111", "222222222222222", "333333333333333"):
+        raw, headers = signed(
+            body(change([text("15550000012", f"w-{number}", "hi")], number=number))
+        )
+        await api.client.post("/webhooks/whatsapp", data=io.BytesIO(raw), headers=headers)
+    await api.settle()
+    status, view = await api.get("/api/conversations/15550000012")
+    assert status == 200 and view["number"] == "222222222222222"
+    status, view = await api.get("/api/conversations/15550000012", number="111111111111111")
+    assert status == 200 and view["number"] == "111111111111111"  # ?number= still decides
+    before = len(api.fake.requests)
+    status, _ = await api.post("/api/conversations/15550000012/messages", {"text": "From us"})
+    assert status == 200
+    assert [r["number"] for r in api.fake.requests[before:]] == ["222222222222222"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -135,3 +136,18 @@ def test_nothing_is_read_from_the_process_environment(monkeypatch: pytest.Monkey
     """Only the mapping passed in counts."""
     monkeypatch.setenv("PORT", "1234")
     assert Settings.from_env({}).port == 8080
+
+
+@pytest.mark.parametrize("mode, value", [("NORMAL", 1), ("FULL", 2), (None, 1)])
+async def test_sqlite_synchronous_is_the_mode_sqlite_runs_with(
+    start_app: Any, env: dict[str, str], mode: str | None, value: int
+) -> None:
+    """What SQLITE_SYNCHRONOUS says is what the running store's connection reads back."""
+    from adapters.web import ENGINE
+
+    if mode is not None:
+        env["SQLITE_SYNCHRONOUS"] = mode
+    client = await start_app(env)
+    store = client.app[ENGINE].store
+    rows = await store.writer.execute_fetchall("PRAGMA synchronous")
+    assert list(rows) == [(value,)]
