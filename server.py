@@ -101,11 +101,11 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> web.Applica
             for warning in flows.warnings:
                 log.warning("flow %s", warning)
             client = await stack.enter_async_context(_redis(settings, app[HEALTH]))
-            store = await open_store(settings, client)
+            metrics = Metrics()
+            store = await open_store(settings, client, metrics, clock)
             stack.push_async_callback(store.close)
             session = await stack.enter_async_context(aiohttp.ClientSession())
             sender = make_sender(settings, session)
-            metrics = Metrics()
             engine = Engine(
                 store=store,
                 sender=sender,
@@ -147,7 +147,12 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> web.Applica
     return app
 
 
-async def open_store(settings: Settings, redis_client: Any = None) -> Store:
+async def open_store(
+    settings: Settings,
+    redis_client: Any = None,
+    metrics: Metrics | None = None,
+    clock: Clock | None = None,
+) -> Store:
     """The store DATABASE_URL names; with REDIS_URL, behind Redis as its hot tier."""
     database = settings.database
     store: Store
@@ -161,7 +166,12 @@ async def open_store(settings: Settings, redis_client: Any = None) -> Store:
         name = database.dsn.reveal() if database.dsn is not None else str(database.path)
         where = hashlib.sha256(name.encode()).hexdigest()[:10]
         store = RedisCachedStore(
-            store, redis_client, dedupe_ttl=settings.dedupe_ttl, prefix=f"wa-engine:{where}"
+            store,
+            redis_client,
+            dedupe_ttl=settings.dedupe_ttl,
+            prefix=f"wa-engine:{where}",
+            metrics=metrics,
+            clock=clock,
         )
     await store.open()
     return store

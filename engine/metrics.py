@@ -178,6 +178,20 @@ class Metrics:
             "engine_store_write_failures",
             "Times the store stopped being able to write (each outage counted once)",
         )
+        self.redis_failures = Counter(
+            "engine_redis_failures",
+            "Times Redis failed or lost entries (each starts a new epoch: nothing before is used)",
+        )
+        self.redis_reads = Counter(
+            "engine_redis_snapshot_reads",
+            "Snapshots of contacts not in memory, by where they came from (hit: Redis, miss: the "
+            "store)",
+            ("result",),
+        )
+        self.redis_acknowledged = Counter(
+            "engine_redis_acknowledged",
+            "Retried webhooks acknowledged from Redis's seen ids, without a store round trip",
+        )
         self.committer_restarts = Counter(
             "engine_committer_restarts", "Times the commit task died and was started again"
         )

@@ -6,6 +6,8 @@ from __future__ import annotations
 import io
 from urllib.parse import urlsplit
 
+import redis.asyncio as redis
+
 from adapters.web import ENGINE
 from tests.conftest import AppFactory
 from tests.fakes.clock import FakeClock
@@ -90,7 +92,8 @@ async def test_redis_down_is_degraded_not_out_of_service(
     await proxy.start()
     try:
         env["REDIS_URL"] = f"redis://127.0.0.1:{proxy.port}/0"
-        client = await start_app(env)
+        clock = FakeClock()
+        client = await start_app(env, clock=clock)
         assert (await client.get("/readyz")).status == 200
         proxy.cut()
         r = await client.get("/readyz")
@@ -99,5 +102,19 @@ async def test_redis_down_is_degraded_not_out_of_service(
         assert report["redis"].startswith("degraded: Redis unreachable")
         raw, headers = signed(body(change([text("15550000009", "wamid.r1", "hi")])))
         assert (await client.post("/webhooks/whatsapp", data=raw, headers=headers)).status == 200
+        metrics = await (await client.get("/metrics")).text()
+        assert "engine_redis_failures_total 1.0" in metrics  # one outage, one new epoch
+        # Redis returns: after its 5 s pause it is written again (a new epoch).
+        proxy.restore()
+        assert (await (await client.get("/readyz")).json())["redis"] == "ok"
+        await clock.advance(5)
+        raw, headers = signed(body(change([text("15550000010", "wamid.r2", "hi")])))
+        assert (await client.post("/webhooks/whatsapp", data=raw, headers=headers)).status == 200
+        direct = redis.from_url(redis_url)
+        try:
+            assert [k async for k in direct.scan_iter("wa-engine:*:m:wamid.r2")]
+            assert not [k async for k in direct.scan_iter("wa-engine:*:m:wamid.r1")]
+        finally:
+            await direct.aclose()
     finally:
         await proxy.close()

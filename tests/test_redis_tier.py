@@ -11,10 +11,12 @@ from typing import Any
 import pytest
 import redis.asyncio as redis
 
-from adapters.stores.redis_cache import RedisCachedStore
+from adapters.stores.redis_cache import RETRY_AFTER, RedisCachedStore
 from engine.errors import StoreUnavailable
 from engine.memstore import MemoryStore
+from engine.metrics import Metrics
 from engine.ports import Accept, Accepted, Commit, ConversationRow, JournalEntry, Op
+from tests.fakes.clock import FakeClock
 from tests.fakes.proxy import Proxy
 
 
@@ -87,16 +89,28 @@ async def test_entries_from_before_this_process_or_a_redis_error_are_not_trusted
         via = redis.from_url(
             f"redis://127.0.0.1:{proxy.port}/0", socket_connect_timeout=1, socket_timeout=1
         )
-        third = await cached(store, via, prefix)
+        clock, metrics = FakeClock(), Metrics()
+        third = RedisCachedStore(
+            store, via, dedupe_ttl=3600, prefix=prefix, metrics=metrics, clock=clock
+        )
+        await third.open()
         await third.write([Commit(row("n:2", "menu"))])
         proxy.cut()
         await store.write([Commit(row("n:2", "moved on"))])  # while Redis was away
         assert (await third.conversation("n:2")).state == "moved on"  # type: ignore[union-attr]
+        assert metrics.redis_failures.total() == 1
         proxy.restore()
-        await third.write([accept("wamid.after")])  # Redis is used again from here on
-        assert third.epoch.endswith(":1")
+        await third.write([accept("wamid.soon"), Commit(row("n:3", "menu"))])
+        assert await client.get(f"{prefix}:m:wamid.soon") is None  # left alone for a while
+        await clock.advance(RETRY_AFTER)
+        await third.write([accept("wamid.after"), Commit(row("n:3", "ask"))])
+        assert await client.get(f"{prefix}:m:wamid.after") is not None  # Redis is used again
+        reads = store.reads
+        assert (await third.conversation("n:3")).state == "ask"  # type: ignore[union-attr]
+        assert store.reads == reads and metrics.redis_reads.get("hit") == 1
         # Redis is back, and still holds "menu" for n:2: not trusted (an older epoch).
         assert (await third.conversation("n:2")).state == "moved on"  # type: ignore[union-attr]
+        assert store.reads == reads + 1 and metrics.redis_reads.get("miss") == 2
         await via.aclose()
     finally:
         await proxy.close()
@@ -173,3 +187,23 @@ async def test_a_redis_that_lost_its_token_is_not_trusted_whatever_it_still_hold
     await client.delete(s._token_key())
     assert (await s.conversation("n:1")).state == "newer"  # type: ignore[union-attr]
     assert s.epoch.endswith(":1")  # a new epoch: nothing from before is used again
+
+
+async def test_a_redis_rolled_back_to_an_older_dump_is_not_trusted(client: Any) -> None:
+    """Redis restored from a dump taken after this epoch began (or a replica promoted while it
+    lagged) still holds this epoch's token, but from an older write: its snapshot is stale, and
+    is not used."""
+    metrics = Metrics()
+    store, prefix = Counting(), f"t{uuid.uuid4().hex}"
+    s = RedisCachedStore(store, client, dedupe_ttl=3600, prefix=prefix, metrics=metrics)
+    await s.open()
+    await s.write([Commit(row("n:1", "menu"))])
+    keys = [s._token_key(), s._snapshot_key("n:1")]
+    dump = [await client.dump(k) for k in keys]  # Redis as it was then
+    await s.write([Commit(row("n:1", "paid"))])
+    assert (await s.conversation("n:1")).state == "paid"  # type: ignore[union-attr]
+    assert store.reads == 0
+    for k, value in zip(keys, dump, strict=True):
+        await client.restore(k, 0, value, replace=True)
+    assert (await s.conversation("n:1")).state == "paid"  # type: ignore[union-attr]
+    assert store.reads == 1 and metrics.redis_failures.total() == 1

@@ -10,26 +10,33 @@
 The epoch is the Redis server's run id, this process's start, and a counter bumped at every
 Redis error: an entry written before Redis restarted, before this process started (a crash may
 have left Redis behind the store) or before an error (a write that may not have landed) is never
-trusted over the store. Losing or flushing Redis loses nothing and changes no answer: every read
-falls back to the store, and every write goes to the store first.
+trusted over the store. Each write also stores a token: the epoch and the number of that write.
+A snapshot is used only if the token read with it is this epoch's and names the last write
+Redis confirmed, or a later one: a Redis that came back from an older dump, or a replica that
+lagged behind when it was promoted, holds an older token and is not trusted.
+
+Losing or flushing Redis loses nothing and changes no answer: every read falls back to the
+store, and every write goes to the store first.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import time
 import uuid
 from collections.abc import Sequence
 from typing import Any
 
 import redis.asyncio as redis
 
+from engine.clock import SystemClock
+from engine.metrics import Metrics
 from engine.ports import (
     JSON,
     Accept,
     Accepted,
     Alias,
+    Clock,
     Commit,
     ConversationRow,
     MessageRow,
@@ -50,17 +57,28 @@ class RedisCachedStore:
     """A Store that keeps snapshots and seen message ids in Redis as well."""
 
     def __init__(
-        self, store: Store, client: Any, *, dedupe_ttl: float, prefix: str = "wa-engine"
+        self,
+        store: Store,
+        client: Any,
+        *,
+        dedupe_ttl: float,
+        prefix: str = "wa-engine",
+        metrics: Metrics | None = None,
+        clock: Clock | None = None,
     ) -> None:
         self.inner = store
         self.client = client
         self.dedupe_ttl = int(dedupe_ttl)
         self.prefix = prefix
+        self.metrics = metrics or Metrics()
+        self.clock = clock or SystemClock()
         self._start = uuid.uuid4().hex[:12]
         self._server = "?"
         self._generation = 0
-        self._failed_at = 0.0
-        self._retry_at = 0.0  # Redis is not tried again before this (monotonic) time
+        self._written = 0  # writes sent to Redis (each one's number goes into the token)
+        self._confirmed = 0  # the last of them Redis confirmed
+        self._failed_at = -RETRY_AFTER * 2
+        self._retry_at = 0.0  # Redis is not tried again before this time
         self.hits = self.misses = self.acknowledged = 0
         self.commits = 0
         self._floor = 0.0  # ids of events before this time: the store has forgotten them
@@ -82,14 +100,17 @@ class RedisCachedStore:
         await self.inner.ping()
 
     async def _learn_server(self) -> None:
-        if time.monotonic() < self._retry_at:
+        if self.clock.now() < self._retry_at:
             return  # Redis failed moments ago: do not make every write wait for it again
         try:
             info = await self.client.info("server")
             server = str(info.get("run_id", "?"))[:16]
             # A token of this epoch, read with every snapshot: a Redis that restarted empty
             # (or was flushed) has lost it, and its entries are not ours any more.
-            await self.client.set(self._token_key(), f"{server}:{self._start}:{self._generation}")
+            self._written += 1
+            epoch = f"{server}:{self._start}:{self._generation}"
+            await self.client.set(self._token_key(), f"{epoch}|{self._written}")
+            self._confirmed = self._written
             self._server = server
         except ERRORS as e:
             self._failed(e)
@@ -98,11 +119,19 @@ class RedisCachedStore:
         """Redis failed: nothing it holds from before is trusted again (a new epoch)."""
         self._generation += 1
         self._server = "?"  # learnt again: a restart gives Redis a new run id
-        now = time.monotonic()
+        self.metrics.redis_failures.inc()
+        now = self.clock.now()
         if now - self._failed_at > 10:
             log.warning("Redis failed (%s); reading the store instead", error)
         self._failed_at = now
         self._retry_at = now + RETRY_AFTER
+
+    def _trusted(self, token: bytes | str | None, confirmed: int) -> bool:
+        """The token read with a snapshot is this epoch's, from write `confirmed` or later."""
+        if isinstance(token, bytes):
+            token = token.decode(errors="replace")
+        epoch, _, number = (token or "").partition("|")
+        return epoch == self.epoch and number.isdigit() and int(number) >= confirmed
 
     # --- writes ----------------------------------------------------------------------------
 
@@ -119,6 +148,7 @@ class RedisCachedStore:
             ):
                 results[i] = Accepted(duplicate_messages=len(op.journal))
                 self.acknowledged += 1
+                self.metrics.redis_acknowledged.inc()
             else:
                 rest.append((i, op))
         if rest:
@@ -154,6 +184,8 @@ class RedisCachedStore:
         if self._server == "?":
             return
         epoch = self.epoch
+        self._written += 1
+        number = self._written
         try:
             async with self.client.pipeline(transaction=False) as pipe:
                 for op in ops:
@@ -178,7 +210,9 @@ class RedisCachedStore:
                     elif isinstance(op, Accept):
                         for e in op.journal:  # the event's time: pruning's cut-off applies
                             pipe.set(self._id_key(e.event_id), repr(e.at), ex=self.dedupe_ttl)
+                pipe.set(self._token_key(), f"{epoch}|{number}")  # last: after what it vouches for
                 await pipe.execute()
+            self._confirmed = number
         except ERRORS as e:
             self._failed(e)
 
@@ -186,19 +220,21 @@ class RedisCachedStore:
 
     async def conversation(self, key: str) -> ConversationRow | None:
         if self._server != "?":
+            confirmed = self._confirmed  # before the read: a write confirmed meanwhile is later
             try:
                 token, raw = await self.client.mget([self._token_key(), self._snapshot_key(key)])
             except ERRORS as e:
                 self._failed(e)
                 token = raw = None
-            if raw is not None and (token or b"").decode() != self.epoch:
-                self._failed(RuntimeError("Redis lost this engine's entries (a restart or flush)"))
+            if raw is not None and not self._trusted(token, confirmed):
+                self._failed(RuntimeError("Redis lost or rolled back this engine's entries"))
                 raw = None
             if raw is not None:
                 try:
                     entry = json.loads(raw)
                     if entry.get("epoch") == self.epoch:
                         self.hits += 1
+                        self.metrics.redis_reads.inc("hit")
                         k, number, flow, state, handoff, updated_at, snapshot = entry["row"]
                         return ConversationRow(
                             k, number, flow, state, bool(handoff), updated_at, snapshot
@@ -206,6 +242,7 @@ class RedisCachedStore:
                 except (ValueError, KeyError, TypeError):
                     pass  # not ours, or torn: the store knows
         self.misses += 1
+        self.metrics.redis_reads.inc("miss")
         return await self.inner.conversation(key)
 
     async def aliases(self) -> list[Alias]:
