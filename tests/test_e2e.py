@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
 from adapters.web import ENGINE
-from tests.conftest import AppFactory
+from tests.conftest import TEST_DATABASE_URL, AppFactory, postgres_schema, require_redis
 from tests.fakes.graph import FakeGraph
 from tests.support import (
     ADMIN,
@@ -97,9 +98,26 @@ class Harness:
         return result
 
 
-@pytest.fixture
-async def h(start_app: AppFactory, env: dict[str, str], graph: tuple[FakeGraph, str]) -> Harness:
-    return Harness(await start_app(env), graph[0])
+@pytest.fixture(params=["sqlite", "postgres+redis"])
+async def h(
+    request: pytest.FixtureRequest,
+    start_app: AppFactory,
+    env: dict[str, str],
+    graph: tuple[FakeGraph, str],
+) -> AsyncIterator[Harness]:
+    """The engine on SQLite, and on Postgres behind Redis: every recorded payload must give
+    the same answers on both."""
+    if request.param == "sqlite":
+        yield Harness(await start_app(env), graph[0])
+        return
+    env["REDIS_URL"] = await require_redis()
+    async with postgres_schema() as schema:
+        env["DATABASE_URL"] = f"{TEST_DATABASE_URL}?schema={schema}"
+        client = await start_app(env)
+        try:
+            yield Harness(client, graph[0])
+        finally:
+            await client.close()  # before its schema is dropped
 
 
 async def test_a_text_gets_the_greeting_through_the_number_that_received_it(h: Harness) -> None:

@@ -115,3 +115,78 @@ async def test_a_stalled_postgres_still_gets_every_webhook_answered(
     assert key is not None
     messages = (await engine.view(key))["messages"]
     assert [m["id"] for m in messages if m["direction"] == "in"] == ["wamid.stalled"]
+
+
+async def _stream(client: object, contacts: range, tag: str) -> dict[int, int]:
+    """One webhook per contact, all at once; each contact's answer status."""
+
+    async def one(i: int) -> tuple[int, int]:
+        raw, headers = webhook(f"1555100{i:04d}", f"wamid.{tag}.{i}")
+        r = await client.post(  # type: ignore[attr-defined]
+            "/webhooks/whatsapp", data=io.BytesIO(raw), headers=headers
+        )
+        return i, r.status
+
+    return dict(await asyncio.gather(*(one(i) for i in contacts)))
+
+
+async def test_an_outage_in_the_middle_of_a_stream_loses_nothing_and_repeats_nothing(
+    start_app: AppFactory, env: dict[str, str], proxied: tuple[Proxy, str]
+) -> None:
+    """Postgres is cut while webhooks are arriving and actors are writing their steps: each
+    webhook is answered 200 or 503, nothing else; once Postgres is back, Meta's retries of the
+    503s are taken, and every contact has its message once and its reply once."""
+    proxy, url = proxied
+    env["DATABASE_URL"] = url
+    clock = FakeClock(now=time.time())
+    client = await start_app(env, clock=clock)
+    engine = client.app[ENGINE]
+    first = asyncio.create_task(_stream(client, range(0, 30), "s"))
+    await eventually(lambda: engine.metrics.commits.total() >= 2, interval=0.001)
+    proxy.cut()  # mid-stream: some webhooks and actor steps are in flight
+    statuses = await first
+    statuses.update(await _stream(client, range(30, 60), "s"))  # while Postgres is away
+    assert set(statuses.values()) <= {200, 503}, statuses
+    assert [statuses[i] for i in range(30, 60)] == [503] * 30  # never 200 for what is not durable
+    assert (await client.get("/readyz")).status == 503
+    proxy.restore()
+    for _ in range(100):  # the store's backoff and the 10 s memory run on the engine's clock
+        await clock.advance(11)
+        if (await client.get("/readyz")).status == 200:
+            break
+    refused = [i for i, status in statuses.items() if status != 200]
+    for _ in range(20):  # Meta sends what was refused again
+        again = await _stream(client, refused, "s")
+        refused = [i for i, status in again.items() if status != 200]
+        if not refused:
+            break
+        await clock.advance(11)
+    assert refused == []
+
+    async def settled() -> bool:
+        await clock.advance(11)
+        busy = engine.backlog or engine.delivery.pending
+        return not busy and await engine.store.unhandled() == []
+
+    await eventually(settled)
+    for i in range(60):
+        key = engine.directory.lookup(NUMBER, f"1555100{i:04d}")
+        assert key is not None
+        messages = (await engine.view(key))["messages"]
+        assert [m["id"] for m in messages if m["direction"] == "in"] == [f"wamid.s.{i}"]
+        assert len([m for m in messages if m["direction"] == "out"]) == 1, messages
+
+
+async def test_a_stall_under_load_answers_every_webhook_in_time(
+    start_app: AppFactory, env: dict[str, str], proxied: tuple[Proxy, str]
+) -> None:
+    """Twenty webhooks at once into a Postgres that stopped answering: each is answered (503)
+    within the store's timeout, none is left hanging, and none is 200."""
+    proxy, url = proxied
+    env["DATABASE_URL"] = url
+    client = await start_app(env, clock=FakeClock(now=time.time()))
+    proxy.stall()
+    started = time.monotonic()
+    statuses = await asyncio.wait_for(_stream(client, range(100, 120), "t"), timeout=10)
+    assert set(statuses.values()) == {503}
+    assert time.monotonic() - started < TIMEOUT + 3
