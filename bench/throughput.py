@@ -3,7 +3,9 @@
 Run from the repository root: `python bench/throughput.py` (about 5 minutes on 2 cores).
 With `--against REV` it measures only webhook -> reply, alternating this tree and the commit REV
 (exported to a temporary folder) run by run, and prints both medians and their ratio; with
-`--postgres URL`, the same on SQLite and on that Postgres (a fresh schema each run).
+`--postgres URL` (and `--redis URL`), the same on SQLite, on that Postgres (a fresh schema each
+run) and on Postgres behind Redis, then the first reply of a contact that is not in memory, on
+Postgres alone and behind Redis, run by run.
 Everything runs as separate processes on loopback: the engine (`server.py`, SQLite, the
 WhatsApp sender), a fake Graph API that accepts every send, and this load generator, which
 posts signed webhooks, each from a new contact, and waits until every reply was accepted by the
@@ -266,9 +268,12 @@ async def main() -> None:
         metavar="URL",
         help="compare webhook -> reply on this Postgres with SQLite, run by run",
     )
+    parser.add_argument(
+        "--redis", metavar="URL", help="with --postgres: also Postgres behind this Redis"
+    )
     args = parser.parse_args()
     if args.postgres:
-        await on_postgres(args.postgres, args.contacts, args.repeats, args.concurrency)
+        await on_postgres(args.postgres, args.redis, args.contacts, args.repeats, args.concurrency)
         return
     if args.against:
         await against(args.against, args.contacts, args.repeats, args.concurrency)
@@ -336,41 +341,157 @@ async def against(rev: str, contacts: int, repeats: int, concurrency: int) -> No
     print(json.dumps(result, indent=2))
 
 
-async def on_postgres(url: str, contacts: int, repeats: int, concurrency: int) -> None:
-    """SQLite and Postgres (a fresh schema each run), alternating, on the same machine."""
+async def on_postgres(
+    url: str, redis_url: str | None, contacts: int, repeats: int, concurrency: int
+) -> None:
+    """SQLite, Postgres and Postgres + Redis (a fresh schema each run), alternating, on the same
+    machine; then the first reply of contacts not in memory, with and without Redis."""
+    tiers: dict[str, dict[str, str]] = {"sqlite": {}, "postgres": {}}
+    if redis_url:
+        tiers["postgres+redis"] = {"REDIS_URL": redis_url}
+    fake = Fake()
+    runs: dict[str, list[dict[str, float]]] = {tier: [] for tier in tiers}
+    cold: dict[str, list[dict[str, float]]] = {tier: [] for tier in tiers if tier != "sqlite"}
+    try:
+        for _ in range(repeats):
+            for tier, extra in tiers.items():
+                if tier == "sqlite":
+                    runs[tier].append(await engine_run(fake, contacts, concurrency))
+                    continue
+                async with fresh_schema(url) as database_url:
+                    runs[tier].append(
+                        await engine_run(
+                            fake, contacts, concurrency, DATABASE_URL=database_url, **extra
+                        )
+                    )
+        for _ in range(repeats):
+            for tier, latencies in cold.items():
+                async with fresh_schema(url) as database_url:
+                    latencies.append(
+                        await first_reply({"DATABASE_URL": database_url, **tiers[tier]})
+                    )
+    finally:
+        fake.stop()
+    medians = {tier: median_of(r) for tier, r in runs.items()}
+    result: dict[str, Any] = {
+        "contacts": contacts,
+        "repeats": repeats,
+        **medians,
+        "each_run_contacts_per_s": {k: [r["contacts_per_s"] for r in v] for k, v in runs.items()},
+    }
+    for tier in cold:
+        result[f"{tier}_ratio_to_sqlite"] = (
+            medians[tier]["contacts_per_s"] / medians["sqlite"]["contacts_per_s"]
+        )
+    result["first_reply_not_in_memory"] = {tier: median_of(r) for tier, r in cold.items()}
+    print(json.dumps(result, indent=2))
+
+
+@contextlib.asynccontextmanager
+async def fresh_schema(url: str) -> Any:
+    """A DATABASE_URL for a schema of its own, dropped afterwards."""
     import uuid
 
     import asyncpg
 
-    fake = Fake()
-    runs: dict[str, list[dict[str, float]]] = {"sqlite": [], "postgres": []}
+    schema = f"bench_{uuid.uuid4().hex[:10]}"
+    sep = "&" if "?" in url else "?"
     try:
-        for _ in range(repeats):
-            runs["sqlite"].append(await engine_run(fake, contacts, concurrency))
-            schema = f"bench_{uuid.uuid4().hex[:10]}"
-            sep = "&" if "?" in url else "?"
-            try:
-                runs["postgres"].append(
-                    await engine_run(
-                        fake, contacts, concurrency, DATABASE_URL=f"{url}{sep}schema={schema}"
-                    )
-                )
-            finally:
-                conn = await asyncpg.connect(url)
-                await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
-                await conn.close()
+        yield f"{url}{sep}schema={schema}"
     finally:
-        fake.stop()
-    pg, lite = median_of(runs["postgres"]), median_of(runs["sqlite"])
-    result = {
-        "contacts": contacts,
-        "repeats": repeats,
-        "sqlite": lite,
-        "postgres": pg,
-        "each_run_contacts_per_s": {k: [r["contacts_per_s"] for r in v] for k, v in runs.items()},
-        "postgres_ratio_to_sqlite": pg["contacts_per_s"] / lite["contacts_per_s"],
+        conn = await asyncpg.connect(url)
+        await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+        await conn.close()
+
+
+async def first_reply(
+    extra: dict[str, str],
+    primed: int = 3000,
+    probes: int = 1000,
+    resident: int = 200,
+    in_flight: int = 8,
+) -> dict[str, float]:
+    """Webhook -> reply for contacts the engine has dropped from memory: `primed` contacts
+    write once (MAX_ACTORS=`resident`, so all but the last few hundred are dropped), then the
+    first `probes` of them write again, `in_flight` at a time; each latency runs from the
+    webhook's post to the fake provider receiving the reply. The fake runs in this process so
+    both ends are read on one clock."""
+    from aiohttp import web
+
+    from tests.fakes.graph import FakeGraph
+
+    graph = FakeGraph(clock=time.perf_counter)
+    runner = web.AppRunner(graph.app())
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+
+    class Here:
+        url = f"http://127.0.0.1:{port}/v25.0"
+
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            env = engine_env(Path(tmp), Here(), MAX_ACTORS=str(resident), **extra)  # type: ignore[arg-type]
+            server = Server(env, Path(tmp))
+            await server.start()
+            try:
+                await post_all(server.url, bodies(0, primed, 1), 64)
+                async with aiohttp.ClientSession() as session:
+                    await until_sent(session, server.url, primed, timeout=600)
+                    before = await scrape(session, server.url)
+                posted: dict[str, float] = {}
+                docs = []
+                for n in range(probes):
+                    phone = f"1{n:010d}"
+                    raw, headers = signed(
+                        body(change([text(phone, f"wamid.again.{n}", "hi")], number=NUMBER))
+                    )
+                    docs.append((phone, raw, headers))
+                queue = list(reversed(docs))
+                async with aiohttp.ClientSession() as session:
+
+                    async def worker() -> None:
+                        while queue:
+                            phone, raw, headers = queue.pop()
+                            posted[phone] = time.perf_counter()
+                            async with session.post(
+                                f"{server.url}/webhooks/whatsapp", data=raw, headers=headers
+                            ) as r:
+                                await r.read()
+                                assert r.status == 200, r.status
+                            while not any(
+                                q["received"] > posted[phone]
+                                for q in graph.requests[-in_flight * 4 :]
+                                if q["body"].get("to") == f"+{phone}"
+                            ):
+                                await asyncio.sleep(0.0005)
+
+                    await asyncio.gather(*(worker() for _ in range(in_flight)))
+                    after = await scrape(session, server.url)
+            finally:
+                server.terminate()
+    finally:
+        await runner.cleanup()
+    firsts: dict[str, float] = {}
+    for q in graph.requests:
+        phone = str(q["body"].get("to")).lstrip("+")
+        if phone in posted and q["received"] > posted[phone] and phone not in firsts:
+            firsts[phone] = q["received"] - posted[phone]
+    latencies = list(firsts.values())
+    assert len(latencies) == probes, len(latencies)
+
+    def delta(name: str) -> float:
+        return after.get(name, 0.0) - before.get(name, 0.0)
+
+    figures = {
+        "p50_ms": quantile(latencies, 0.5) * 1000,
+        "p90_ms": quantile(latencies, 0.9) * 1000,
+        "p99_ms": quantile(latencies, 0.99) * 1000,
     }
-    print(json.dumps(result, indent=2))
+    if "REDIS_URL" in extra:  # where the snapshots came from (counted by the Redis tier)
+        figures["snapshots_from_redis"] = delta('engine_redis_snapshot_reads_total{result="hit"}')
+        figures["snapshots_from_store"] = delta('engine_redis_snapshot_reads_total{result="miss"}')
+    return figures
 
 
 if __name__ == "__main__":
