@@ -287,6 +287,23 @@ async def test_prune_forgets_old_keys_and_handled_journal_only(store: Store) -> 
     assert [e.event_id for _s, e in again.entries] == ["old-handled"]
 
 
+async def test_prune_goes_on_past_one_chunk(store: Store) -> None:
+    """More old rows than one DELETE takes (5,000 in the SQL stores): all of them go, the new
+    ones stay."""
+    n = 10_001
+    (r,) = await accept(
+        store,
+        Accept(
+            journal=[entry(f"old{i}", at=10.0) for i in range(n)] + [entry("new", at=500.0)],
+            statuses=[status(f"P{i}", "read", at=10.0) for i in range(n)],
+        ),
+    )
+    await store.write([Commit(convo("n:1", r.entries[-2][0]))])
+    pruned = await store.prune(dedupe_before=100.0, journal_before=100.0)
+    assert (pruned.dedupe, pruned.journal, pruned.statuses) == (n, n, n)
+    assert [e["id"] for _s, _c, e in await store.unhandled()] == ["new"]
+
+
 async def test_sqlite_write_is_all_or_nothing(tmp_path: Path) -> None:
     """A batch that fails part-way leaves nothing of itself behind."""
     store = SqliteStore(tmp_path / "a.sqlite3")

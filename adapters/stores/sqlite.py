@@ -132,6 +132,8 @@ PROBE_BYTES = 16384  # what readiness writes to prove the store can write
 CHUNK = 500  # rows per multi-row statement (SQLite allows 32766 parameters)
 
 # Errors caused by what a write holds, not by the state of the database: retrying cannot help.
+PRUNE_CHUNK = 5000  # rows one DELETE removes: pruning never holds the writer for long
+
 REJECTED = (
     sqlite3.IntegrityError,
     sqlite3.DataError,
@@ -542,22 +544,36 @@ class SqliteStore:
         ]
 
     async def prune(self, *, dedupe_before: float, journal_before: float) -> Pruned:
-        async with self._lock:
-            conn = self.writer
-            counts: list[int] = []
-            for sql, arg in (
-                ("DELETE FROM dedupe WHERE at < ?", dedupe_before),
-                (
-                    "DELETE FROM journal WHERE at < ? AND seq <= COALESCE("
-                    "(SELECT last_seq FROM conversations c WHERE c.key = journal.contact), 0)",
-                    journal_before,
-                ),
-                ("DELETE FROM statuses WHERE at < ?", dedupe_before),
-                ("DELETE FROM raw_events WHERE at < ?", dedupe_before),
-            ):
-                cursor = await conn.execute(sql, (arg,))
-                counts.append(cursor.rowcount)
-            return Pruned(*counts)
+        """Old dedupe keys, statuses, raw events and handled journal entries, deleted in chunks
+        of PRUNE_CHUNK rows, the writer taken for one chunk at a time: the committer's
+        transactions go between them, so a large backlog of old rows never stalls intake."""
+        counts: list[int] = []
+        for table, key, where, before in (
+            ("dedupe", "key", "at < ?", dedupe_before),
+            (
+                "journal",
+                "seq",
+                "at < ? AND seq <= COALESCE("
+                "(SELECT last_seq FROM conversations c WHERE c.key = journal.contact), 0)",
+                journal_before,
+            ),
+            ("statuses", "provider_id, status", "at < ?", dedupe_before),
+            ("raw_events", "n", "at < ?", dedupe_before),
+        ):
+            sql = (  # by primary key: some of these tables have no rowid
+                f"DELETE FROM {table} WHERE ({key}) IN"
+                f" (SELECT {key} FROM {table} WHERE {where} LIMIT {PRUNE_CHUNK})"
+            )
+            total = 0
+            while True:
+                async with self._lock:
+                    cursor = await self.writer.execute(sql, (before,))
+                    deleted = cursor.rowcount
+                total += deleted
+                if deleted < PRUNE_CHUNK:
+                    break
+            counts.append(total)
+        return Pruned(*counts)
 
 
 async def _insert_returning(
