@@ -8,8 +8,9 @@ journal order even when the HTTP request that brought them has gone away.
 
 If the store refuses a batch (StoreRejected: what one write holds cannot be stored), its writes
 are retried one by one, so that write costs only itself. Any other failure is the store's state
-(down, stalled, full): every write of the batch gets StoreUnavailable at once, chained to what
-the store said, rather than N more transactions that would fail the same way.
+(down, stalled, full): every write of the batch, and every write queued behind it, gets
+StoreUnavailable at once, chained to what the store said, rather than N more transactions that
+would each fail the same way (or wait out the same timeout).
 
 The task itself must not die with writes waiting on it: if it does (a bug), every pending write
 fails at once with StoreUnavailable (callers retry or answer 503) and the task is started again.
@@ -154,6 +155,12 @@ class Committer:
                 # The store itself is failing: write by write would only wait out its timeout
                 # (or hit the same full disk) once per write.
                 errors = [self._fail(item, e) for item in batch]
+                if not isinstance(e, StoreRejected):
+                    # So would the writes queued behind this batch: fail them now, so that a
+                    # webhook never waits for more than one of the store's timeouts.
+                    waiting, self._pending = self._pending, []
+                    for item in waiting:
+                        self._fail(item, e)
                 return errors[0]
             log.debug(
                 "a batch of %d writes was refused (%s); writing them one by one", len(batch), e

@@ -62,6 +62,7 @@ log = logging.getLogger(__name__)
 PRUNE_EVERY = 3600.0
 RESUME_PAGE = 1000  # outbox rows and journal entries read at once when resuming
 STORE_FAILURE_MEMORY = 10.0  # seconds a failed write keeps /readyz at 503 without a new failure
+STORE_PROBE_EVERY = 1.0  # seconds between probes of a store that cannot write
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +135,11 @@ class Engine:
         self._behaviour = behaviour
         self.accepting = False
         self._pruner: asyncio.Task[None] | None = None
+        self._watcher: asyncio.Task[None] | None = None
+        # Event ids of webhooks whose write failed with the store unavailable: over a network
+        # the transaction may have committed all the same (its answer lost), leaving events in
+        # the journal that no actor was told of. Intake waits until they are looked up.
+        self._doubts: set[str] = set()
         m = self.metrics
         m.resident.read = lambda: float(self.actors.resident)
         m.mailbox.read = lambda: float(self.actors.depth)
@@ -189,6 +195,7 @@ class Engine:
         await self.timers.start()
         self.delivery.start()
         self._pruner = asyncio.create_task(self._prune_forever(), name="pruner")
+        self._watcher = asyncio.create_task(self._watch_store(), name="store-watch")
         self.accepting = True
 
     async def drain(self, seconds: float) -> bool:
@@ -210,9 +217,10 @@ class Engine:
 
     async def close(self, grace: float = 1.0) -> None:
         self.accepting = False
-        if self._pruner is not None:
-            self._pruner.cancel()
-            await asyncio.gather(self._pruner, return_exceptions=True)
+        for task in (self._pruner, self._watcher):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         await self.timers.stop()
         await self.calls.stop()  # calls in flight stay recorded: made again after the restart
         await self.delivery.stop(grace)
@@ -287,6 +295,10 @@ class Engine:
         )
 
     async def _ingest(self, events: Sequence[Event]) -> Accepted:
+        if self._doubts:
+            # Until the writes that failed are looked up, a later message of the same contact
+            # must not be handled ahead of one the store may hold.
+            raise StoreUnavailable("looking up what the store committed before it failed")
         failure = self.committer.failure
         if (
             failure is not None
@@ -313,7 +325,11 @@ class Engine:
 
         try:
             accepted = await self.committer.submit(op, then=dispatch)
-        except (StoreUnavailable, StoreRejected):
+        except StoreUnavailable:
+            self.directory.forget(list(op.aliases))
+            self._doubts.update(e.event_id for e in op.journal)
+            raise
+        except StoreRejected:
             self.directory.forget(list(op.aliases))
             raise
         self.directory.committed(list(op.aliases))
@@ -472,6 +488,48 @@ class Engine:
         counts = dataclasses.asdict(pruned)
         if any(counts.values()):
             log.info("pruned %s", counts)
+
+    async def _watch_store(self) -> None:
+        """While the store cannot write, prove every STORE_PROBE_EVERY seconds whether it can
+        (its ping, a write of its own): the first that passes opens intake again at once,
+        rather than after the failure is STORE_FAILURE_MEMORY old. Then look up the events of
+        the writes that failed (see `_doubts`)."""
+        while True:
+            await self.clock.sleep(STORE_PROBE_EVERY)
+            if self.committer.failure is not None:
+                try:
+                    await self.store.ping()
+                except Exception:
+                    continue  # still failing: the committer has said so once already
+                self.committer.recovered()
+            if self._doubts:
+                try:
+                    await self._settle_doubts()
+                except Exception as e:
+                    log.debug("cannot look up the failed writes yet (%s)", e)
+
+    async def _settle_doubts(self) -> None:
+        """Hand to their actors the events of failed writes that the store holds all the same,
+        in journal order; the rest were not stored (Meta sends them again)."""
+        doubts, found, after = set(self._doubts), 0, 0
+        while entries := await self.store.unhandled(after, RESUME_PAGE):
+            for seq, contact, data in entries:
+                if isinstance(data, dict) and data.get("id") in doubts:
+                    try:
+                        message = decode(data)
+                    except (KeyError, TypeError, ValueError) as e:
+                        log.error("journal entry %d cannot be read (%s); skipped", seq, e)
+                        continue
+                    self.route(contact, Deliver(seq, message))
+                    found += 1
+            after = entries[-1][0]
+        self._doubts -= doubts
+        log.log(
+            logging.WARNING if found else logging.INFO,
+            "%d of %d events whose write failed were stored all the same: handled now",
+            found,
+            len(doubts),
+        )
 
     async def _prune_forever(self) -> None:
         while True:

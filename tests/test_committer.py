@@ -146,14 +146,21 @@ async def _queued(committer: Committer, n: int) -> list[asyncio.Task[Any]]:
 
 
 async def test_an_outage_fails_the_batch_at_once_without_splitting_it() -> None:
-    """A store that is down (or full) fails a batch of 20 in one call, not 21: each write gets
-    StoreUnavailable chained to what the store raised, and the next batch is written."""
+    """A store that is down (or full) fails a batch of 20 in one call, not 21, and the writes
+    queued behind it with it: each gets StoreUnavailable chained to what the store raised, and
+    the next write is written."""
     full = OSError("database or disk is full")
     store = Counting(full)
+    store.gate.clear()
     committer = Committer(store, Metrics())
     committer.start()
-    outcomes = await asyncio.gather(*await _queued(committer, 20), return_exceptions=True)
-    assert store.calls == 1
+    carried = await _queued(committer, 20)
+    await asyncio.sleep(0)  # the first batch is in the store's hands; five more queue behind
+    behind = [asyncio.create_task(committer.submit(Accept(journal=[entry(i)]))) for i in range(5)]
+    await asyncio.sleep(0)
+    store.gate.set()
+    outcomes = await asyncio.gather(*carried, *behind, return_exceptions=True)
+    assert store.calls == 1  # the queued ones did not wait out a second failure
     assert all(isinstance(o, StoreUnavailable) and o.__cause__ is full for o in outcomes)
     assert committer.failure is not None and "disk is full" in committer.failure.error
     assert await committer.submit(Accept(journal=[entry(99)])) is not None
@@ -192,3 +199,42 @@ async def test_a_committer_that_dies_fails_every_waiting_write_and_starts_again(
     result = await asyncio.wait_for(committer.submit(Accept(journal=[entry(10)])), timeout=5)
     assert result is not None and len(result.entries) == 1
     await committer.close()
+
+
+async def test_a_store_that_can_write_again_opens_intake_within_a_probe_without_traffic() -> None:
+    """After an outage the engine probes the store every second on its clock: the first probe
+    that passes clears the failure, so webhooks are taken again long before the failure's
+    10 s memory would have run out."""
+    from engine.engine import STORE_PROBE_EVERY, Engine
+    from engine.flows import load_flows
+    from tests.fakes.clock import FakeClock
+    from tests.support import ROOT, Recorder
+
+    class Flaky(MemoryStore):
+        down = False
+
+        async def ping(self) -> None:
+            if self.down:
+                raise StoreUnavailable("Postgres: ConnectionRefusedError")
+
+        async def write(self, ops: Any) -> Any:
+            if self.down:
+                raise StoreUnavailable("Postgres: ConnectionRefusedError")
+            return await super().write(ops)
+
+    clock, store = FakeClock(), Flaky()
+    engine = Engine(
+        store=store, sender=Recorder(), flows=load_flows(ROOT / "flows", "support"), clock=clock
+    )
+    await engine.start()
+    try:
+        store.down = True
+        with pytest.raises(StoreUnavailable):
+            await engine.committer.submit(Accept(journal=[entry(1)]))
+        await clock.advance(STORE_PROBE_EVERY)
+        assert engine.committer.failure is not None  # still down: still failed
+        store.down = False
+        await clock.advance(STORE_PROBE_EVERY)
+        assert engine.committer.failure is None
+    finally:
+        await engine.close()
