@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import re
 import time
 from collections.abc import Iterable, Sequence
@@ -175,6 +176,7 @@ class PostgresStore:
         self.commits = 0
         self._pool: asyncpg.Pool | None = None
         self._held: asyncpg.Connection | None = None  # holds the advisory lock
+        self._session: tuple[int, Any] | None = None  # its backend: pid and start time
         self._checked = 0.0  # when the lock's session was last seen alive (monotonic)
         self._lock = asyncio.Lock()
 
@@ -191,6 +193,7 @@ class PostgresStore:
     # --- lifecycle ---------------------------------------------------------------------------
 
     async def open(self) -> None:
+        quiet_pool_errors()
         settings = {"search_path": self.schema, "application_name": "wa-engine"}
         try:
             self._held = await asyncpg.connect(self.dsn, timeout=TIMEOUT, server_settings=settings)
@@ -223,11 +226,43 @@ class PostgresStore:
         """One engine per database and schema: a second would send every pending reply again."""
         key = int.from_bytes(hashlib.sha256(f"wa-engine:{self.schema}".encode()).digest()[:8])
         key -= 1 << 63 if key >= 1 << 63 else 0  # a signed 64-bit key
-        if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", key):
+        row = await conn.fetchrow(
+            "SELECT pg_try_advisory_lock($1), pid, backend_start FROM pg_stat_activity"
+            " WHERE pid = pg_backend_pid()",
+            key,
+        )
+        if row is None or not row[0]:
             raise ConfigError(
                 f"DATABASE_URL: schema {self.schema!r} is in use by another engine;"
                 " one engine per database schema"
             )
+        self._session = (row[1], row[2])
+
+    async def _take_back(self, conn: asyncpg.Connection) -> None:
+        """Take the lock on a new session. Our own previous session may still hold it: after a
+        stall, Postgres has not yet noticed that we dropped it (over a cut network, not until
+        its TCP keepalive fails). That backend, and only that one (same pid, same start), is
+        ended, and the lock taken again; another engine's lock is never touched."""
+        try:
+            await self._hold(conn)
+            return
+        except ConfigError:
+            if self._session is None:
+                raise
+        ended = await conn.fetchval(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE pid = $1 AND backend_start = $2",
+            *self._session,
+        )
+        for _ in range(40):  # the backend exits, and its lock goes with it, within moments
+            try:
+                await self._hold(conn)
+                return
+            except ConfigError:
+                if not ended:  # not ours (ours had gone by itself): another engine's
+                    raise
+            await asyncio.sleep(0.05)
+        await self._hold(conn)
 
     async def _still_held(self) -> None:
         """The advisory lock lives with its session: a Postgres restart (or a terminated
@@ -255,7 +290,7 @@ class PostgresStore:
         except asyncpg.PostgresError as e:
             raise StoreUnavailable(f"Postgres: {type(e).__name__}: {e}") from e
         try:
-            await self._hold(conn)
+            await self._take_back(conn)
         except ConfigError as e:
             await conn.close()
             raise StoreUnavailable(str(e).removeprefix("DATABASE_URL: ")) from None
@@ -305,7 +340,13 @@ class PostgresStore:
     async def _run(self, fn: Any) -> Any:
         try:
             async with self.pool.acquire() as conn:
-                return await fn(conn)
+                try:
+                    return await fn(conn)
+                except TimeoutError:
+                    # A stalled session: returning it to the pool would wait out one more
+                    # timeout to reset it. Drop it; the pool opens a new one when needed.
+                    conn.terminate()
+                    raise
         except UNAVAILABLE as e:
             raise StoreUnavailable(f"Postgres: {type(e).__name__}: {e}") from e
 
@@ -313,8 +354,20 @@ class PostgresStore:
 
     async def write(self, ops: Sequence[Op]) -> list[Accepted | None]:
         async def apply(conn: asyncpg.Connection) -> list[Accepted | None]:
-            async with conn.transaction():
-                return await self._apply(conn, ops)
+            tx = conn.transaction()
+            await tx.start()
+            try:
+                results = await self._apply(conn, ops)
+            except TimeoutError:
+                # Stalled: a ROLLBACK would wait out one more timeout. Dropping the session
+                # rolls the transaction back on the server's side.
+                conn.terminate()
+                raise
+            except BaseException:
+                await tx.rollback()
+                raise
+            await tx.commit()
+            return results
 
         async with self._lock:
             await self._still_held()
@@ -669,3 +722,24 @@ def _columns(rows: Iterable[tuple[Any, ...]], width: int) -> list[list[Any]]:
         for i, value in enumerate(row):
             columns[i].append(value)
     return columns
+
+
+class QuietPoolErrors(logging.Filter):
+    """asyncpg's pool logs each failed attempt to reconnect its idle connections with a
+    traceback. While Postgres is down that is the outage, which the committer reports once, not
+    a fault of ours: such a record becomes one line, without the traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if error is not None and isinstance(error, UNAVAILABLE):
+            said = record.getMessage()
+            record.msg, record.args = "%s (%s: %s)", (said, type(error).__name__, error)
+            record.exc_info = record.exc_text = None
+        return True
+
+
+def quiet_pool_errors() -> None:
+    """Install QuietPoolErrors on asyncpg's pool logger (once)."""
+    pool_log = logging.getLogger("asyncpg.pool")
+    if not any(isinstance(f, QuietPoolErrors) for f in pool_log.filters):
+        pool_log.addFilter(QuietPoolErrors())

@@ -16,6 +16,7 @@ class Proxy:
         self._server: asyncio.Server | None = None
         self._pairs: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._muted: set[asyncio.StreamWriter] = set()  # clients that hear nothing back
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
@@ -40,11 +41,18 @@ class Proxy:
         self._pairs.clear()
 
     def stall(self) -> None:
-        """Keep every connection open, accept new ones, and forward nothing."""
+        """Keep every connection open, accept new ones, and forward nothing, not even a close:
+        a side that hangs up meanwhile is never heard of by the other (a network partition)."""
         self.mode = "stall"
+
+    def lose_commit_answers(self) -> None:
+        """Forward everything, but once a connection sends COMMIT, drop whatever Postgres says
+        back on it: the transaction commits and the client never learns so."""
+        self.mode = "lose-commit"
 
     def restore(self) -> None:
         self.mode = "pass"
+        self._muted.clear()
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if self.mode == "cut":
@@ -71,12 +79,20 @@ class Proxy:
         try:
             while True:
                 data = await src.read(65536)
+                if not data and self.mode == "stall":
+                    # A close lost in the partition: the far side never hears of it, and its
+                    # end of the connection lives on (until cut() or close()).
+                    return
                 if not data:
                     break
                 while self.mode == "stall":
                     await asyncio.sleep(0.05)
                 if self.mode == "cut":
                     break
+                if self.mode == "lose-commit" and dst is pair[1] and b"COMMIT" in data:
+                    self._muted.add(pair[0])
+                if dst in self._muted:
+                    continue
                 dst.write(data)
                 await dst.drain()
         except (OSError, asyncio.IncompleteReadError):
