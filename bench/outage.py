@@ -110,6 +110,8 @@ async def _run(
         done, peaks = asyncio.Event(), []
         sampler = asyncio.create_task(sample_rss(url, done, peaks))
         outage = await stream(url, list(range(before, before + during)), concurrency)
+        done.set()
+        await sampler
         async with session.get(f"{url}/readyz") as r:
             ready_during = r.status
         proxy.restore()
@@ -132,8 +134,6 @@ async def _run(
             if sent >= before + during:
                 break
             await asyncio.sleep(0.2)
-        done.set()
-        await sampler
         m = await scrape(session, url)
     times = [t for _status, t, _at in outage.values()]
     statuses: dict[str, int] = {}
@@ -148,7 +148,7 @@ async def _run(
         "readyz_during_outage": ready_during,
         "rss_mib_before": rss_before,
         "rss_mib_peak_during": max(peaks),
-        "rss_mib_after": m["process_resident_memory_bytes"] / 2**20,
+        "rss_mib_after_every_reply": m["process_resident_memory_bytes"] / 2**20,
         "first_webhook_taken_after_restore_s": back_after,
         "replies_sent": m.get('engine_outbound_messages_total{code="",result="accepted"}', 0.0),
         "contacts": before + during,
