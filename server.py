@@ -25,6 +25,7 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from functools import partial
 from typing import Any
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
 
 import aiohttp
@@ -258,11 +259,16 @@ async def serve(settings: Settings) -> int:
         return 2
     site = web.SockSite(runner, sock)
     await site.start()
+    redis_at = ""
+    if settings.redis_url is not None:
+        parts = urlsplit(settings.redis_url.reveal())
+        redis_at = f", redis at {parts.hostname or 'localhost'}:{parts.port or 6379}{parts.path}"
     log.info(
-        "listening on %s:%d (%s, sender %s, entry flow %s)",
+        "listening on %s:%d (%s%s, sender %s, entry flow %s)",
         settings.host,
         settings.port,
         settings.database.describe(),
+        redis_at,
         settings.sender,
         settings.entry_flow,
     )

@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from .errors import ConfigError
@@ -60,7 +60,9 @@ class Database:
             return f"sqlite file {self.path}"
         assert self.dsn is not None
         parts = urlsplit(self.dsn.reveal())
-        return f"postgres at {parts.hostname or 'localhost'}:{parts.port or 5432}{parts.path}"
+        schema = next((v for k, v in parse_qsl(parts.query) if k == "schema"), None)
+        where = f"postgres at {parts.hostname or 'localhost'}:{parts.port or 5432}{parts.path}"
+        return where + (f" (schema {schema})" if schema else "")
 
 
 @dataclass(frozen=True, slots=True)

@@ -151,3 +151,13 @@ async def test_sqlite_synchronous_is_the_mode_sqlite_runs_with(
     store = client.app[ENGINE].store
     rows = await store.writer.execute_fetchall("PRAGMA synchronous")
     assert list(rows) == [(value,)]
+
+
+def test_the_database_is_described_without_its_password_and_with_its_schema() -> None:
+    """What the start-up line says of DATABASE_URL: where, and which schema; never a secret."""
+    settings = Settings.from_env(
+        {"DATABASE_URL": "postgresql://app:hunter2@db.internal:6543/engine?schema=shop_1"}
+    )
+    said = settings.database.describe()
+    assert said == "postgres at db.internal:6543/engine (schema shop_1)"
+    assert "hunter2" not in said
