@@ -207,3 +207,23 @@ async def test_a_redis_rolled_back_to_an_older_dump_is_not_trusted(client: Any) 
         await client.restore(k, 0, value, replace=True)
     assert (await s.conversation("n:1")).state == "paid"  # type: ignore[union-attr]
     assert store.reads == 1 and metrics.redis_failures.total() == 1
+
+
+async def test_a_rollback_is_caught_even_when_a_write_comes_before_the_read(client: Any) -> None:
+    """The connection stays open (a proxy in front of a Redis that failed over) and another
+    contact's commit rewrites the token before the rolled-back snapshot is read: the write
+    sees that the token it replaced is not the last one confirmed, and starts a new epoch."""
+    metrics = Metrics()
+    store, prefix = Counting(), f"t{uuid.uuid4().hex}"
+    s = RedisCachedStore(store, client, dedupe_ttl=3600, prefix=prefix, metrics=metrics)
+    await s.open()
+    await s.write([Commit(row("n:1", "ask"))])
+    keys = [s._token_key(), s._snapshot_key("n:1")]
+    dump = [await client.dump(k) for k in keys]
+    await s.write([Commit(row("n:1", "handoff"))])
+    for k, value in zip(keys, dump, strict=True):
+        await client.restore(k, 0, value, replace=True)
+    await s.write([Commit(row("n:2", "menu")), accept("wamid.r1")])  # the next webhook's commit
+    assert metrics.redis_failures.total() == 1
+    assert (await s.conversation("n:1")).state == "handoff"  # type: ignore[union-attr]
+    assert store.reads == 1

@@ -12,8 +12,10 @@ Redis error: an entry written before Redis restarted, before this process starte
 have left Redis behind the store) or before an error (a write that may not have landed) is never
 trusted over the store. Each write also stores a token: the epoch and the number of that write.
 A snapshot is used only if the token read with it is this epoch's and names the last write
-Redis confirmed, or a later one: a Redis that came back from an older dump, or a replica that
-lagged behind when it was promoted, holds an older token and is not trusted.
+Redis confirmed, or a later one, and each write checks that the token it replaces is the last
+one confirmed: a Redis that came back from an older dump, or a replica that lagged behind when
+it was promoted, holds an older token and is not trusted, even when the connection stayed open
+and a write came first.
 
 Losing or flushing Redis loses nothing and changes no answer: every read falls back to the
 store, and every write goes to the store first.
@@ -184,6 +186,7 @@ class RedisCachedStore:
         if self._server == "?":
             return
         epoch = self.epoch
+        expected = f"{epoch}|{self._confirmed}"
         self._written += 1
         number = self._written
         try:
@@ -210,11 +213,19 @@ class RedisCachedStore:
                     elif isinstance(op, Accept):
                         for e in op.journal:  # the event's time: pruning's cut-off applies
                             pipe.set(self._id_key(e.event_id), repr(e.at), ex=self.dedupe_ttl)
-                pipe.set(self._token_key(), f"{epoch}|{number}")  # last: after what it vouches for
-                await pipe.execute()
-            self._confirmed = number
+                # Last, after what it vouches for; the token it replaces tells whether Redis still
+                # holds every write confirmed so far (a rollback keeps the connection open).
+                pipe.set(self._token_key(), f"{epoch}|{number}", get=True)
+                replaced = (await pipe.execute())[-1]
         except ERRORS as e:
             self._failed(e)
+            return
+        if isinstance(replaced, bytes):
+            replaced = replaced.decode(errors="replace")
+        if replaced != expected:
+            self._failed(RuntimeError("Redis lost or rolled back this engine's entries"))
+            return
+        self._confirmed = number
 
     # --- reads -----------------------------------------------------------------------------
 
