@@ -191,19 +191,25 @@ class _redis:
             return None
         # A cache must answer at once or be skipped: a stalled Redis costs a write at most 1 s,
         # then it is left alone for a few seconds (adapters/stores/redis_cache.py).
-        self._client = redis.from_url(
-            self._url.reveal(),
-            socket_connect_timeout=1,
-            socket_timeout=1,
-            # No silent retries: a Redis that restarted must show as an error, so the hot tier
-            # stops trusting what it held (and a stall costs one timeout, not ten).
-            retry=Retry(NoBackoff(), 0),
-        )
+        try:
+            self._client = redis.from_url(
+                self._url.reveal(),
+                socket_connect_timeout=1,
+                socket_timeout=1,
+                # No silent retries: a Redis that restarted must show as an error, so the hot
+                # tier stops trusting what it held (and a stall costs one timeout, not ten).
+                retry=Retry(NoBackoff(), 0),
+            )
+        except ValueError as e:  # an option in the URL redis cannot read
+            raise ConfigError(f"REDIS_URL: {e}") from None
         try:
             await self._client.ping()
-        except (redis.RedisError, OSError) as e:
+        except (redis.AuthenticationError, redis.ResponseError) as e:  # it answers: a bad URL
             await self._client.aclose()
-            raise ConfigError(f"REDIS_URL: cannot reach Redis: {e}") from e
+            raise ConfigError(f"REDIS_URL: Redis refuses this engine: {e}") from e
+        except (redis.RedisError, OSError) as e:
+            # Redis is a cache: the store serves meanwhile, and Redis is used once it answers.
+            log.warning("REDIS_URL: cannot reach Redis (%s); starting without it", e)
         self._health.checks["redis"] = self._ping
         return self._client
 

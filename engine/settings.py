@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, TypeVar
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import SplitResult, parse_qsl, urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from .errors import ConfigError
@@ -210,7 +210,7 @@ def parse_database_url(url: str) -> Database:
                 f"DATABASE_URL={url!r}: write sqlite:///relative/path or sqlite:////absolute/path"
             )
         return Database("sqlite", path=Path(url[len("sqlite:///") :]))
-    parts = urlsplit(url)
+    parts = _split("DATABASE_URL", url)
     if parts.scheme in ("postgresql", "postgres"):
         try:
             parts.port  # noqa: B018 - raises ValueError on a malformed port
@@ -229,7 +229,7 @@ def _redis(env: Mapping[str, str]) -> Secret | None:
     url = env.get("REDIS_URL")
     if url is None:
         return None
-    parts = urlsplit(url)
+    parts = _split("REDIS_URL", url)
     if parts.scheme not in ("redis", "rediss", "unix") or (
         parts.scheme != "unix" and not parts.hostname
     ):
@@ -238,7 +238,19 @@ def _redis(env: Mapping[str, str]) -> Secret | None:
         parts.port  # noqa: B018
     except ValueError as e:
         raise ConfigError(f"REDIS_URL: malformed port ({e})") from e
+    db = parts.path.strip("/")
+    if parts.scheme != "unix" and db and not db.isdigit():
+        raise ConfigError(f"REDIS_URL: the database is a number (redis://host:port/0), not {db!r}")
     return Secret(url)
+
+
+def _split(name: str, url: str) -> SplitResult:
+    """The parts of a URL; a malformed one is a ConfigError that does not repeat it (it may
+    hold a password)."""
+    try:
+        return urlsplit(url)
+    except ValueError as e:
+        raise ConfigError(f"{name}: malformed URL ({e})") from None
 
 
 def _check_http_url(name: str, url: str) -> None:

@@ -118,3 +118,35 @@ async def test_redis_down_is_degraded_not_out_of_service(
             await direct.aclose()
     finally:
         await proxy.close()
+
+
+async def test_an_engine_started_while_redis_is_down_serves_and_uses_redis_once_it_answers(
+    start_app: AppFactory, env: dict[str, str], redis_url: str
+) -> None:
+    """Redis is a cache: a restart during a Redis outage must not be an outage of its own."""
+    from tests.fakes.proxy import Proxy
+
+    parts = urlsplit(redis_url)
+    proxy = Proxy(parts.hostname or "127.0.0.1", parts.port or 6379)
+    await proxy.start()
+    try:
+        proxy.cut()
+        env["REDIS_URL"] = f"redis://127.0.0.1:{proxy.port}/0"
+        clock = FakeClock()
+        client = await start_app(env, clock=clock)
+        r = await client.get("/readyz")
+        assert r.status == 200
+        assert (await r.json())["redis"].startswith("degraded: Redis unreachable")
+        raw, headers = signed(body(change([text("15550000021", "wamid.d1", "hi")])))
+        assert (await client.post("/webhooks/whatsapp", data=raw, headers=headers)).status == 200
+        proxy.restore()
+        await clock.advance(5)
+        raw, headers = signed(body(change([text("15550000022", "wamid.d2", "hi")])))
+        assert (await client.post("/webhooks/whatsapp", data=raw, headers=headers)).status == 200
+        direct = redis.from_url(redis_url)
+        try:
+            assert [k async for k in direct.scan_iter("wa-engine:*:m:wamid.d2")]
+        finally:
+            await direct.aclose()
+    finally:
+        await proxy.close()

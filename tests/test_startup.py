@@ -62,9 +62,20 @@ CASES = [
         "DATABASE_URL: cannot reach postgres at 127.0.0.1",
     ),
     (
-        "unreachable Redis",
-        {"REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"},
-        "REDIS_URL: cannot reach Redis",
+        "malformed Postgres URL",
+        {"DATABASE_URL": "postgresql://postgres:pw@[::1:5432/test"},
+        "DATABASE_URL: malformed URL",
+    ),
+    ("malformed Redis URL", {"REDIS_URL": "redis://[::1:6379/7"}, "REDIS_URL: malformed URL"),
+    (
+        "Redis URL option",
+        {"REDIS_URL": "redis://127.0.0.1:6379/7?socket_timeout=abc"},
+        "REDIS_URL: Invalid value for 'socket_timeout'",
+    ),
+    (
+        "Redis database name",
+        {"REDIS_URL": "redis://127.0.0.1:6379/abc"},
+        "the database is a number",
     ),
     ("invalid flow", {"FLOWS_DIR": "<broken>"}, "support.yaml:5: go to unknown state 'nowhere'"),
     (
