@@ -193,10 +193,21 @@ class Committer:
         if not isinstance(e, StoreRejected | StoreUnavailable):
             error = StoreUnavailable(said)
             error.__cause__ = e
-        now = self._clock.now()
         if isinstance(error, StoreRejected):
             log.error("the store refuses a write: %s", error)
-        elif self.failure is not None:
+        else:
+            self.report(e)
+        future = item[1]
+        if not future.done():
+            future.set_exception(error)
+        return error
+
+    def report(self, e: Exception) -> None:
+        """The store could not write (a write of ours, or readiness's probe with no traffic):
+        said once per outage, and counted."""
+        said = str(e) if isinstance(e, EngineError) else f"{type(e).__name__}: {e}"
+        now = self._clock.now()
+        if self.failure is not None:
             self.failure.error, self.failure.last = said, now
             self.failure.unavailable = isinstance(e, StoreUnavailable)
         else:
@@ -207,10 +218,6 @@ class Committer:
                 "it can",
                 said,
             )
-        future = item[1]
-        if not future.done():
-            future.set_exception(error)
-        return error
 
     def recovered(self) -> None:
         """The store took a write again (a commit, or readiness's own write)."""

@@ -237,9 +237,11 @@ class Engine:
             raise StoreUnavailable(failure.error)
         try:
             await self.store.ping()
-        except StoreUnavailable:
-            raise
         except Exception as e:
+            # With no traffic, this probe is the only one to see an outage: say it and count it.
+            self.committer.report(e)
+            if isinstance(e, StoreUnavailable):
+                raise
             raise StoreUnavailable(f"{type(e).__name__}: {e}") from e
         self.committer.recovered()
 

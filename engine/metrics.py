@@ -34,6 +34,10 @@ class Counter:
     values: dict[Labels, float] = field(default_factory=dict)
     limit: int = 0
 
+    def __post_init__(self) -> None:
+        if not self.labelnames:  # exported as 0 from the start, so a first increase shows
+            self.values.setdefault((), 0.0)
+
     def inc(self, *labels: str, by: float = 1.0) -> None:
         if self.limit and labels not in self.values:
             labels = self._admit(labels)

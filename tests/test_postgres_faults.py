@@ -298,3 +298,33 @@ async def test_a_commit_whose_answer_was_lost_is_still_handled_once_and_in_order
         "wamid.l2",
         "wamid.l3",
     ]
+
+
+async def test_an_outage_with_no_traffic_is_logged_and_counted_by_readiness(
+    start_app: AppFactory,
+    env: dict[str, str],
+    proxied: tuple[Proxy, str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """No webhook, no write: readiness's probe is what meets the outage. It is said once
+    (ERROR) and counted, and its end is said (WARNING), as for an outage that writes meet."""
+    proxy, url = proxied
+    env["DATABASE_URL"] = url
+    clock = FakeClock(now=time.time())
+    client = await start_app(env, clock=clock)
+    metrics = await (await client.get("/metrics")).text()
+    assert "engine_store_write_failures_total 0.0" in metrics  # exported before any outage
+    proxy.cut()
+    for _ in range(3):
+        assert (await client.get("/readyz")).status == 503
+    proxy.restore()
+
+    async def ready() -> bool:
+        await clock.advance(1)  # the store's probe
+        return (await client.get("/readyz")).status == 200
+
+    await eventually(ready)
+    metrics = await (await client.get("/metrics")).text()
+    assert "engine_store_write_failures_total 1.0" in metrics
+    assert caplog.text.count("the store cannot write") == 1
+    assert "the store writes again" in caplog.text
