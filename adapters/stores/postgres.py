@@ -211,7 +211,9 @@ class PostgresStore:
         except BaseException as e:
             await self.close()
             if isinstance(e, OSError | asyncpg.PostgresError | TimeoutError):
-                raise ConfigError(f"DATABASE_URL: cannot reach {self.describe()}: {e}") from e
+                raise ConfigError(
+                    f"DATABASE_URL: cannot reach {self.describe()}: {_said(e)}"
+                ) from e
             raise
 
     def describe(self) -> str:
@@ -286,9 +288,9 @@ class PostgresStore:
         try:
             conn = await asyncpg.connect(self.dsn, timeout=TIMEOUT, server_settings=settings)
         except UNAVAILABLE as e:
-            raise StoreUnavailable(f"Postgres: {type(e).__name__}: {e}") from e
+            raise StoreUnavailable(f"Postgres: {_said(e)}") from e
         except asyncpg.PostgresError as e:
-            raise StoreUnavailable(f"Postgres: {type(e).__name__}: {e}") from e
+            raise StoreUnavailable(f"Postgres: {_said(e)}") from e
         try:
             await self._take_back(conn)
         except ConfigError as e:
@@ -348,7 +350,7 @@ class PostgresStore:
                     conn.terminate()
                     raise
         except UNAVAILABLE as e:
-            raise StoreUnavailable(f"Postgres: {type(e).__name__}: {e}") from e
+            raise StoreUnavailable(f"Postgres: {_said(e)}") from e
 
     # --- writes --------------------------------------------------------------------------------
 
@@ -743,3 +745,10 @@ def quiet_pool_errors() -> None:
     pool_log = logging.getLogger("asyncpg.pool")
     if not any(isinstance(f, QuietPoolErrors) for f in pool_log.filters):
         pool_log.addFilter(QuietPoolErrors())
+
+
+def _said(e: BaseException) -> str:
+    """An error as a log line: a timeout's own message is empty."""
+    if isinstance(e, TimeoutError) and not str(e):
+        return f"TimeoutError: no answer within {TIMEOUT:g} s"
+    return f"{type(e).__name__}: {e}"
