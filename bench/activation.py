@@ -91,7 +91,7 @@ async def main() -> None:
             results[name.strip() + (" (again)" if name.endswith(" ") else "")] = summary(
                 times, time.perf_counter() - started
             )
-        results["redis_hits"] = cached.hits
+        results["redis_hits"] = cached.metrics.redis_reads.get("hit")
         print(json.dumps(results, indent=2))
     finally:
         await pg.close()

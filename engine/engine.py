@@ -43,6 +43,7 @@ from .flows import Flows
 from .flows.values import to_plain
 from .metrics import Metrics
 from .ports import (
+    JSON,
     Accept,
     Accepted,
     Alias,
@@ -180,12 +181,7 @@ class Engine:
         after = 0
         while entries := await self.store.unhandled(after, RESUME_PAGE):
             for seq, contact, data in entries:
-                try:
-                    message = decode(data)
-                except (KeyError, TypeError, ValueError) as e:
-                    log.error("journal entry %d cannot be read (%s); skipped", seq, e)
-                    continue
-                self.route(contact, Deliver(seq, message))
+                self._replay(seq, contact, data)
             events += len(entries)
             after = entries[-1][0]
         if replies or events:
@@ -491,6 +487,16 @@ class Engine:
         if any(counts.values()):
             log.info("pruned %s", counts)
 
+    def _replay(self, seq: int, contact: str, data: JSON) -> bool:
+        """Hand a journal entry to its contact's actor; False if it cannot be read."""
+        try:
+            message = decode(data)
+        except (KeyError, TypeError, ValueError) as e:
+            log.error("journal entry %d cannot be read (%s); skipped", seq, e)
+            return False
+        self.route(contact, Deliver(seq, message))
+        return True
+
     async def _watch_store(self) -> None:
         """While the store cannot write, prove every STORE_PROBE_EVERY seconds whether it can
         (its ping, a write of its own): the first that passes opens intake again at once,
@@ -517,13 +523,7 @@ class Engine:
         while entries := await self.store.unhandled(after, RESUME_PAGE):
             for seq, contact, data in entries:
                 if isinstance(data, dict) and data.get("id") in doubts:
-                    try:
-                        message = decode(data)
-                    except (KeyError, TypeError, ValueError) as e:
-                        log.error("journal entry %d cannot be read (%s); skipped", seq, e)
-                        continue
-                    self.route(contact, Deliver(seq, message))
-                    found += 1
+                    found += self._replay(seq, contact, data)
             after = entries[-1][0]
         self._doubts -= doubts
         log.log(

@@ -65,7 +65,7 @@ async def test_a_committed_snapshot_is_read_from_redis_not_the_store(client: Any
     s = await cached(store, client, prefix)
     await s.write([Commit(row("n:1", "menu"))])
     assert (await s.conversation("n:1")) == row("n:1", "menu")
-    assert store.reads == 0 and s.hits == 1
+    assert store.reads == 0 and s.metrics.redis_reads.get("hit") == 1
     await s.write([Commit(row("n:1", "ask"))])
     assert (await s.conversation("n:1")).state == "ask"  # type: ignore[union-attr]
     assert store.reads == 0

@@ -81,7 +81,6 @@ class RedisCachedStore:
         self._confirmed = 0  # the last of them Redis confirmed
         self._failed_at = -RETRY_AFTER * 2
         self._retry_at = 0.0  # Redis is not tried again before this time
-        self.hits = self.misses = self.acknowledged = 0
         self.commits = 0
         self._floor = 0.0  # ids of events before this time: the store has forgotten them
 
@@ -149,7 +148,6 @@ class RedisCachedStore:
                 and all(e.event_id in known for e in op.journal)
             ):
                 results[i] = Accepted(duplicate_messages=len(op.journal))
-                self.acknowledged += 1
                 self.metrics.redis_acknowledged.inc()
             else:
                 rest.append((i, op))
@@ -244,7 +242,6 @@ class RedisCachedStore:
                 try:
                     entry = json.loads(raw)
                     if entry.get("epoch") == self.epoch:
-                        self.hits += 1
                         self.metrics.redis_reads.inc("hit")
                         k, number, flow, state, handoff, updated_at, snapshot = entry["row"]
                         return ConversationRow(
@@ -252,7 +249,6 @@ class RedisCachedStore:
                         )
                 except (ValueError, KeyError, TypeError):
                     pass  # not ours, or torn: the store knows
-        self.misses += 1
         self.metrics.redis_reads.inc("miss")
         return await self.inner.conversation(key)
 
