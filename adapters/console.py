@@ -11,13 +11,18 @@ import sys
 from typing import TextIO
 
 from engine.logs import escape, mask
-from engine.outbound import ButtonsMessage, ListMessage, OutMessage
+from engine.outbound import ButtonsMessage, ListMessage, OutMessage, TemplateMessage
 from engine.ports import Outgoing
 
 
 def render(message: OutMessage) -> list[str]:
     """A message as lines of plain text, options in brackets."""
     lines = []
+    if isinstance(message, TemplateMessage):
+        lines.append(f"[template {message.name} {message.language}] {message.body}")
+        if message.header is not None and message.header[0] != "text":
+            lines.append(f"({message.header[0]}: {message.header[1]})")
+        return lines
     if isinstance(message, ButtonsMessage | ListMessage) and message.header:
         lines.append(f"*{message.header}*")
     lines.extend(message.body.splitlines() or [""])

@@ -371,18 +371,37 @@ async def api_reply(request: web.Request) -> web.Response:
         return gone
     except (ValueError, UnicodeDecodeError, RecursionError):
         return _error(400, 'send JSON like {"text": "..."}')
-    text = data.get("text") if isinstance(data, dict) else None
-    if not isinstance(text, str) or not text.strip():
-        return _error(400, "text must be a non-empty string")
-    if len(text) > MAX_AGENT_TEXT:
-        return _error(413, f"text longer than {MAX_AGENT_TEXT} characters")
+    if not isinstance(data, dict):
+        return _error(400, 'send JSON like {"text": "..."}')
+    text = data.get("text")
+    template = None
     try:
-        result = await request.app[ENGINE].agent_reply(key, scrub(text))
+        if "template" in data:
+            template = request.app[ENGINE].template(data["template"])
+    except ValueError as e:
+        return _error(400, str(e))
+    wrong = _check_reply(text, template)
+    if wrong is not None:
+        return wrong
+    try:
+        result = await request.app[ENGINE].agent_reply(
+            key, scrub(text) if text is not None else None, template
+        )
     except ActorStopped:
         return _error(503, "the engine is stopping; try again")
     except StoreRejected as e:
         return _error(422, f"the message could not be stored: {e}")
     return web.json_response(result)
+
+
+def _check_reply(text: Any, template: Any) -> web.Response | None:
+    if text is None and template is None:
+        return _error(400, "text must be a non-empty string (or give a template)")
+    if text is not None and (not isinstance(text, str) or not text.strip()):
+        return _error(400, "text must be a non-empty string")
+    if text is not None and len(text) > MAX_AGENT_TEXT:
+        return _error(413, f"text longer than {MAX_AGENT_TEXT} characters")
+    return None
 
 
 async def api_release(request: web.Request) -> web.Response:

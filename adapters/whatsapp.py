@@ -17,10 +17,18 @@ from urllib.parse import quote
 import aiohttp
 
 from engine.backoff import retry_after as retry_after_seconds
-from engine.errors import ChannelDown, ConfigError, PermanentDelivery, RetryableDelivery
+from engine.errors import (
+    BadMessage,
+    ChannelDown,
+    ConfigError,
+    OptedOut,
+    OutsideWindow,
+    PermanentDelivery,
+    RetryableDelivery,
+)
 from engine.events import scrub
 from engine.logs import redact
-from engine.outbound import ButtonsMessage, ListMessage, TextMessage
+from engine.outbound import ButtonsMessage, ListMessage, TemplateMessage, TextMessage
 from engine.ports import Outgoing
 from engine.settings import Secret
 
@@ -28,7 +36,7 @@ log = logging.getLogger(__name__)
 
 # What has to wait, by Meta error code (whatsapp.md §2.8). Meta asks clients to branch on the
 # code, not on the HTTP status; the status decides only for a code not listed here (or none).
-OUTAGE = frozenset({1, 2, 131000, 131016, 131057})  # the provider is down or in maintenance
+OUTAGE = frozenset({1, 2, 131016, 131057})  # the provider is down or in maintenance
 THROTTLED = frozenset({4, 17, 32, 613, 80004, 80007, 80008, 130429})  # over a rate limit
 # The token or the account: expired or revoked token, missing permission, a deleted number,
 # restricted, locked or unpaid account, spam limit. Every message of the number would fail the
@@ -60,6 +68,12 @@ MESSAGE = frozenset(
     }
 )
 PAIR_RATE = 131056  # too many messages to one recipient: only that contact waits
+UNKNOWN = 131000  # "something went wrong": tried again, UNKNOWN_ATTEMPTS times in all
+UNKNOWN_ATTEMPTS = 3
+WINDOW_CLOSED = 131047  # more than 24 hours since the customer's last message
+STOPPED_MARKETING = 131050  # the customer stopped marketing messages
+MARKETING_CAP = 131049  # per-user marketing limit: not before 24 hours
+MALFORMED = frozenset({100, 131008, 131009})  # the message as built is wrong
 _TOKEN = re.compile(r"[!-~]+")  # a token is one run of printable ASCII: it goes in a header
 _MESSAGE_ID = re.compile(r"[!-~]{1,512}")  # Meta's wamid.*: printable ASCII
 
@@ -78,6 +92,16 @@ def graph_body(out: Outgoing) -> dict[str, Any]:
         body["type"] = "text"
         body["text"] = {"body": m.body, "preview_url": "http" in m.body}
         return body
+    if isinstance(m, TemplateMessage):
+        body["type"] = "template"
+        body["template"] = template_body(m)
+        return body
+    body["type"] = "interactive"
+    body["interactive"] = _interactive(m)
+    return body
+
+
+def _interactive(m: ButtonsMessage | ListMessage) -> dict[str, Any]:
     interactive: dict[str, Any] = {"body": {"text": m.body}}
     if m.header:
         interactive["header"] = {"type": "text", "text": m.header}
@@ -105,9 +129,51 @@ def graph_body(out: Outgoing) -> dict[str, Any]:
                 section["title"] = s.title
             sections.append(section)
         interactive["action"] = {"button": m.button, "sections": sections}
-    body["type"] = "interactive"
-    body["interactive"] = interactive
-    return body
+    return interactive
+
+
+def template_body(m: TemplateMessage) -> dict[str, Any]:
+    """The `template` object: name, language and the values, by component (whatsapp.md §2.5)."""
+    components: list[dict[str, Any]] = []
+    if m.header is not None:
+        kind, value = m.header
+        if kind == "text":
+            parameter: dict[str, Any] = {"type": "text", "text": value}
+        else:
+            media: dict[str, Any] = {"link": value} if "://" in value else {"id": value}
+            if kind == "document" and "link" in media:
+                media["filename"] = value.rsplit("/", 1)[-1].split("?", 1)[0] or "document"
+            parameter = {"type": kind, kind: media}
+        components.append({"type": "header", "parameters": [parameter]})
+    if m.params:
+        components.append(
+            {"type": "body", "parameters": [{"type": "text", "text": v} for v in m.params]}
+        )
+    elif m.named:
+        components.append(
+            {
+                "type": "body",
+                "parameters": [
+                    {"type": "text", "parameter_name": k, "text": v} for k, v in m.named
+                ],
+            }
+        )
+    for kind, index, value in m.buttons:
+        parameter = (
+            {"type": "payload", "payload": value}
+            if kind == "quick_reply"
+            else {
+                "type": "text",
+                "text": value,
+            }
+        )
+        components.append(
+            {"type": "button", "sub_type": kind, "index": str(index), "parameters": [parameter]}
+        )
+    template: dict[str, Any] = {"name": m.name, "language": {"code": m.language}}
+    if components:
+        template["components"] = components
+    return template
 
 
 def outcome(status: int, data: Any, retry_after: str | None = None) -> str:
@@ -149,9 +215,26 @@ def outcome(status: int, data: Any, retry_after: str | None = None) -> str:
     why = _cause(status, code)
     if why is not None:
         raise ChannelDown(title, cause=why, code=code, status=status, retry_after=wait)
+    raise _about_message(title, code, status, wait)
+
+
+def _about_message(
+    title: str, code: int | None, status: int, wait: float | None
+) -> RetryableDelivery | PermanentDelivery:
+    """The error for an answer about this one message (not its number)."""
     if code == PAIR_RATE:
-        raise RetryableDelivery(title, code=code, status=status, retry_after=wait)
-    raise PermanentDelivery(title, code=code, status=status)
+        return RetryableDelivery(title, code=code, status=status, retry_after=wait)
+    if code == UNKNOWN:
+        return RetryableDelivery(title, code=code, status=status, attempts=UNKNOWN_ATTEMPTS)
+    if code == WINDOW_CLOSED:
+        return OutsideWindow(title, code=code, status=status)
+    if code == STOPPED_MARKETING:
+        return OptedOut(title, code=code, status=status)
+    if code == MARKETING_CAP:
+        return OptedOut(title, code=code, status=status, seconds=24 * 3600.0)
+    if code in MALFORMED:
+        return BadMessage(title, code=code, status=status)
+    return PermanentDelivery(title, code=code, status=status)
 
 
 def _cause(status: int, code: int | None) -> str | None:
@@ -162,7 +245,7 @@ def _cause(status: int, code: int | None) -> str | None:
         return "throttled"
     if code in AUTH:
         return "auth"
-    if code in MESSAGE or code == PAIR_RATE:
+    if code in MESSAGE or code in (PAIR_RATE, UNKNOWN):
         return None
     # A code this table does not know, or none: the HTTP status decides, so that an outage
     # with a new code does not fail every reply.

@@ -30,14 +30,22 @@ from .flows import KEEP, ActionRequest, Effects, Flow, Flows, values
 from .flows.stack import settle
 from .logs import mask
 from .metrics import Metrics
-from .outbound import OutMessage, TextMessage, fit, kind_of, preview, to_json
+from .outbound import (
+    OUTSIDE_WINDOW,
+    WINDOW,
+    OutMessage,
+    TemplateMessage,
+    TextMessage,
+    fit,
+    kind_of,
+    preview,
+    to_json,
+)
 from .ports import Clock, Commit, ConversationRow, MessageRow, Store, TimerWrite
 from .records import Conversation
 
 log = logging.getLogger(__name__)
 
-WINDOW = 24 * 3600.0  # WhatsApp's customer-service window, from the customer's last message
-OUTSIDE_WINDOW = "outside the 24-hour window"
 APOLOGY = "Sorry, something went wrong on our side. Let's start again."
 HANDOFF_APOLOGY = "Sorry, something went wrong on our side. A member of our team will reply here."
 CALL_GRACE = 5.0  # seconds past an action's within: before its timer treats the call as lost
@@ -58,8 +66,9 @@ class AgentReply:
     """A person's reply from the agent API; it puts the conversation in their hands."""
 
     request_id: str
-    text: str
+    text: str | None
     reply: asyncio.Future[Any] | None = field(default=None)
+    template: TemplateMessage | None = None  # sent alone, or as the text's fallback
 
 
 @dataclass(slots=True)
@@ -67,6 +76,15 @@ class Release:
     """Hand the conversation back to the bot."""
 
     reply: asyncio.Future[Any] | None = field(default=None)
+
+
+@dataclass(slots=True)
+class OptOut:
+    """The provider says the customer stopped marketing messages: for good (`seconds` None),
+    or for a while (a per-user marketing limit)."""
+
+    seconds: float | None
+    reply: asyncio.Future[Any] | None = None
 
 
 @dataclass(slots=True)
@@ -111,6 +129,8 @@ class ConversationBehaviour:
         try:
             if isinstance(message, Done):
                 await self._done(actor, message)
+            elif isinstance(message, OptOut):
+                await self._opt_out(actor, message)
             elif not await self._lost_call(actor, message):
                 await self._handle(actor, message)
         except Exception as e:
@@ -488,10 +508,42 @@ class ConversationBehaviour:
         if convo.timer_due is not None:  # the bot's own reminders stop while a person answers
             convo.timer_due = None
             timers.append(TimerWrite(convo.key, "flow", None))
-        fitted = fit(TextMessage(item.text))
-        rows = self._outbound(convo, f"a:{item.request_id}", fitted.messages, now)
+        if item.text is None:
+            assert item.template is not None
+            messages: list[OutMessage] = [item.template]
+        else:
+            messages = fit(TextMessage(item.text, item.template)).messages
+        rows = self._outbound(convo, f"a:{item.request_id}", messages, now)
         await self._commit(convo, rows, now, timers)
-        _answer(item.reply, {"ids": [r.id for r in rows], "handoff": True})
+        _answer(
+            item.reply,
+            {
+                "ids": [r.id for r in rows],
+                "handoff": True,
+                "messages": [
+                    {"id": r.id, "type": r.type, "status": r.status, "error": r.error_title}
+                    for r in rows
+                ],
+            },
+        )
+
+    async def _opt_out(self, actor: Actor, item: OptOut) -> None:
+        convo = await self._activate(actor, None)
+        now = self._clock.now()
+        if item.seconds is None:
+            convo.opted_out = True
+        else:
+            convo.marketing_paused_until = max(
+                convo.marketing_paused_until or 0.0, now + item.seconds
+            )
+        self._metrics.opt_outs.inc("stopped" if item.seconds is None else "paused")
+        log.info(
+            "%s does not take marketing messages%s; marketing templates to them are not sent",
+            mask(convo.key),
+            "" if item.seconds is None else f" for {item.seconds / 3600:.0f}h",
+        )
+        await self._commit(convo, [], now)
+        _answer(item.reply, None)
 
     async def _release(self, actor: Actor, item: Release) -> None:
         convo = await self._activate(actor, None)
@@ -558,37 +610,66 @@ class ConversationBehaviour:
         """Outbox rows with ids derived from their cause, so a replay cannot send them twice.
 
         Outside WhatsApp's 24-hour window (a reminder after a long silence, the bot's message
-        when a hand-off runs out) a free-form message would be refused (131047): it is recorded
-        as not sent, with the reason, instead of being sent to fail."""
+        when a hand-off runs out) a free-form message would be refused (131047): its template
+        fallback goes instead (once for the pieces of one long text), and one without a fallback
+        is recorded as not sent, with the reason, instead of being sent to fail."""
         closed = convo.last_in_at is None or now - convo.last_in_at >= WINDOW
-        if closed and messages:
-            self._metrics.not_sent.inc("window", by=len(messages))
+        until = convo.last_in_at + WINDOW if convo.last_in_at is not None else 0.0
+        rows = []
+        last: TemplateMessage | None = None
+        unsent = 0
+        for i, said in enumerate(messages):
+            m, failed = said, None
+            if closed and not isinstance(said, TemplateMessage):
+                if said.fallback is None:
+                    failed = OUTSIDE_WINDOW
+                    unsent += 1
+                elif said.fallback is last:
+                    continue  # a later piece of the same text: its template has gone already
+                else:
+                    m = last = said.fallback
+            if isinstance(m, TemplateMessage):
+                failed = _opted_out(convo, m, now)
+                if failed:
+                    self._metrics.not_sent.inc("opt_out")
+                    log.info("template %s to %s not sent: %s", m.name, mask(convo.key), failed)
+                else:
+                    self._metrics.templates.inc("window" if closed else "flow")
+            rows.append(
+                MessageRow(
+                    id=f"{cause}:{i}",
+                    contact=convo.key,
+                    direction="out",
+                    number=convo.number,
+                    type=kind_of(m),
+                    text=preview(m),
+                    status="failed" if failed else "pending",
+                    error_title=failed,
+                    at=now,
+                    payload=json.dumps(
+                        {
+                            "message": to_json(m),
+                            "phone": convo.phone,
+                            "user_id": convo.user_id,
+                            "until": until,  # the window closes then: delivery checks again
+                            "flow": convo.flow,
+                            "state": convo.state,
+                        },
+                        separators=(",", ":"),
+                    ),
+                )
+            )
+        if unsent:
+            self._metrics.not_sent.inc("window", by=unsent)
             log.info(
-                "%d message(s) for %s not sent: %s (flow %s, step %r)",
-                len(messages),
+                "%d message(s) for %s not sent: %s and no template: fallback (flow %s, step %r)",
+                unsent,
                 mask(convo.key),
                 OUTSIDE_WINDOW,
                 convo.flow,
                 convo.state,
             )
-        return [
-            MessageRow(
-                id=f"{cause}:{i}",
-                contact=convo.key,
-                direction="out",
-                number=convo.number,
-                type=kind_of(m),
-                text=preview(m),
-                status="failed" if closed else "pending",
-                error_title=OUTSIDE_WINDOW if closed else None,
-                at=now,
-                payload=json.dumps(
-                    {"message": to_json(m), "phone": convo.phone, "user_id": convo.user_id},
-                    separators=(",", ":"),
-                ),
-            )
-            for i, m in enumerate(messages)
-        ]
+        return rows
 
     async def _commit(
         self,
@@ -619,6 +700,21 @@ class ConversationBehaviour:
         outbound = [m for m in messages if m.direction == "out" and m.status == "pending"]
         if outbound:
             self._delivery.enqueue(outbound)
+
+
+OPTED_OUT = "the customer stopped marketing messages"
+
+
+def _opted_out(convo: Conversation, m: TemplateMessage, now: float) -> str | None:
+    """Why a marketing template must not go to this customer now, or None. Templates declared
+    utility or authentication still go: order updates and codes are not marketing."""
+    if m.category in ("utility", "authentication"):
+        return None
+    if convo.opted_out:
+        return OPTED_OUT
+    if convo.marketing_paused_until is not None and now < convo.marketing_paused_until:
+        return f"{OPTED_OUT} for now (marketing limit, 131049)"
+    return None
 
 
 def _inbound(convo: Conversation, message: Message, status: str) -> MessageRow:

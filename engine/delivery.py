@@ -37,15 +37,23 @@ import logging
 import random
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 
 from .backoff import CONTACT, PROBE
 from .committer import Committer, retrying
-from .errors import ChannelDown, PermanentDelivery, RetryableDelivery, StoreRejected
+from .errors import (
+    BadMessage,
+    ChannelDown,
+    OptedOut,
+    OutsideWindow,
+    PermanentDelivery,
+    RetryableDelivery,
+    StoreRejected,
+)
 from .logs import mask
 from .metrics import Metrics
-from .outbound import from_json
+from .outbound import OUTSIDE_WINDOW, OutMessage, TemplateMessage, from_json, kind_of, preview
 from .ports import Clock, Delivered, MessageRow, Outgoing, Sender, Timer
 
 log = logging.getLogger(__name__)
@@ -121,7 +129,9 @@ class Delivery:
         concurrency: int = 32,
         max_age: float = 24 * 3600.0,
         rand: Callable[[], float] = random.random,
+        on_opt_out: Callable[[str, float | None], None] = lambda contact, seconds: None,
     ) -> None:
+        self._on_opt_out = on_opt_out  # the customer stopped marketing messages (for seconds)
         self._sender = sender
         self._committer = committer
         self._metrics = metrics
@@ -301,8 +311,7 @@ class Delivery:
             )
             return DONE
         try:
-            out = _outgoing(item)
-            provider_id = await self._send(out)
+            provider_id, instead = await self._deliver(_outgoing(item))
         except ChannelDown as e:
             if self._isolated(line, ident, e):
                 # It failed before, and its number has delivered other messages since: this
@@ -322,19 +331,79 @@ class Delivery:
             if probe:  # an answer about this recipient: the number works again
                 self._probed(line, e)
             failures = self._count_retry(ident, e, line)
+            if e.attempts is not None and failures >= e.attempts:
+                await self._settle(ident, contact, failed=e.code or e.status, title=str(e))
+                return DONE
             delay = CONTACT.delay(failures, retry_after=e.retry_after)
             log.info("send %s to %s: %s; retry in %.0fs", ident, mask(contact), e, delay)
             return delay
         except PermanentDelivery as e:
             if probe:
                 self._probed(line, e)
-            await self._settle(ident, contact, failed=e.code or e.status, title=str(e))
+            await self._refused(ident, contact, item, e)
+            return DONE
+        if provider_id is None:
+            self._metrics.not_sent.inc("window")
+            await self._settle(ident, contact, failed=None, title=OUTSIDE_WINDOW)
             return DONE
         line.accepted += 1
         if probe:
             self._resume(line)
-        await self._settle(ident, contact, provider_id=provider_id)
+        await self._settle(ident, contact, provider_id=provider_id, instead=instead)
         return DONE
+
+    async def _deliver(self, out: Outgoing) -> tuple[str | None, TemplateMessage | None]:
+        """Send `out`, or its template fallback when the window has closed: (the provider's
+        id, the template that went instead). No id: the window had closed and there is no
+        fallback, so nothing was sent (the provider would refuse it)."""
+        if _closed(out, self._clock.now()):  # it waited past the window (its number paused)
+            late = self._instead(out, None)
+            if late is None:
+                return None, None
+            return await self._send(replace(out, message=late)), late
+        try:
+            return await self._send(out), None
+        except OutsideWindow as e:
+            late = self._instead(out, e)
+            if late is None:
+                raise
+            return await self._send(replace(out, message=late)), late
+
+    def _instead(self, out: Outgoing, e: OutsideWindow | None) -> TemplateMessage | None:
+        """The template that goes in place of a free-form message outside the window."""
+        message = out.message
+        if isinstance(message, TemplateMessage) or message.fallback is None:
+            return None
+        log.info(
+            "send %s to %s: %s%s; its template %s goes instead",
+            out.id,
+            mask(out.contact),
+            OUTSIDE_WINDOW,
+            f" ({e.code})" if e is not None and e.code else "",
+            message.fallback.name,
+        )
+        self._metrics.templates.inc("window")
+        return message.fallback
+
+    async def _refused(self, ident: str, contact: str, item: Pending, e: PermanentDelivery) -> None:
+        """Record a message the provider will never accept, with what follows from why."""
+        title = str(e)
+        if isinstance(e, OutsideWindow):
+            self._metrics.not_sent.inc("window")
+            title = f"{OUTSIDE_WINDOW} {title}"
+        elif isinstance(e, OptedOut):
+            self._on_opt_out(contact, e.seconds)
+        elif isinstance(e, BadMessage):
+            out = _outgoing(item)
+            log.error(
+                "the provider refused message %s as malformed: %s; it came from flow %s, "
+                "step %r (fix the flow: every message built there fails the same way)",
+                ident,
+                e,
+                out.flow,
+                out.state,
+            )
+        await self._settle(ident, contact, failed=e.code or e.status, title=title)
 
     async def _send(self, out: Outgoing) -> str:
         try:
@@ -475,10 +544,18 @@ class Delivery:
         provider_id: str | None = None,
         failed: int | None = None,
         title: str | None = None,
+        instead: OutMessage | None = None,
     ) -> None:
         self._failures.pop(ident, None)
         if provider_id is not None:
-            op = Delivered(ident, "accepted", self._clock.now(), provider_id=provider_id)
+            op = Delivered(
+                ident,
+                "accepted",
+                self._clock.now(),
+                provider_id=provider_id,
+                type=kind_of(instead) if instead else None,
+                text=preview(instead) if instead else None,
+            )
             self._metrics.outbound.inc("accepted", "")
         else:
             op = Delivered(ident, "failed", self._clock.now(), error_code=failed, error_title=title)
@@ -505,9 +582,17 @@ def _outgoing(item: Pending) -> Outgoing:
             phone=data.get("phone"),
             user_id=data.get("user_id"),
             message=from_json(data["message"]),
+            until=float(data.get("until") or 0.0),
+            flow=data.get("flow"),
+            state=data.get("state"),
         )
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise PermanentDelivery(f"unreadable outbox payload: {e!r}", local=True) from e
+
+
+def _closed(out: Outgoing, now: float) -> bool:
+    """A free-form message whose window is known to have closed by now."""
+    return not isinstance(out.message, TemplateMessage) and 0.0 < out.until <= now
 
 
 def _span(seconds: float) -> str:

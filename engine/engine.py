@@ -25,7 +25,7 @@ from .actors import ActorSystem, Envelope
 from .calls import Calls, Done
 from .clock import SystemClock
 from .committer import Committer
-from .conversation import AgentReply, ConversationBehaviour, Deliver, Fire, Release
+from .conversation import AgentReply, ConversationBehaviour, Deliver, Fire, OptOut, Release
 from .delivery import Delivery
 from .directory import Directory
 from .errors import StoreRejected, StoreUnavailable
@@ -42,6 +42,7 @@ from .events import (
 from .flows import Flows
 from .flows.values import to_plain
 from .metrics import Metrics
+from .outbound import TemplateMessage
 from .ports import (
     JSON,
     Accept,
@@ -112,6 +113,7 @@ class Engine:
             clock=clock,
             concurrency=self.config.send_concurrency,
             max_age=self.config.send_max_age,
+            on_opt_out=lambda contact, seconds: self.route(contact, OptOut(seconds)),
         )
         self.timers = Scheduler(
             store,
@@ -396,9 +398,34 @@ class Engine:
             raise NotFound(contact)
         return keys[0]
 
-    async def agent_reply(self, key: str, text: str) -> Any:
+    async def agent_reply(
+        self, key: str, text: str | None, template: TemplateMessage | None = None
+    ) -> Any:
+        """A person's reply: text, an approved template, or text with a template to send
+        instead when the 24-hour window has closed."""
         reply = asyncio.get_running_loop().create_future()
-        return await self.actors.ask(key, AgentReply(uuid.uuid4().hex, text, reply))
+        return await self.actors.ask(key, AgentReply(uuid.uuid4().hex, text, reply, template))
+
+    def template(self, data: Any) -> TemplateMessage:
+        """An approved template filled from the agent API's JSON {name, params, header,
+        buttons}; raise ValueError saying what does not match templates.yaml."""
+        if not isinstance(data, dict) or not isinstance(data.get("name"), str):
+            raise ValueError('template must be {"name": ..., "params": [...] or {...}}')
+        known = self.flows.templates.get(data["name"])
+        if known is None:
+            names = ", ".join(sorted(self.flows.templates)) or "none"
+            raise ValueError(f"no template {data['name']!r} in templates.yaml (declared: {names})")
+        params = data.get("params", [])
+        header = data.get("header")
+        buttons = data.get("buttons", [])
+        texts = list(params.values()) if isinstance(params, dict) else params
+        if not isinstance(texts, list) or not all(isinstance(v, str) for v in texts):
+            raise ValueError("params must be a list of strings or an object of strings")
+        if header is not None and not isinstance(header, str):
+            raise ValueError("header must be a string (a link or media id for media)")
+        if not isinstance(buttons, list) or not all(isinstance(v, str) for v in buttons):
+            raise ValueError("buttons must be a list of strings")
+        return known.fill(params, header, buttons)
 
     async def release(self, key: str) -> Any:
         return await self.actors.ask(key, Release(asyncio.get_running_loop().create_future()))

@@ -10,6 +10,9 @@ EngineError
 │   │                      pause its whole queue, probe, resume; no message is charged
 │   ├── RetryableDelivery  this recipient must wait (pair rate): back off this contact only
 │   └── PermanentDelivery  an error about this message: record it as failed and move on
+│       ├── OutsideWindow  the 24-hour window has closed: send the template fallback instead
+│       ├── OptedOut       the customer stopped marketing messages: record it on the contact
+│       └── BadMessage     the message as built is wrong (a flow or engine bug): log it loudly
 └── ActorStopped           the contact's actor stopped before it could answer an ask
 """
 
@@ -94,9 +97,12 @@ class RetryableDelivery(DeliveryError):
         retry_after: float | None = None,
         maybe_sent: bool = False,
         local: bool = False,
+        attempts: int | None = None,
     ):
         super().__init__(message, code=code, status=status, local=local)
         self.retry_after = retry_after
+        # At most this many attempts in all (Meta's 131000, "unknown error"); None: no limit.
+        self.attempts = attempts
         # True when the provider may have received the message (a timeout or a connection
         # lost after sending): sending it again may show it twice.
         self.maybe_sent = maybe_sent
@@ -127,6 +133,32 @@ class ChannelDown(RetryableDelivery):
 
 class PermanentDelivery(DeliveryError):
     """The provider will never accept this message as it is (bad recipient, window, token)."""
+
+
+class OutsideWindow(PermanentDelivery):
+    """The customer's 24-hour window has closed (Meta 131047, Twilio 63016): only a template
+    may go now."""
+
+
+class OptedOut(PermanentDelivery):
+    """The customer does not take marketing messages (Meta 131050, Twilio 21610), or not for
+    a while (131049: `seconds`, after which the business may try again)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: int | None = None,
+        status: int | None = None,
+        seconds: float | None = None,
+    ):
+        super().__init__(message, code=code, status=status)
+        self.seconds = seconds  # None: until the customer opts in again
+
+
+class BadMessage(PermanentDelivery):
+    """The provider says the message itself is malformed (Meta 100, 131008, 131009): the flow
+    or the engine built it wrong, and every such message will fail the same way."""
 
 
 class ActorStopped(EngineError):

@@ -36,7 +36,7 @@ from .clock import SkippableClock
 from .engine import Engine, EngineConfig
 from .errors import FlowError, Problem
 from .events import ButtonReply, Content, Customer, ListReply, Location, Message, Text
-from .flows import Flows, load_flows
+from .flows import Flows, flow_files, load_flows
 from .flows.data import plain
 from .flows.source import SourceError, YList, YMap, decode, load
 from .flows.values import Value, to_json, to_plain
@@ -705,5 +705,5 @@ def flows_for(
 
 
 def _any_flow(folder: Path) -> str:
-    names = sorted(p.stem for p in folder.iterdir() if p.suffix in (".yaml", ".yml"))
+    names = [p.stem for p in flow_files(folder)]
     return names[0] if names else "support"

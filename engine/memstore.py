@@ -133,6 +133,8 @@ class MemoryStore:
             provider_id=op.provider_id or m.provider_id,
             error_code=op.error_code,
             error_title=op.error_title,
+            type=op.type or m.type,
+            text=op.text if op.text is not None else m.text,
         )
         if op.provider_id:
             touched.add(op.provider_id)

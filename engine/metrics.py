@@ -141,6 +141,18 @@ class Metrics:
             "Messages recorded as not sent without asking the provider, by reason",
             ("reason",),
         )
+        self.opt_outs = Counter(
+            "engine_opt_outs",
+            "Customers the provider says stopped marketing messages (stopped: for good; paused: "
+            "a per-user marketing limit for 24h)",
+            ("kind",),
+        )
+        self.templates = Counter(
+            "engine_template_messages",
+            "Template messages queued, by why (flow: a flow or agent sent one; window: the "
+            "fallback of a message outside the 24-hour window)",
+            ("reason",),
+        )
         self.timers = Counter(
             "engine_timers_fired",
             "Timers that fell due, by kind and outcome (fired, or void: the conversation moved on)",

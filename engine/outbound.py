@@ -28,6 +28,8 @@ LIMITS = {
     "footer": 60,
 }
 ELLIPSIS = "…"
+WINDOW = 24 * 3600.0  # WhatsApp's customer-service window, from the customer's last message
+OUTSIDE_WINDOW = "outside the 24-hour window"
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,8 +52,26 @@ class Section:
 
 
 @dataclass(frozen=True, slots=True)
+class TemplateMessage:
+    """An approved template with its values filled in: the only kind WhatsApp delivers outside
+    the 24-hour window. `body` is the approved text with the values in it, for transcripts and
+    the console; the provider gets the name, the language and the values."""
+
+    name: str
+    language: str
+    body: str
+    params: tuple[str, ...] = ()  # positional body values ({{1}}, {{2}} ...)
+    named: tuple[tuple[str, str], ...] = ()  # named body values ({{first_name}} ...)
+    header: tuple[str, str] | None = None  # (text | image | video | document, value)
+    buttons: tuple[tuple[str, int, str], ...] = ()  # (quick_reply | url, index, payload/suffix)
+    content_sid: str | None = None  # the same template on Twilio (its Content API sid)
+    category: str | None = None  # marketing | utility | authentication (None: marketing)
+
+
+@dataclass(frozen=True, slots=True)
 class TextMessage:
     body: str
+    fallback: TemplateMessage | None = None  # what goes instead outside the 24-hour window
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +80,7 @@ class ButtonsMessage:
     buttons: tuple[Button, ...]
     header: str | None = None
     footer: str | None = None
+    fallback: TemplateMessage | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,14 +90,18 @@ class ListMessage:
     sections: tuple[Section, ...]
     header: str | None = None
     footer: str | None = None
+    fallback: TemplateMessage | None = None
 
 
-OutMessage = TextMessage | ButtonsMessage | ListMessage
+FreeForm = TextMessage | ButtonsMessage | ListMessage
+OutMessage = TextMessage | ButtonsMessage | ListMessage | TemplateMessage
 
 
 def kind_of(message: OutMessage) -> str:
     if isinstance(message, TextMessage):
         return "text"
+    if isinstance(message, TemplateMessage):
+        return "template"
     return "buttons" if isinstance(message, ButtonsMessage) else "list"
 
 
@@ -86,6 +111,26 @@ def preview(message: OutMessage) -> str:
 
 
 def to_json(message: OutMessage) -> dict[str, Any]:
+    if isinstance(message, TemplateMessage):
+        return {
+            "type": "template",
+            "name": message.name,
+            "language": message.language,
+            "body": message.body,
+            "params": list(message.params),
+            "named": [list(p) for p in message.named],
+            "header": list(message.header) if message.header else None,
+            "buttons": [list(b) for b in message.buttons],
+            "content_sid": message.content_sid,
+            "category": message.category,
+        }
+    data = _free_json(message)
+    if message.fallback is not None:
+        data["fallback"] = to_json(message.fallback)
+    return data
+
+
+def _free_json(message: FreeForm) -> dict[str, Any]:
     if isinstance(message, TextMessage):
         return {"type": "text", "body": message.body}
     if isinstance(message, ButtonsMessage):
@@ -116,14 +161,32 @@ def to_json(message: OutMessage) -> dict[str, Any]:
 
 def from_json(data: dict[str, Any]) -> OutMessage:
     kind = data["type"]
+    if kind == "template":
+        header = data.get("header")
+        return TemplateMessage(
+            name=str(data["name"]),
+            language=str(data["language"]),
+            body=str(data.get("body") or ""),
+            params=tuple(str(p) for p in data.get("params") or ()),
+            named=tuple((str(k), str(v)) for k, v in data.get("named") or ()),
+            header=(str(header[0]), str(header[1])) if header else None,
+            buttons=tuple((str(k), int(i), str(v)) for k, i, v in data.get("buttons") or ()),
+            content_sid=data.get("content_sid"),
+            category=data.get("category"),
+        )
+    fallback = data.get("fallback")
+    template = from_json(fallback) if fallback else None
+    if template is not None and not isinstance(template, TemplateMessage):
+        raise ValueError("a fallback must be a template")
     if kind == "text":
-        return TextMessage(data["body"])
+        return TextMessage(data["body"], template)
     if kind == "buttons":
         return ButtonsMessage(
             body=data["body"],
             buttons=tuple(Button(b["id"], b["title"]) for b in data["buttons"]),
             header=data.get("header"),
             footer=data.get("footer"),
+            fallback=template,
         )
     if kind == "list":
         return ListMessage(
@@ -138,6 +201,7 @@ def from_json(data: dict[str, Any]) -> OutMessage:
             ),
             header=data.get("header"),
             footer=data.get("footer"),
+            fallback=template,
         )
     raise ValueError(f"unknown outbound message type {kind!r}")
 
@@ -170,21 +234,27 @@ def _pieces(body: str, limit: int, out: Fitted) -> list[str]:
 def fit(message: OutMessage) -> Fitted:
     """Split long text and shorten long titles so WhatsApp accepts `message`."""
     out = Fitted(messages=[])
+    if isinstance(message, TemplateMessage):
+        out.messages = [message]  # its text is the approved one: WhatsApp checked it
+        return out
+    # Every piece of a long text carries the fallback: outside the window the template goes
+    # once in place of them all (see engine.conversation).
+    fallback = message.fallback
     if isinstance(message, TextMessage):
         parts = _pieces(message.body, LIMITS["text"], out)
-        out.messages = [TextMessage(p) for p in parts]
+        out.messages = [TextMessage(p, fallback) for p in parts]
         out.split = len(parts) - 1
         return out
     limit = LIMITS["button_body"] if isinstance(message, ButtonsMessage) else LIMITS["list_body"]
     parts = _pieces(message.body, limit, out)
     out.split = len(parts) - 1
-    out.messages = [TextMessage(p) for p in parts[:-1]]
+    out.messages = [TextMessage(p, fallback) for p in parts[:-1]]
     head = _short(message.header, LIMITS["header"], out)
     foot = _short(message.footer, LIMITS["footer"], out)
     if isinstance(message, ButtonsMessage):
         titles = _unique([_short(b.title, LIMITS["button_title"], out) for b in message.buttons])
         buttons = tuple(replace(b, title=t) for b, t in zip(message.buttons, titles, strict=True))
-        out.messages.append(ButtonsMessage(parts[-1], buttons, head, foot))
+        out.messages.append(ButtonsMessage(parts[-1], buttons, head, foot, fallback))
     else:
         sections = []
         for s in message.sections:
@@ -197,7 +267,7 @@ def fit(message: OutMessage) -> Fitted:
             )
             sections.append(Section(_short(s.title, LIMITS["section_title"], out), rows))
         button = _short(message.button, LIMITS["list_button"], out) or "Options"
-        out.messages.append(ListMessage(parts[-1], button, tuple(sections), head, foot))
+        out.messages.append(ListMessage(parts[-1], button, tuple(sections), head, foot, fallback))
     return out
 
 

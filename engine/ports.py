@@ -141,6 +141,10 @@ class Delivered:
     provider_id: str | None = None
     error_code: int | None = None
     error_title: str | None = None
+    # What went instead of the message as queued (its template, outside the window), for the
+    # transcript; None: the message went as it was.
+    type: str | None = None
+    text: str | None = None
 
 
 Op = Accept | Commit | Delivered
@@ -212,6 +216,9 @@ class Outgoing:
     phone: str | None  # digits, no '+'
     user_id: str | None
     message: OutMessage
+    until: float = 0.0  # when the customer's 24-hour window closes (0: unknown)
+    flow: str | None = None  # the flow and step that produced it, for the logs
+    state: str | None = None
 
 
 class Sender(Protocol):

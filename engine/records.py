@@ -47,7 +47,9 @@ class Conversation:
     handoff_until: float | None = None  # a person holds the conversation until then
     failures: int = 0  # consecutive steps that raised
     last_seq: int = 0  # the last journal entry this snapshot covers
-    last_in_at: float | None = None  # the customer's last message
+    last_in_at: float | None = None  # the customer's last message: the 24-hour window
+    opted_out: bool = False  # the customer stopped marketing messages (131050)
+    marketing_paused_until: float | None = None  # a per-user marketing limit (131049)
     updated_at: float = 0.0
     step: int = 0  # counts handled events; a timer set at another step is void
     timer_due: float | None = None  # the flow timer (reminders, delays) armed for this step
@@ -78,6 +80,8 @@ class Conversation:
             "failures": self.failures,
             "last_seq": self.last_seq,
             "last_in_at": self.last_in_at,
+            "opted_out": self.opted_out,
+            "marketing_paused_until": self.marketing_paused_until,
             "updated_at": self.updated_at,
             "step": self.step,
             "timer_due": self.timer_due,
@@ -110,6 +114,8 @@ class Conversation:
             failures=int(data.get("failures") or 0),
             last_seq=int(data.get("last_seq") or 0),
             last_in_at=data.get("last_in_at"),
+            opted_out=bool(data.get("opted_out")),
+            marketing_paused_until=data.get("marketing_paused_until"),
             updated_at=float(data.get("updated_at") or 0.0),
             step=int(data.get("step") or 0),
             timer_due=data.get("timer_due"),

@@ -248,3 +248,58 @@ async def test_whatsapp_phone_number_id_picks_the_number_for_a_contact_on_severa
     status, _ = await api.post("/api/conversations/15550000012/messages", {"text": "From us"})
     assert status == 200
     assert [r["number"] for r in api.fake.requests[before:]] == ["222222222222222"]
+
+
+async def test_an_agent_sends_an_approved_template(api: Api) -> None:
+    """{"template": ...} is checked against templates.yaml (400 saying what does not match)
+    and goes as a template message, named values and quick-reply payloads included."""
+    await api.say("15550000020", "w1", "hi")
+    path = "/api/conversations/15550000020/messages"
+    status, error = await api.post(path, {"template": {"name": "follow_upp"}})
+    assert status == 400 and "no template 'follow_upp'" in error["error"]
+    assert "conversation_handed_back, follow_up" in error["error"]
+    status, error = await api.post(path, {"template": {"name": "follow_up", "params": ["x"]}})
+    assert status == 400 and "takes named values: name, topic" in error["error"]
+    status, error = await api.post(path, {"template": {"name": "follow_up", "params": 7}})
+    assert status == 400
+    good = {"name": "follow_up", "params": {"name": "Ana", "topic": "tiles"}}
+    status, result = await api.post(path, {"template": good})
+    assert status == 200 and result["messages"][0]["type"] == "template"
+    sent = api.fake.requests[-1]["body"]
+    assert sent["type"] == "template"
+    assert sent["template"]["components"] == [
+        {
+            "type": "body",
+            "parameters": [
+                {"type": "text", "parameter_name": "name", "text": "Ana"},
+                {"type": "text", "parameter_name": "topic", "text": "tiles"},
+            ],
+        },
+        {
+            "type": "button",
+            "sub_type": "quick_reply",
+            "index": "0",
+            "parameters": [{"type": "payload", "payload": "talk_to_a_person"}],
+        },
+    ]
+    _, view = await api.get("/api/conversations/15550000020")
+    assert view["messages"][-1]["text"] == (
+        "Hi Ana, you asked us about tiles. Reply here if you still need help."
+    )
+
+
+async def test_an_agent_reply_after_a_day_goes_as_its_template_or_not_at_all(api: Api) -> None:
+    """A day after the customer's last message, text alone is recorded as not sent (the
+    answer says so); text with a template sends the template."""
+    await api.say("15550000021", "w1", "hi")
+    await api.clock.advance(25 * 3600)
+    path = "/api/conversations/15550000021/messages"
+    status, result = await api.post(path, {"text": "Sorry for the wait!"})
+    assert status == 200
+    assert result["messages"][0]["status"] == "failed"
+    assert result["messages"][0]["error"] == "outside the 24-hour window"
+    before = len(api.fake.requests)
+    fallback = {"name": "follow_up", "params": {"name": "Ana", "topic": "your order"}}
+    status, result = await api.post(path, {"text": "Sorry for the wait!", "template": fallback})
+    assert status == 200 and result["messages"][0]["type"] == "template"
+    assert [r["body"]["type"] for r in api.fake.requests[before:]] == ["template"]

@@ -22,7 +22,16 @@ from engine.delivery import Delivery
 from engine.errors import ChannelDown, PermanentDelivery, RetryableDelivery
 from engine.memstore import MemoryStore
 from engine.metrics import Metrics
-from engine.outbound import Button, ButtonsMessage, ListMessage, Row, Section, TextMessage, to_json
+from engine.outbound import (
+    Button,
+    ButtonsMessage,
+    ListMessage,
+    Row,
+    Section,
+    TemplateMessage,
+    TextMessage,
+    to_json,
+)
 from engine.ports import Commit, ConversationRow, MessageRow, Outgoing
 from engine.settings import Secret
 from tests.fakes.clock import FakeClock
@@ -33,7 +42,16 @@ CONTACTS = "abcdefghij"
 
 
 def row(
-    id_: str, contact: str, text: str, phone: str | None = "15550001", user_id: str | None = None
+    id_: str,
+    contact: str,
+    text: str,
+    phone: str | None = "15550001",
+    user_id: str | None = None,
+    *,
+    fallback: TemplateMessage | None = None,
+    until: float = 0.0,
+    flow: str | None = None,
+    state: str | None = None,
 ) -> MessageRow:
     return MessageRow(
         id_,
@@ -45,7 +63,14 @@ def row(
         "pending",
         1_800_000_000.0,
         payload=json.dumps(
-            {"message": to_json(TextMessage(text)), "phone": phone, "user_id": user_id}
+            {
+                "message": to_json(TextMessage(text, fallback)),
+                "phone": phone,
+                "user_id": user_id,
+                "until": until,
+                "flow": flow,
+                "state": state,
+            }
         ),
     )
 
@@ -54,7 +79,9 @@ def texts_to(graph: FakeGraph, contact: str, accepted_only: bool = True) -> list
     return [
         r["body"]["text"]["body"]
         for r in graph.requests
-        if r["body"]["text"]["body"].startswith(f"{contact}-") and (r["wamid"] or not accepted_only)
+        if r["body"]["type"] == "text"
+        and r["body"]["text"]["body"].startswith(f"{contact}-")
+        and (r["wamid"] or not accepted_only)
     ]
 
 
@@ -116,7 +143,10 @@ class Rig:
 
 @contextlib.asynccontextmanager
 async def make_rig(
-    graph: tuple[FakeGraph, str], token: AccessToken, max_age: float = 86400.0
+    graph: tuple[FakeGraph, str],
+    token: AccessToken,
+    max_age: float = 86400.0,
+    on_opt_out: Any = lambda contact, seconds: None,
 ) -> AsyncIterator[Rig]:
     fake, url = graph
     clock = FakeClock()
@@ -134,6 +164,7 @@ async def make_rig(
             concurrency=8,
             max_age=max_age,
             rand=lambda: 1.0,
+            on_opt_out=on_opt_out,
         )
         rig = Rig(fake, delivery, store, metrics, clock)
         clock.settle = rig.settle
@@ -171,10 +202,10 @@ async def test_each_contacts_messages_reach_the_provider_in_order(rig: Rig) -> N
     "failure",
     [
         meta_error(2, "Temporary downtime", 503),
-        meta_error(131000, "Something went wrong", 500),
+        meta_error(1, "An unknown error occurred", 500),
         (502, "<html>Bad Gateway</html>"),
     ],
-    ids=["code 2", "code 131000", "bare 502"],
+    ids=["code 2", "code 1", "bare 502"],
 )
 async def test_a_ten_minute_outage_loses_no_reply(rig: Rig, failure: tuple[Any, ...]) -> None:
     """Ten minutes of a failing provider: the number pauses, probes at most every 30 s, and
@@ -309,7 +340,7 @@ async def test_one_message_the_provider_always_fails_pauses_its_number_once(rig:
     """A message answered with a 500 every time, while the number's other messages go out: the
     first failure pauses the number (it looks like an outage), a probe with another contact
     resumes it, and from then on only that message's contact waits (as long as between probes)."""
-    poisoned = meta_error(131000, "Something went wrong", 500)
+    poisoned = meta_error(1, "An unknown error occurred", 500)
     rig.graph.refuse = lambda _n, body: poisoned if body["text"]["body"] == "a-0" else None
     await rig.queue([row("a:0", "a", "a-0")])
     await rig.queue([row(f"{c}:0", c, f"{c}-0") for c in "bcd"])
@@ -409,7 +440,8 @@ async def test_permanent_errors_are_recorded_and_the_next_message_goes_out(rig: 
         await rig.until_empty()
         failed, sent = await rig.message(first), await rig.message(second)
         assert (failed.status, failed.error_code) == ("failed", code)
-        assert failed.error_title == f"({code}) no can do"
+        window = "outside the 24-hour window " if code == 131047 else ""
+        assert failed.error_title == f"{window}({code}) no can do"
         assert sent.status == "accepted"
         assert rig.metrics.outbound.get("failed", str(code)) == 1
     assert rig.delivery.paused() == []
@@ -491,7 +523,7 @@ OUTCOMES: list[tuple[int, Any, str | None, str]] = [
     (400, meta_error(131056)[1], None, "contact"),
     (503, meta_error(2)[1], None, "outage"),
     (500, meta_error(1)[1], None, "outage"),
-    (500, meta_error(131000)[1], None, "outage"),
+    (500, meta_error(131000)[1], None, "contact"),  # tried again a few times, then failed
     (503, meta_error(131016)[1], None, "outage"),
     (400, meta_error(131057)[1], None, "outage"),
     (502, None, None, "outage"),
@@ -544,3 +576,93 @@ def test_answers_are_classified_by_what_has_to_wait(
     if retry_after is not None:
         assert isinstance(error, RetryableDelivery)
         assert error.retry_after == float(retry_after)
+
+
+REMINDER = TemplateMessage("cart_reminder", "en_US", "Hi Ana", params=("Ana",))
+
+
+async def test_131047_sends_the_template_fallback_in_place_of_the_message(rig: Rig) -> None:
+    """The provider says the window has closed: the same outbox row goes as its template, at
+    once, and the transcript shows the template; without a fallback it is recorded as not sent
+    outside the window."""
+    rig.graph.answer_next(meta_error(131047, "Re-engagement message"))
+    await rig.queue([row("a:0", "a", "a-0", fallback=REMINDER), row("a:1", "a", "a-1")])
+    await rig.until_empty()
+    kinds = [(r["body"]["type"], r["status"]) for r in rig.graph.requests]
+    assert kinds == [("text", 400), ("template", 200), ("text", 200)]
+    assert rig.graph.requests[1]["body"]["template"]["name"] == "cart_reminder"
+    assert rig.graph.requests[1]["body"]["biz_opaque_callback_data"] == "a:0"
+    first = await rig.message("a:0")
+    assert (first.status, first.type, first.text) == ("accepted", "template", "Hi Ana")
+    rig.graph.answer_next(meta_error(131047, "Re-engagement message"))
+    await rig.queue([row("b:0", "b", "b-0")])
+    await rig.until_empty()
+    failed = await rig.message("b:0")
+    assert (failed.status, failed.error_code) == ("failed", 131047)
+    assert failed.error_title.startswith("outside the 24-hour window")
+    assert rig.metrics.not_sent.get("window") == 1
+    assert rig.metrics.templates.get("window") == 1
+
+
+async def test_a_message_that_waited_past_the_window_is_not_sent_free_form(rig: Rig) -> None:
+    """The number was paused for hours and the customer's window closed meanwhile: the
+    provider is not asked to send what it would refuse; the template goes, or nothing."""
+    rig.graph.failing = meta_error(2, "Temporary downtime", 503)
+    until = rig.clock.now() + 600
+    await rig.queue(
+        [
+            row("a:0", "a", "a-0", fallback=REMINDER, until=until),
+            row("b:0", "b", "b-0", until=until),
+        ]
+    )
+    await rig.run(900)
+    rig.graph.failing = None
+    rig.graph.requests.clear()
+    await rig.until_empty()
+    assert [r["body"]["type"] for r in rig.graph.requests] == ["template"]
+    assert (await rig.message("a:0")).type == "template"
+    unsent = await rig.message("b:0")
+    assert (unsent.status, unsent.error_title) == ("failed", "outside the 24-hour window")
+
+
+async def test_131000_is_tried_three_times_then_recorded_and_the_number_keeps_sending(
+    rig: Rig,
+) -> None:
+    rig.graph.refuse = lambda _n, body: (
+        meta_error(131000, "Something went wrong", 500) if body["text"]["body"] == "a-0" else None
+    )
+    await rig.queue([row("a:0", "a", "a-0"), row("a:1", "a", "a-1"), row("b:0", "b", "b-0")])
+    await rig.until_empty()
+    tries = [r for r in rig.graph.requests if r["body"]["text"]["body"] == "a-0"]
+    assert len(tries) == 3
+    assert [round(b["received"] - a["received"]) for a, b in itertools.pairwise(tries)] == [1, 4]
+    failed = await rig.message("a:0")
+    assert (failed.status, failed.error_code) == ("failed", 131000)
+    assert texts_to(rig.graph, "a") == ["a-1"] and texts_to(rig.graph, "b") == ["b-0"]
+    assert rig.metrics.pauses.get("outage") == 0
+
+
+@pytest.mark.parametrize(("code", "seconds"), [(131050, None), (131049, 86400.0)])
+async def test_a_customer_who_stopped_marketing_is_reported_for_their_conversation(
+    graph: tuple[FakeGraph, str], code: int, seconds: float | None
+) -> None:
+    told: list[tuple[str, float | None]] = []
+    tell = lambda contact, s: told.append((contact, s))  # noqa: E731
+    async with make_rig(graph, AccessToken(Secret("tok")), on_opt_out=tell) as rig:
+        rig.graph.answer_next(meta_error(code, "User stopped marketing messages"))
+        await rig.queue([row("a:0", "a", "a-0")])
+        await rig.until_empty()
+        assert told == [("a", seconds)]
+        assert (await rig.message("a:0")).error_code == code
+
+
+async def test_a_malformed_message_is_logged_with_the_flow_and_step_that_made_it(
+    rig: Rig, caplog: pytest.LogCaptureFixture
+) -> None:
+    for code in (100, 131008, 131009):
+        rig.graph.answer_next(meta_error(code, "Invalid parameter"))
+        await rig.queue([row(f"a:{code}", "a", "a-x", flow="shop", state="checkout")])
+        await rig.until_empty()
+    lines = [r.getMessage() for r in caplog.records if "malformed" in r.getMessage()]
+    assert len(lines) == 3
+    assert all("flow shop, step 'checkout'" in line for line in lines)

@@ -21,9 +21,11 @@ def test_the_flows_in_the_readme_and_the_docs_are_valid(tmp_path: Path) -> None:
         c for t in texts for c in re.findall(r"```python\n(.*?)```", t, re.S) if "@action" in c
     }
     assert len(examples) >= 5
-    # Examples that begin "# flows/NAME.yaml" are files of one folder, checked together.
+    # Examples that begin "# flows/NAME.yaml" are files of one folder, checked together; the
+    # docs' templates.yaml goes beside every example.
     named = {m[1]: e for e in examples if (m := re.match(r"# flows/([\w.-]+)\.yaml\n", e))}
-    alone = [e for e in examples if e not in named.values()]
+    templates = named.pop("templates")
+    alone = [e for e in examples if e not in named.values() and e is not templates]
     groups = [{"example": e} for e in alone] + [named]
     assert len(named) >= 2
     for i, files in enumerate(groups):
@@ -31,6 +33,7 @@ def test_the_flows_in_the_readme_and_the_docs_are_valid(tmp_path: Path) -> None:
         folder.mkdir()
         for name, text in files.items():
             (folder / f"{name}.yaml").write_text(text)
+        (folder / "templates.yaml").write_text(templates)
         shutil.copytree(ROOT / "flows" / "data", folder / "data", dirs_exist_ok=True)
         shutil.copytree(DOCS_DATA, folder / "data", dirs_exist_ok=True)  # the docs' tables
         if any("action: create_order" in text for text in files.values()):

@@ -95,9 +95,11 @@ async def shop(
     store: Store | None = None,
     clock: FakeClock | None = None,
     kind: type[S] = Shop,  # type: ignore[assignment]
+    *,
+    sender: Recorder | None = None,
 ) -> S:
     clock = clock or FakeClock()
-    sender = Recorder()
+    sender = sender or Recorder()
     engine = Engine(
         store=store or MemoryStore(),
         sender=sender,

@@ -560,7 +560,8 @@ class PostgresStore:
     ) -> None:
         await conn.executemany(
             "UPDATE messages SET status = $1, rank = $2, provider_id = COALESCE($3, provider_id),"
-            " error_code = $4, error_title = $5 WHERE id = $6 AND rank < $2",
+            " error_code = $4, error_title = $5, type = COALESCE($7, type),"
+            " text = COALESCE($8, text) WHERE id = $6 AND rank < $2",
             [
                 (
                     d.status,
@@ -569,6 +570,8 @@ class PostgresStore:
                     d.error_code,
                     _t(d.error_title),
                     _t(d.id),
+                    _t(d.type),
+                    _t(d.text),
                 )
                 for d in delivered
             ],

@@ -441,7 +441,8 @@ class SqliteStore:
     ) -> None:
         await conn.executemany(
             "UPDATE messages SET status = ?, rank = ?, provider_id = COALESCE(?, provider_id),"
-            " error_code = ?, error_title = ?, at = at WHERE id = ? AND rank < ?",
+            " error_code = ?, error_title = ?, type = COALESCE(?, type),"
+            " text = COALESCE(?, text) WHERE id = ? AND rank < ?",
             [
                 (
                     d.status,
@@ -449,6 +450,8 @@ class SqliteStore:
                     d.provider_id,
                     d.error_code,
                     d.error_title,
+                    d.type,
+                    d.text,
                     d.id,
                     STATUS_RANK[d.status],
                 )

@@ -13,6 +13,8 @@ from .links import check_links
 from .machine import IDLE, KEEP, UTC, ActionRequest, Effects, Flow, TimerPlan
 from .reader import peek_outputs, read_flow
 from .spec import FlowSpec
+from .templates import FILE as TEMPLATES_FILE
+from .templates import Template, read_templates
 
 __all__ = [
     "IDLE",
@@ -22,6 +24,7 @@ __all__ = [
     "Flow",
     "FlowSpec",
     "Flows",
+    "Template",
     "TimerPlan",
     "load_flows",
     "validate_path",
@@ -29,9 +32,14 @@ __all__ = [
 
 
 def flow_files(path: Path) -> list[Path]:
-    """A flow file, or every *.yaml directly inside a folder (sub-folders hold data and tests)."""
+    """A flow file, or every *.yaml directly inside a folder (sub-folders hold data and tests;
+    templates.yaml holds the approved templates)."""
     if path.is_dir():
-        return sorted(p for p in path.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
+        return sorted(
+            p
+            for p in path.iterdir()
+            if p.suffix in (".yaml", ".yml") and p.is_file() and p.name != TEMPLATES_FILE
+        )
     return [path]
 
 
@@ -40,16 +48,25 @@ def validate_path(path: Path, provided: Mapping[str, Fn] | None = None) -> list[
     means they are all valid."""
     if not path.exists():
         return [Problem(str(path), 0, "no such file or folder")]
+    if path.name == TEMPLATES_FILE and path.is_file():
+        return read_templates(path.parent)[1]
+    return _validate_flows(path, provided)
+
+
+def _validate_flows(path: Path, provided: Mapping[str, Fn] | None) -> list[Problem]:
     files = flow_files(path)
     if not files:
         return [Problem(str(path), 0, "no flow files (*.yaml) here")]
     folder = path if path.is_dir() else path.parent
     actions, problems = load_actions(folder, provided)
+    templates, found_templates = read_templates(folder)
+    if path.is_dir():
+        problems += found_templates
     outputs = peek_outputs(folder)
     specs: dict[str, FlowSpec] = {}
     for file in files:
         # Kept with its errors, so that calls across flows are checked in the same round.
-        spec, found = read_flow(file, actions, outputs, keep=True)
+        spec, found = read_flow(file, actions, outputs, keep=True, templates=templates)
         problems.extend(found)
         if spec is not None:
             specs[spec.name] = spec
@@ -62,7 +79,7 @@ def validate_path(path: Path, provided: Mapping[str, Fn] | None = None) -> list[
     if not path.is_dir():  # one file: the flows it calls are read, their problems not shown
         for file in flow_files(folder):
             if file.stem not in specs:
-                spec, _found = read_flow(file, actions, outputs, keep=True)
+                spec, _found = read_flow(file, actions, outputs, keep=True, templates=templates)
                 if spec is not None:
                     specs[spec.name] = spec
     mine = {str(f) for f in files}
@@ -78,6 +95,7 @@ class Flows:
     entry: str
     actions: Actions = field(default_factory=Actions)
     warnings: tuple[Problem, ...] = ()  # legal but almost always wrong: logged at start
+    templates: dict[str, Template] = field(default_factory=dict)  # templates.yaml
 
     def get(self, name: str) -> Flow | None:
         return self.by_name.get(name)
@@ -103,12 +121,14 @@ def load_flows(
     if not folder.is_dir():
         raise FlowError([Problem(str(folder), 0, "FLOWS_DIR is not a folder")])
     actions, problems = load_actions(folder, provided)
+    templates, found_templates = read_templates(folder)
+    problems += found_templates
     flows: dict[str, Flow] = {}
     outputs = peek_outputs(folder)
     files = flow_files(folder)
     specs: dict[str, FlowSpec] = {}
     for file in files:
-        spec, found = read_flow(file, actions, outputs, keep=True)
+        spec, found = read_flow(file, actions, outputs, keep=True, templates=templates)
         problems.extend(found)
         if spec is not None:
             specs[spec.name] = spec
@@ -124,4 +144,4 @@ def load_flows(
         problems.append(Problem(str(folder), 0, f"ENTRY_FLOW {entry!r}: no {entry}.yaml here"))
     if problems:
         raise FlowError(problems)
-    return Flows(flows, entry, actions, tuple(warnings))
+    return Flows(flows, entry, actions, tuple(warnings), templates)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any, Protocol
 from zoneinfo import ZoneInfo
@@ -34,6 +34,7 @@ from ..outbound import (
     OutMessage,
     Row,
     Section,
+    TemplateMessage,
     TextMessage,
     fit,
 )
@@ -50,6 +51,7 @@ from .spec import (
     SetValue,
     StateSpec,
     SubflowCall,
+    TemplateUse,
     Timeout,
     offered_says,
     prompt_of,
@@ -282,6 +284,28 @@ class Step:
 
 
 def build_message(say: Say, step: Step) -> OutMessage:
+    if say.template is not None and say.kind == "template":
+        return fill_template(say.template, step)
+    message = _free_form(say, step)
+    if say.template is not None:
+        return replace(message, fallback=fill_template(say.template, step))
+    return message
+
+
+def fill_template(use: TemplateUse, step: Step) -> TemplateMessage:
+    """The template with the flow's values rendered in (the use was checked at load)."""
+    values: list[str] | dict[str, str] = (
+        {k: step.render(v) for k, v in use.named}
+        if use.named
+        else [step.render(v) for v in use.params]
+    )
+    header = step.render(use.header) if use.header is not None else None
+    buttons = [step.render(v) for v in use.buttons]
+    message: TemplateMessage = use.template.fill(values, header, buttons)
+    return message
+
+
+def _free_form(say: Say, step: Step) -> TextMessage | ButtonsMessage | ListMessage:
     body = step.render(say.body)
     if say.kind == "text":
         return TextMessage(body)

@@ -54,6 +54,8 @@ from .spec import (
     SubflowCall,
     Timeout,
 )
+from .templates import FILE as TEMPLATES_FILE
+from .templates import Template, read_templates
 from .text import Faq, FaqEntry, Keywords, normalize
 from .types import TYPES, Bounds
 from .values import Value
@@ -70,6 +72,7 @@ def read_flow(
     outputs: dict[str, frozenset[str]] | None = None,
     *,
     keep: bool = False,
+    templates: dict[str, Template] | None = None,
 ) -> tuple[FlowSpec | None, list[Problem]]:
     """Read and check one flow file: (spec, []) when valid, (None, problems) otherwise.
     Its action: steps are checked against `actions` (the built-ins when not given); the slots
@@ -77,7 +80,9 @@ def read_flow(
     beside it when not given). With `keep`, the spec comes back even when it has errors."""
     if outputs is None:
         outputs = peek_outputs(path.parent)
-    reader = FlowReader(path, actions, outputs)
+    if templates is None:
+        templates, _problems = read_templates(path.parent)  # reported with the folder's checks
+    reader = FlowReader(path, actions, outputs, templates)
     spec = reader.flow()
     problems = sorted(reader.problems, key=lambda p: (p.file, p.line))
     if errors_in(problems) and not keep:  # keep: what was read, for checks across flows
@@ -90,6 +95,8 @@ def peek_outputs(folder: Path) -> dict[str, frozenset[str]]:
     caller knows which of its slots a call: fills before every flow has been read."""
     found: dict[str, frozenset[str]] = {}
     for file in sorted(folder.glob("*.y*ml")):
+        if file.name == TEMPLATES_FILE:
+            continue
         try:
             doc, _problems = load(file.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, SourceError):
@@ -106,8 +113,9 @@ class FlowReader(Reading):
         path: Path,
         actions: Actions | None = None,
         outputs: dict[str, frozenset[str]] | None = None,
+        templates: dict[str, Template] | None = None,
     ) -> None:
-        super().__init__(str(path))
+        super().__init__(str(path), templates)
         self.outputs_of = outputs or {}
         self.path = path
         self.actions = actions

@@ -15,8 +15,9 @@ from .text import BUILTIN_VALUES
 
 
 class Reading:
-    def __init__(self, file: str) -> None:
+    def __init__(self, file: str, templates: dict[str, Any] | None = None) -> None:
         self.file = file
+        self.templates = templates or {}  # the approved templates (engine.flows.templates)
         self.problems: list[Problem] = []
         self.slots: set[str] = set()  # every slot the flow can set
         self.used: list[tuple[int, str, str]] = []  # (line, file, placeholder) to check at the end

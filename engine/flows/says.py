@@ -6,12 +6,13 @@ limit of where they appear, and the names they use are noted for the whole-flow 
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from ..outbound import LIMITS
 from .reading import Reading
 from .source import YList, YMap
-from .spec import Rows, Say, slug
+from .spec import Rows, Say, TemplateUse, slug
 from .text import expressions, placeholders, static_length, stray_brace
 
 
@@ -37,7 +38,20 @@ def message(r: Reading, raw: Any, line: int) -> Say | None:
         r.err(line, "say: text, or a mapping with text: and buttons: or list:")
         return None
     line = raw.line
-    r.keys(raw, ("text", "buttons", "list", "header", "footer"), "message")
+    r.keys(raw, ("text", "buttons", "list", "header", "footer", "template"), "message")
+    use = template_use(r, raw["template"], raw.line_of("template")) if "template" in raw else None
+    if "template" in raw and "text" not in raw:
+        for key in ("buttons", "list", "header", "footer"):
+            if key in raw:
+                r.err(raw.line_of(key), f"{key}: needs text: (a template brings its own)")
+        return Say(line, "template", use.template.body if use else "", template=use)
+    found = free_form(r, raw, line)
+    if found is None or use is None:
+        return found
+    return replace(found, template=use)
+
+
+def free_form(r: Reading, raw: YMap, line: int) -> Say | None:
     body = r.scalar(raw, "text", required=True) or ""
     if "buttons" in raw and "list" in raw:
         r.err(line, "a message has buttons: or list:, not both")
@@ -260,3 +274,69 @@ def template(
         r.err(line, f"{what} is {size} characters; WhatsApp allows {limit}", file)
     elif not names and not computed and not text.strip():
         r.err(line, f"{what} is empty", file)
+
+
+def template_use(r: Reading, raw: Any, line: int) -> TemplateUse | None:
+    """template: {name: cart_reminder, params: [...] or {...}, header: ..., buttons: [...]}:
+    checked against templates.yaml, so a use that Meta would refuse (132000) fails here."""
+    if isinstance(raw, str):
+        raw_map: dict[str, Any] = {"name": raw}
+    elif isinstance(raw, YMap):
+        r.keys(raw, ("name", "params", "header", "buttons"), "template")
+        raw_map = raw
+        line = raw.line
+    else:
+        r.err(line, "template: a name, or {name: ..., params: ...}")
+        return None
+    name = raw_map.get("name")
+    if not isinstance(name, str):
+        r.err(line, "template: needs name:")
+        return None
+    known = r.templates.get(name)
+    if known is None:
+        declared = ", ".join(sorted(r.templates)) or "none: add templates.yaml beside the flows"
+        r.err(
+            line,
+            f"template {name!r} is not in templates.yaml{r.hint(name, r.templates)}"
+            f" (declared: {declared})",
+        )
+        return None
+    values = _values(raw_map.get("params"))
+    if values is None:
+        r.err(line, "params: a list of texts ({{1}}, {{2}} ...) or a mapping of names to texts")
+        return None
+    header = raw_map.get("header")
+    if header is not None and not isinstance(header, str):
+        r.err(line, "header: a text (a link or media id for a media header)")
+        return None
+    buttons = raw_map.get("buttons")
+    if buttons is not None and not (
+        isinstance(buttons, YList) and all(isinstance(v, str) for v in buttons)
+    ):
+        r.err(line, "buttons: a list of texts, one per button that takes a value")
+        return None
+    problem = known.mismatch(values, header, buttons)
+    if problem:
+        r.err(line, problem)
+        return None
+    texts = list(values.values()) if isinstance(values, dict) else values
+    for text in [*texts, *(buttons or ()), *([header] if header else [])]:
+        template(r, text, line, 1024, "template value")
+    return TemplateUse(
+        line,
+        known,
+        params=tuple(values) if isinstance(values, list) else (),
+        named=tuple(values.items()) if isinstance(values, dict) else (),
+        header=header,
+        buttons=tuple(buttons or ()),
+    )
+
+
+def _values(params: Any) -> list[str] | dict[str, str] | None:
+    if params is None:
+        return []
+    if isinstance(params, YList) and all(isinstance(v, str) for v in params):
+        return list(params)
+    if isinstance(params, YMap) and all(isinstance(v, str) for v in params.values()):
+        return dict(params)
+    return None

@@ -14,6 +14,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal
+from typing import Any
 
 import regex
 
@@ -125,11 +126,23 @@ class Rows:
 
 
 @dataclass(frozen=True, slots=True)
+class TemplateUse:
+    """An approved template as a flow uses it: its values are flow texts filled at run time."""
+
+    line: int
+    template: Any  # engine.flows.templates.Template
+    params: tuple[str, ...] = ()  # positional values
+    named: tuple[tuple[str, str], ...] = ()  # or named ones
+    header: str | None = None
+    buttons: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class Say:
     """A message the flow sends; texts are templates filled at run time."""
 
     line: int
-    kind: str  # text | buttons | list
+    kind: str  # text | buttons | list | template (an approved template, whatever the window)
     body: str
     buttons: tuple[tuple[str, str], ...] = ()  # (id, title)
     list_button: str | None = None
@@ -137,6 +150,7 @@ class Say:
     header: str | None = None
     footer: str | None = None
     rows: Rows | None = None  # rows built from a list at run time (sections stays empty)
+    template: TemplateUse | None = None  # kind template: the message; else its fallback
 
     def choices(self) -> Iterable[tuple[str, str]]:
         yield from self.buttons
