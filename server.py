@@ -120,6 +120,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> web.Applica
                     dedupe_ttl=settings.dedupe_ttl,
                     journal_retention=settings.journal_retention,
                     send_max_age=settings.send_max_age,
+                    send_reconcile=settings.send_reconcile,
                 ),
                 clock=clock,
             )

@@ -74,6 +74,7 @@ class Committer:
         self._clock = clock or SystemClock()
         self._max_ops = max_ops
         self._pending: list[Item] = []
+        self._urgent = 0  # urgent writes at the head of _pending
         self._inflight: list[Item] = []  # the batch the store is writing now
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -92,7 +93,7 @@ class Committer:
             return
         cause = died or asyncio.CancelledError("the committer task was cancelled")
         stranded = self._inflight + self._pending
-        self._inflight, self._pending = [], []
+        self._inflight, self._pending, self._urgent = [], [], 0
         for _op, future, _then in stranded:
             if not future.done():
                 error = StoreUnavailable(f"the committer stopped: {type(cause).__name__}")
@@ -113,12 +114,20 @@ class Committer:
         """Writes queued for the next batch (they count toward MAX_BACKLOG)."""
         return len(self._pending)
 
-    async def submit(self, op: Op, then: Then | None = None) -> Accepted | None:
-        """Record `op`; return once it is durable. Raises StoreUnavailable if it could not be."""
+    async def submit(
+        self, op: Op, then: Then | None = None, *, urgent: bool = False
+    ) -> Accepted | None:
+        """Record `op`; return once it is durable. Raises StoreUnavailable if it could not be.
+        An `urgent` write (what the provider answered to a send) goes into the next batch
+        ahead of those waiting, so it never waits behind a thousand others."""
         if self._closing or self._task is None:
             raise StoreUnavailable("the store is closed")
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._pending.append((op, future, then))
+        if urgent:
+            self._pending.insert(self._urgent, (op, future, then))
+            self._urgent += 1
+        else:
+            self._pending.append((op, future, then))
         self._wake.set()
         result: Accepted | None = await future
         return result
@@ -138,6 +147,7 @@ class Committer:
             while self._pending:
                 batch = self._pending[: self._max_ops]
                 del self._pending[: self._max_ops]
+                self._urgent = max(0, self._urgent - len(batch))
                 self._inflight = batch
                 await self._commit(batch)
                 self._inflight = []
@@ -158,7 +168,7 @@ class Committer:
                 if not isinstance(e, StoreRejected):
                     # So would the writes queued behind this batch: fail them now, so that a
                     # webhook never waits for more than one of the store's timeouts.
-                    waiting, self._pending = self._pending, []
+                    waiting, self._pending, self._urgent = self._pending, [], 0
                     for item in waiting:
                         self._fail(item, e)
                 return errors[0]

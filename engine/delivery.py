@@ -13,19 +13,25 @@ A failed send says what has to wait (engine.errors):
   After a backoff of at most 30 seconds one probe goes out (the head message of one held contact,
   each in turn), and the first probe the provider answers resumes the number: every held contact
   is ready again, each in its own order. A failed probe only sets the time of the next one.
-- RetryableDelivery (the provider's per-recipient pair rate): only that contact waits. So does a
-  message that keeps failing like an outage while its number delivers other messages in
-  between: that message is the problem, not the provider.
+- RetryableDelivery (the provider's per-recipient pair rate, or an unknown error tried a few
+  times): only that contact waits. So does a message that keeps failing like an outage while
+  its number delivers other messages in between: that message is the problem, not the provider.
 - PermanentDelivery (an error about the message itself): the message is recorded as failed and
-  the contact moves on to its next one.
+  the contact moves on to its next one. Outside the 24-hour window (OutsideWindow, or a window
+  known to have closed while it waited) its template fallback goes instead, when it has one.
 
-No message is given up for its number of attempts. One that the provider has not accepted within
+No message is given up for its number of attempts (but an unknown error's). One that the
+provider has not accepted within
 `max_age` of its number's up-time (time paused does not count, nor time before this process
 started) is recorded as failed; until then it stays `pending` in the transcript, whatever it
 waits for.
 
-The send is recorded as soon as the provider answers. A crash between the provider accepting a
-message and that record being durable is the one window in which a restart sends it again.
+Before a send leaves, its row records that it is in flight (`Sending`); the provider's answer is
+recorded as soon as it comes, ahead of other writes. After a crash, a row that says a send left
+but not what came of it is in doubt: it waits, with its contact's later messages, until a status
+webhook names it (`claim`: the provider has it, so it is recorded as accepted) or the reconcile
+period after intake opened is over (`open`), and then goes again. What remains of the window in
+which a restart sends a message twice: a status webhook that comes only after that period.
 """
 
 from __future__ import annotations
@@ -54,7 +60,7 @@ from .errors import (
 from .logs import mask
 from .metrics import Metrics
 from .outbound import OUTSIDE_WINDOW, OutMessage, TemplateMessage, from_json, kind_of, preview
-from .ports import Clock, Delivered, MessageRow, Outgoing, Sender, Timer
+from .ports import Clock, Delivered, MessageRow, Outgoing, Sender, Sending, Timer
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +136,18 @@ class Delivery:
         max_age: float = 24 * 3600.0,
         rand: Callable[[], float] = random.random,
         on_opt_out: Callable[[str, float | None], None] = lambda contact, seconds: None,
+        reconcile: float = 10.0,
     ) -> None:
+        self._reconcile = reconcile
+        # Sends a crash left in flight (their rows say a send left, none says what came of it):
+        # id -> contact. Each waits, with its contact's later messages, until a status webhook
+        # names it (`claim`) or the reconcile period after `open` has passed.
+        self._doubts: dict[str, str] = {}
+        self._claims: dict[str, str] = {}  # doubtful id -> the provider id a status gave it
+        self._reconciling: set[str] = set()  # contacts whose head message is doubtful
+        self._released = False  # the reconcile period is over
+        self._release_timer: Timer | None = None
+        self._marked: set[str] = set()  # ids whose Sending this process recorded
         self._on_opt_out = on_opt_out  # the customer stopped marketing messages (for seconds)
         self._sender = sender
         self._committer = committer
@@ -161,10 +178,43 @@ class Delivery:
             asyncio.create_task(self._work(), name=f"sender-{i}") for i in range(self._concurrency)
         ]
 
+    def open(self) -> None:
+        """Intake is open: status webhooks can arrive, so the reconcile period starts."""
+        if self._doubts and not self._released:
+            log.info(
+                "%d sends were in flight at the last stop; each waits up to %.0fs for a status "
+                "webhook saying the provider has it, then goes again",
+                len(self._doubts),
+                self._reconcile,
+            )
+        self._release_timer = self._clock.call_later(self._reconcile, self._release)
+
+    def _release(self) -> None:
+        self._release_timer = None
+        self._released = True
+        for contact in self._reconciling:
+            self._ready.put_nowait(contact)
+        self._reconciling.clear()
+
+    def claim(self, ref: str, provider_id: str) -> bool:
+        """A status webhook echoes `ref` (our id, sent as biz_opaque_callback_data) for
+        `provider_id`: if that is a send a crash left in doubt, the provider has it, so it is
+        recorded as accepted instead of sent again. True when it was such a send."""
+        contact = self._doubts.get(ref)
+        if contact is None or ref in self._claims:
+            return False
+        self._claims[ref] = provider_id
+        if contact in self._reconciling:
+            self._reconciling.discard(contact)
+            self._ready.put_nowait(contact)
+        return True
+
     def enqueue(self, rows: list[MessageRow]) -> None:
         now = self._clock.now()
         for row in rows:
             assert row.payload is not None
+            if row.sending_at is not None and not self._released:
+                self._doubts[row.id] = row.contact
             line = self._line(row.number)
             # Time before this process started is not counted: it may have been an outage.
             born = line.uptime(now) - max(0.0, now - max(row.at, self._started))
@@ -227,7 +277,8 @@ class Delivery:
     async def stop(self, grace: float) -> None:
         """Let sends under way finish for up to `grace` seconds, then stop every worker."""
         self._closing = True  # workers take nothing new
-        for timer in [*self._parked.values(), *(line.timer for line in self._lines.values())]:
+        timers = [*self._parked.values(), *(line.timer for line in self._lines.values())]
+        for timer in [*timers, self._release_timer]:
             if timer is not None:
                 timer.cancel()
         self._parked.clear()
@@ -247,6 +298,10 @@ class Delivery:
                 return
             queue = self._queues.get(contact)
             if not queue:
+                continue
+            head = queue[0][0]
+            if head in self._doubts and head not in self._claims and not self._released:
+                self._reconciling.add(contact)  # it may have gone: wait for a status webhook
                 continue
             line = self._line(queue[0][2])
             if line.down is not None and line.probe != contact:
@@ -298,18 +353,15 @@ class Delivery:
 
     async def _attempt(self, line: Line, contact: str, item: Pending) -> str | float:
         """Send one message; say what the contact does next: DONE, HOLD or a delay to wait."""
-        ident, born = item[0], item[4]
-        probe = line.probe == contact
-        if line.uptime(self._clock.now()) - born > self._max_age:
-            failing = self._failures.get(ident)
-            last = failing.error if failing else "none"
-            await self._settle(
-                ident,
-                contact,
-                failed=None,
-                title=f"gave up: not accepted within {_span(self._max_age)} (last error: {last})",
-            )
+        ident = item[0]
+        if await self._settled_without_sending(line, contact, item):
             return DONE
+        probe = line.probe == contact
+        if ident not in self._marked:
+            # Durable before the send leaves: after a crash, this row says it may have gone.
+            sending = Sending(ident, self._clock.now())
+            await retrying(lambda: self._committer.submit(sending, urgent=True), self._clock)
+            self._marked.add(ident)
         try:
             provider_id, instead = await self._deliver(_outgoing(item))
         except ChannelDown as e:
@@ -351,6 +403,32 @@ class Delivery:
             self._resume(line)
         await self._settle(ident, contact, provider_id=provider_id, instead=instead)
         return DONE
+
+    async def _settled_without_sending(self, line: Line, contact: str, item: Pending) -> bool:
+        """Settle a message that must not be sent: one a status webhook claimed after a crash
+        (the provider has it), or one too old to send."""
+        ident, born = item[0], item[4]
+        if ident in self._doubts:
+            self._doubts.pop(ident)
+            claimed = self._claims.pop(ident, None)
+            self._metrics.reconciled.inc("claimed" if claimed else "resent")
+            if claimed is not None:
+                if line.probe == contact:  # nothing was asked of the provider: probe again
+                    line.probe = None
+                    self._schedule_probe(line, None, at_once=True)
+                await self._settle(ident, contact, provider_id=claimed)
+                return True
+        if line.uptime(self._clock.now()) - born > self._max_age:
+            failing = self._failures.get(ident)
+            last = failing.error if failing else "none"
+            await self._settle(
+                ident,
+                contact,
+                failed=None,
+                title=f"gave up: not accepted within {_span(self._max_age)} (last error: {last})",
+            )
+            return True
+        return False
 
     async def _deliver(self, out: Outgoing) -> tuple[str | None, TemplateMessage | None]:
         """Send `out`, or its template fallback when the window has closed: (the provider's
@@ -547,6 +625,7 @@ class Delivery:
         instead: OutMessage | None = None,
     ) -> None:
         self._failures.pop(ident, None)
+        self._marked.discard(ident)
         if provider_id is not None:
             op = Delivered(
                 ident,
@@ -562,13 +641,15 @@ class Delivery:
             self._metrics.outbound.inc("failed", str(failed or ""))
             log.warning("message %s to %s failed: %s", ident, mask(contact), title)
         try:
-            await retrying(lambda: self._committer.submit(op), self._clock)
+            # Ahead of a large batch of other writes: until this is durable, a crash would send
+            # the message again.
+            await retrying(lambda: self._committer.submit(op, urgent=True), self._clock)
         except StoreRejected as e:
             # Something the provider sent cannot be stored (the store says why): the outcome
             # is recorded without it, or the message would stay pending and go out again.
             log.error("outcome of %s recorded without the provider's details: %s", ident, e)
             bare = Delivered(ident, op.status, op.at, error_title="(not storable)")
-            await retrying(lambda: self._committer.submit(bare), self._clock)
+            await retrying(lambda: self._committer.submit(bare, urgent=True), self._clock)
 
 
 def _outgoing(item: Pending) -> Outgoing:

@@ -76,6 +76,9 @@ class EngineConfig:
     dedupe_ttl: float = 8 * 86400.0
     journal_retention: float = 86400.0
     send_max_age: float = 24 * 3600.0  # a reply not accepted by then is given up
+    # After a restart, how long a send a crash left in flight waits for a status webhook that
+    # says the provider has it, before it is sent again.
+    send_reconcile: float = 10.0
 
 
 class NotFound(Exception):
@@ -114,6 +117,7 @@ class Engine:
             concurrency=self.config.send_concurrency,
             max_age=self.config.send_max_age,
             on_opt_out=lambda contact, seconds: self.route(contact, OptOut(seconds)),
+            reconcile=self.config.send_reconcile,
         )
         self.timers = Scheduler(
             store,
@@ -195,6 +199,7 @@ class Engine:
         self._pruner = asyncio.create_task(self._prune_forever(), name="pruner")
         self._watcher = asyncio.create_task(self._watch_store(), name="store-watch")
         self.accepting = True
+        self.delivery.open()  # the reconcile period of sends a crash left in flight starts now
 
     async def drain(self, seconds: float) -> bool:
         """Stop intake, finish mailboxes and the outbox within `seconds`; True when all that
@@ -310,9 +315,18 @@ class Engine:
             # again once the failure is STORE_FAILURE_MEMORY old, or readiness's probe passes.
             raise StoreUnavailable(failure.error)
         op, messages, new_contacts = self._prepare(events)
+        # A status echoes the id we sent (biz_opaque_callback_data): after a crash it tells
+        # delivery that a send left in doubt did reach the provider.
+        claims = [
+            (e.callback_data, e.id)
+            for e in events
+            if isinstance(e, StatusUpdate) and e.callback_data is not None
+        ]
 
         def dispatch(result: Any) -> None:
             assert isinstance(result, Accepted)
+            for ref, provider_id in claims:
+                self.delivery.claim(ref, provider_id)
             for seq, entry in result.entries:
                 fresh = entry.contact in new_contacts
                 self.route(entry.contact, Deliver(seq, messages[entry.event_id], fresh=fresh))

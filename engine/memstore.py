@@ -24,6 +24,7 @@ from .ports import (
     MessageRow,
     Op,
     Pruned,
+    Sending,
     StatusWrite,
     TimerWrite,
 )
@@ -81,6 +82,10 @@ class MemoryStore:
                 self._commit(op)
             elif isinstance(op, Delivered):
                 self._delivered(op, touched)
+            elif isinstance(op, Sending):
+                m = self._messages.get(op.id)
+                if m is not None and m.status == "pending":
+                    self._messages[op.id] = replace(m, sending_at=op.at)
             results.append(None)
         for provider_id in touched:
             self._apply_status(provider_id)

@@ -141,6 +141,12 @@ class Metrics:
             "Messages recorded as not sent without asking the provider, by reason",
             ("reason",),
         )
+        self.reconciled = Counter(
+            "engine_sends_reconciled",
+            "Sends a crash left in flight, by outcome (claimed: a status webhook said the "
+            "provider had it; resent: none did within SEND_RECONCILE)",
+            ("outcome",),
+        )
         self.opt_outs = Counter(
             "engine_opt_outs",
             "Customers the provider says stopped marketing messages (stopped: for good; paused: "

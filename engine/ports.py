@@ -7,6 +7,8 @@ operations below, each batch one transaction (see `engine.committer`):
   duplicates are dropped by provider id.
 - `Commit`: one handled event: the conversation snapshot with its journal mark, the inbound
   message for the transcript, the replies (the outbox) and the contact's timers, together.
+- `Sending`: one send is about to leave (recorded before it does, so that a restart knows
+  which replies the provider may already have).
 - `Delivered`: what the provider answered to one send.
 
 Time is a port too (`Clock`): the engine never reads the system clock or sleeps on its own, so
@@ -95,6 +97,8 @@ class MessageRow:
     error_code: int | None = None
     error_title: str | None = None
     n: int = field(default=0, compare=False)  # the store's order of rows (outbox pages), read only
+    # Outbox rows: when a send of it last left (None: never tried), read only.
+    sending_at: float | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,7 +151,16 @@ class Delivered:
     text: str | None = None
 
 
-Op = Accept | Commit | Delivered
+@dataclass(frozen=True, slots=True)
+class Sending:
+    """A send of outbox row `id` leaves now: if the process dies before its outcome is
+    recorded, the provider may have it."""
+
+    id: str
+    at: float
+
+
+Op = Accept | Commit | Sending | Delivered
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,7 +197,8 @@ class Store(Protocol):
 
     async def outbox(self, after: int = 0, limit: int = 0) -> list[MessageRow]:
         """Outbound messages not yet accepted by the provider, in the order they were made:
-        those after row `after` (a row's `n`), at most `limit` of them (0: all)."""
+        those after row `after` (a row's `n`), at most `limit` of them (0: all), each with
+        its `sending_at`."""
         ...
 
     async def transcript(self, key: str, limit: int) -> list[MessageRow]:

@@ -94,6 +94,7 @@ class Settings:
     dedupe_ttl: float = 8 * 86400.0
     journal_retention: float = 86400.0
     send_max_age: float = 24 * 3600.0
+    send_reconcile: float = 10.0  # after a crash: how long status webhooks may claim a send
     http_read_timeout: float = 30.0
     max_body_memory: int = 64 * 1024 * 1024
     log_level: str = "INFO"
@@ -176,6 +177,7 @@ class Settings:
             dedupe_ttl=_duration(env, "DEDUPE_TTL", "8d"),
             journal_retention=_duration(env, "JOURNAL_RETENTION", "24h"),
             send_max_age=_duration(env, "SEND_MAX_AGE", "24h"),
+            send_reconcile=_reconcile(env),
             http_read_timeout=_duration(env, "HTTP_READ_TIMEOUT", "30s"),
             max_body_memory=_size(env, "MAX_BODY_MEMORY", "64MB"),
             log_level=level,
@@ -311,6 +313,16 @@ def parse_size(text: str) -> int:
 
 def _size(env: Mapping[str, str], name: str, default: str) -> int:
     return _parsed(env, name, default, parse_size, least=4 * 2**20, bound="at least 4MiB (a body)")
+
+
+def _reconcile(env: Mapping[str, str]) -> float:
+    value = _parsed(env, "SEND_RECONCILE", "10s", parse_duration, least=0.0, bound="0s or more")
+    if value > 60:
+        raise ConfigError(
+            f"SEND_RECONCILE={env['SEND_RECONCILE']!r}: at most 60s (replies left in flight by "
+            "a crash wait this long after a restart)"
+        )
+    return value
 
 
 def _duration(env: Mapping[str, str], name: str, default: str) -> float:

@@ -32,7 +32,7 @@ from engine.outbound import (
     TextMessage,
     to_json,
 )
-from engine.ports import Commit, ConversationRow, MessageRow, Outgoing
+from engine.ports import Commit, ConversationRow, MessageRow, Outgoing, Sending
 from engine.settings import Secret
 from tests.fakes.clock import FakeClock
 from tests.fakes.graph import FakeGraph, meta_error
@@ -666,3 +666,118 @@ async def test_a_malformed_message_is_logged_with_the_flow_and_step_that_made_it
     lines = [r.getMessage() for r in caplog.records if "malformed" in r.getMessage()]
     assert len(lines) == 3
     assert all("flow shop, step 'checkout'" in line for line in lines)
+
+
+async def test_a_send_is_recorded_as_in_flight_before_it_leaves(rig: Rig) -> None:
+    """The provider is down: the send left (and failed), and the row says a send left."""
+    rig.graph.failing = meta_error(2, "Temporary downtime", 503)
+    await rig.queue([row("a:0", "a", "a-0")])
+    (left,) = await rig.store.outbox()
+    assert left.sending_at == rig.graph.requests[0]["received"]
+
+
+async def test_sends_a_crash_left_in_flight_wait_for_a_status_then_go_again_in_order(
+    graph: tuple[FakeGraph, str],
+) -> None:
+    """After a restart, a row whose send left but whose outcome was never recorded waits (and
+    its contact's later messages with it) until a status webhook names it, recorded as
+    accepted without a second send, or until the reconcile period is over, then goes again;
+    rows never tried go out at once."""
+    async with make_rig(graph, AccessToken(Secret("tok"))) as rig:
+        doubtful = [
+            dataclasses.replace(row("a:0", "a", "a-0"), sending_at=1.0),
+            row("a:1", "a", "a-1"),
+            dataclasses.replace(row("b:0", "b", "b-0"), sending_at=1.0),
+            row("b:1", "b", "b-1"),
+            row("c:0", "c", "c-0"),
+        ]
+        await rig.queue(doubtful)
+        assert texts_to(rig.graph, "c") == ["c-0"]
+        assert texts_to(rig.graph, "a") == [] and texts_to(rig.graph, "b") == []
+        rig.delivery.open()
+        await rig.run(5)
+        assert rig.delivery.claim("a:0", "wamid.before-the-crash")
+        assert not rig.delivery.claim("zz:0", "wamid.other")  # not a send in doubt
+        await rig.settle()
+        assert texts_to(rig.graph, "a") == ["a-1"]  # a-0 is not sent again
+        claimed = await rig.message("a:0")
+        assert (claimed.status, claimed.provider_id) == ("accepted", "wamid.before-the-crash")
+        assert texts_to(rig.graph, "b") == []
+        await rig.run(5)
+        assert texts_to(rig.graph, "b") == ["b-0", "b-1"]
+        assert not rig.delivery.claim("b:0", "wamid.late")  # sent again already
+        assert rig.metrics.reconciled.get("claimed") == 1
+        assert rig.metrics.reconciled.get("resent") == 1
+        assert await rig.statuses() == {"accepted"}
+
+
+class Batches(MemoryStore):
+    """A store that records the operations of each transaction."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.batches: list[list[Any]] = []
+
+    async def write(self, ops: Any) -> Any:
+        self.batches.append(list(ops))
+        await asyncio.sleep(0)  # a real store awaits its I/O: writes queue up meanwhile
+        return await super().write(ops)
+
+
+async def test_the_outcome_of_a_send_is_written_ahead_of_a_large_batch() -> None:
+    """Delivery's writes are urgent: they go into the next transaction, ahead of a backlog."""
+    store = Batches()
+    committer = Committer(store, Metrics(), max_ops=10)
+    committer.start()
+    row = ConversationRow("k", NUMBER, "f", "s", False, 1.0, {"v": 1})
+    slow = [asyncio.ensure_future(committer.submit(Commit(row))) for _ in range(50)]
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # the first batch is being written
+    await committer.submit(Sending("x", 1.0), urgent=True)
+    await asyncio.gather(*slow)
+    await committer.close()
+    where = next(i for i, b in enumerate(store.batches) if any(isinstance(op, Sending) for op in b))
+    assert len(store.batches) == 6 and where == 1, [len(b) for b in store.batches]
+    assert isinstance(store.batches[1][0], Sending)
+
+
+async def test_the_engine_claims_a_send_in_doubt_from_a_status_webhook_and_resends_the_rest(
+    tmp_path: Path,
+) -> None:
+    """Settings to engine: SEND_RECONCILE is the period; a status webhook (through the engine's
+    intake, durably accepted) that echoes an id in doubt records it as accepted."""
+    from engine.engine import Engine, EngineConfig
+    from engine.events import StatusUpdate
+    from engine.flows import load_flows
+    from engine.settings import Settings
+    from tests.support import ROOT, Recorder
+
+    settings = Settings.from_env({"SEND_RECONCILE": "3s"})
+    store = MemoryStore()
+    convo = ConversationRow("n:1", NUMBER, "support", None, False, 1.0, {"v": 2, "number": NUMBER})
+    await store.write([Commit(convo, [row("r:w1:0", "n:1", "one"), row("r:w2:0", "n:2", "two")])])
+    await store.write([Sending("r:w1:0", 5.0), Sending("r:w2:0", 5.0)])
+    clock, sender = FakeClock(), Recorder()
+    engine = Engine(
+        store=store,
+        sender=sender,
+        flows=load_flows(ROOT / "flows", "support"),
+        clock=clock,
+        config=EngineConfig(send_reconcile=settings.send_reconcile),
+    )
+    await engine.start()
+    try:
+        await engine.ingest(
+            [StatusUpdate("wamid.one", "delivered", 10, NUMBER, callback_data="r:w1:0")]
+        )
+        await clock.advance(2.9)
+        await engine.delivery.wait_quiet()
+        assert sender.sent == []
+        await clock.advance(0.2)
+        await engine.delivery.wait_empty()
+        assert [o.id for o in sender.sent] == ["r:w2:0"]
+        one, two = (await store.transcript("n:1", 5))[0], (await store.transcript("n:2", 5))[0]
+        assert (one.status, one.provider_id) == ("delivered", "wamid.one")
+        assert (two.status, two.provider_id) == ("accepted", "wamid.r:w2:0")
+    finally:
+        await engine.close()

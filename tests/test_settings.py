@@ -69,6 +69,8 @@ def test_database_urls(url: str, kind: str, where: Path | None) -> None:
         ({"MAX_BODY_MEMORY": "1MB"}, "must be at least 4MiB"),
         ({"HTTP_READ_TIMEOUT": "0s"}, "HTTP_READ_TIMEOUT='0s' must be longer than zero"),
         ({"SEND_MAX_AGE": "never"}, "SEND_MAX_AGE"),
+        ({"SEND_RECONCILE": "2m"}, "SEND_RECONCILE='2m': at most 60s"),
+        ({"SEND_RECONCILE": "-1s"}, "SEND_RECONCILE"),
         (
             {"WHATSAPP_ACCESS_TOKEN": "t", "WHATSAPP_ACCESS_TOKEN_FILE": "/run/token"},
             "not both",

@@ -28,6 +28,7 @@ from engine.ports import (
     JournalEntry,
     MessageRow,
     RawWrite,
+    Sending,
     StatusWrite,
     Store,
     TimerWrite,
@@ -171,6 +172,23 @@ async def test_a_delivered_message_leaves_the_outbox_with_its_provider_id(store:
     a, b = await store.transcript("n:1", 10)
     assert (a.status, a.provider_id) == ("accepted", "wamid.A")
     assert (b.status, b.error_code, b.error_title) == ("failed", 131047, "window closed")
+
+
+async def test_a_send_in_flight_is_recorded_on_its_outbox_row(store: Store) -> None:
+    """Sending marks a pending row (a restart reads it back with the outbox); it changes nothing
+    once the row is settled. Delivered may say what went instead (a template)."""
+    await store.write([Commit(convo("n:1", 1), [out("a"), out("b")])])
+    await store.write([Sending("a", 150.5)])
+    assert [(m.id, m.sending_at) for m in await store.outbox()] == [("a", 150.5), ("b", None)]
+    await store.write(
+        [
+            Delivered("a", "accepted", 151.0, provider_id="wamid.A", type="template", text="Hi"),
+            Sending("a", 152.0),
+        ]
+    )
+    assert [m.id for m in await store.outbox()] == ["b"]
+    a, _b = await store.transcript("n:1", 10)
+    assert (a.status, a.type, a.text) == ("accepted", "template", "Hi")
 
 
 async def test_statuses_never_move_backwards(store: Store) -> None:
@@ -328,7 +346,7 @@ async def test_sqlite_survives_reopen_and_migrates_once(tmp_path: Path) -> None:
     assert [m.id for m in await again.outbox()] == ["r:1"]
     assert len(await again.unhandled()) == 1
     rows = await again.reader.execute_fetchall("SELECT version FROM schema_version")
-    assert [r[0] for r in rows] == [1, 2, 3]
+    assert [r[0] for r in rows] == [1, 2, 3, 4]
     await again.close()
 
 
@@ -368,7 +386,7 @@ async def test_postgres_write_is_all_or_nothing_and_survives_reopen() -> None:
             assert [m.id for m in await again.outbox()] == ["r:1"]
             assert len(await again.unhandled()) == 2
             versions = await again.pool.fetch("SELECT version FROM schema_version")
-            assert [v[0] for v in versions] == [1]
+            assert [v[0] for v in versions] == [1, 2]
         finally:
             await again.close()
 
@@ -381,7 +399,7 @@ async def test_postgres_one_engine_per_schema_and_no_older_engine_on_a_newer_sch
         await store.pool.execute("INSERT INTO schema_version VALUES (99)")
         await store.close()
         newer = PostgresStore(store.dsn, schema=store.schema)
-        with pytest.raises(ConfigError, match="schema version 99, newer than this engine's 1"):
+        with pytest.raises(ConfigError, match="schema version 99, newer than this engine's 2"):
             await newer.open()
 
 

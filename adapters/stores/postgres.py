@@ -39,6 +39,7 @@ from engine.ports import (
     MessageRow,
     Op,
     Pruned,
+    Sending,
     StatusWrite,
     TimerWrite,
 )
@@ -122,6 +123,10 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (contact, kind)
     );
     CREATE INDEX timers_due ON timers (due, contact, kind);
+    """,
+    # 2: when a send of an outbox row last left, so a restart knows what may have gone
+    """
+    ALTER TABLE messages ADD COLUMN sending_at DOUBLE PRECISION;
     """,
 ]
 
@@ -384,12 +389,18 @@ class PostgresStore:
         accepts = [op for op in ops if isinstance(op, Accept)]
         commits = [op for op in ops if isinstance(op, Commit)]
         delivered = [op for op in ops if isinstance(op, Delivered)]
+        sending = [op for op in ops if isinstance(op, Sending)]
         touched: set[str] = set()
         results: dict[int, Accepted] = {}
         if accepts:
             results = await self._accept(conn, accepts, touched)
         if commits:
             await self._commit(conn, commits)
+        if sending:
+            await conn.executemany(
+                "UPDATE messages SET sending_at = $1 WHERE id = $2 AND status = 'pending'",
+                [(op.at, _t(op.id)) for op in sending],
+            )
         if delivered:
             await self._delivered(conn, delivered, touched)
         if touched:
@@ -608,12 +619,12 @@ class PostgresStore:
 
     async def outbox(self, after: int = 0, limit: int = 0) -> list[MessageRow]:
         rows = await self._fetch(
-            f"SELECT n, {MESSAGE_COLUMNS} FROM messages WHERE status = 'pending' AND n > $1"
-            " ORDER BY n LIMIT $2",
+            f"SELECT n, sending_at, {MESSAGE_COLUMNS} FROM messages"
+            " WHERE status = 'pending' AND n > $1 ORDER BY n LIMIT $2",
             after,
             limit or None,
         )
-        return [message(list(r)[1:], r[0]) for r in rows]
+        return [message(list(r)[2:], r[0], r[1]) for r in rows]
 
     async def transcript(self, key: str, limit: int) -> list[MessageRow]:
         rows = await self._fetch(

@@ -34,7 +34,7 @@ def message_values(m: MessageRow) -> tuple[Any, ...]:
     )
 
 
-def message(r: Iterable[Any], n: int = 0) -> MessageRow:
+def message(r: Iterable[Any], n: int = 0, sending_at: float | None = None) -> MessageRow:
     """A row of MESSAGE_COLUMNS; `n`: its place in the store's order (outbox pages)."""
     id_, contact, direction, number, type_, text, status, at, provider_id, payload, code, title = r
     return MessageRow(
@@ -51,6 +51,7 @@ def message(r: Iterable[Any], n: int = 0) -> MessageRow:
         error_code=code,
         error_title=title,
         n=n,
+        sending_at=sending_at,
     )
 
 

@@ -36,6 +36,7 @@ from engine.ports import (
     MessageRow,
     Op,
     Pruned,
+    Sending,
     StatusWrite,
     TimerWrite,
 )
@@ -125,6 +126,10 @@ MIGRATIONS: list[str] = [
     ) WITHOUT ROWID;
     CREATE INDEX timers_due ON timers (due, contact, kind);
     ALTER TABLE heartbeat ADD COLUMN pad BLOB;
+    """,
+    # 4: when a send of an outbox row last left, so a restart knows what may have gone
+    """
+    ALTER TABLE messages ADD COLUMN sending_at REAL;
     """,
 ]
 
@@ -305,12 +310,18 @@ class SqliteStore:
         accepts = [op for op in ops if isinstance(op, Accept)]
         commits = [op for op in ops if isinstance(op, Commit)]
         delivered = [op for op in ops if isinstance(op, Delivered)]
+        sending = [op for op in ops if isinstance(op, Sending)]
         touched: set[str] = set()
         results: dict[int, Accepted] = {}
         if accepts:
             results = await self._accept(conn, accepts, touched)
         if commits:
             await self._commit(conn, commits)
+        if sending:
+            await conn.executemany(
+                "UPDATE messages SET sending_at = ? WHERE id = ? AND status = 'pending'",
+                [(op.at, op.id) for op in sending],
+            )
         if delivered:
             await self._delivered(conn, delivered, touched)
         if touched:
@@ -490,11 +501,11 @@ class SqliteStore:
 
     async def outbox(self, after: int = 0, limit: int = 0) -> list[MessageRow]:
         rows = await self.reader.execute_fetchall(
-            f"SELECT n, {MESSAGE_COLUMNS} FROM messages WHERE status = 'pending' AND n > ?"
-            " ORDER BY n LIMIT ?",
+            f"SELECT n, sending_at, {MESSAGE_COLUMNS} FROM messages"
+            " WHERE status = 'pending' AND n > ? ORDER BY n LIMIT ?",
             (after, limit or -1),
         )
-        return [message(r[1:], r[0]) for r in rows]
+        return [message(r[2:], r[0], r[1]) for r in rows]
 
     async def transcript(self, key: str, limit: int) -> list[MessageRow]:
         rows = await self.reader.execute_fetchall(

@@ -4,7 +4,10 @@ It answers `POST /{version}/{phone_number_id}/messages` as Meta does, records ev
 (number, body, Authorization header), and can be scripted to answer errors: a queue of
 (status, body[, headers]) answers consumed by the next requests, an answer given to every
 request while `failing` is set (an outage, a stream of 429s), and a `token` that every request
-must carry (a revoked token is answered with Meta's error 190). Run as a process
+must carry (a revoked token is answered with Meta's error 190). With `send_statuses`, it
+also posts a signed `sent` status webhook for every message it accepts, echoing the
+`biz_opaque_callback_data` it was sent, and retries it until the engine answers 200 (as Meta
+retries webhooks), wherever the engine listens by then. Run as a process
 (`python -m tests.fakes.graph --port P --log FILE`) it appends one JSON line per request to FILE,
 so a test can read what was sent even after the engine that sent it was killed.
 """
@@ -13,6 +16,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
+import hmac
 import itertools
 import json
 import time
@@ -21,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
+import aiohttp
 from aiohttp import web
 
 
@@ -50,6 +56,70 @@ class FakeGraph:
     token: str | None = None  # when set, the only Bearer token accepted
     clock: Callable[[], float] = time.time  # what `received` and `at` are measured with
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+    # Status webhooks: (session, where the engine listens now, app secret), and those under way.
+    _statuses: tuple[aiohttp.ClientSession, Callable[[], str], str] | None = None
+    _posting: set[asyncio.Task[None]] = field(default_factory=set)
+    status_delay: float = 0.2  # seconds after accepting, as Meta's "sent" comes soon after
+
+    def send_statuses(
+        self, session: aiohttp.ClientSession, url: Callable[[], str], secret: str
+    ) -> None:
+        """Post a `sent` status for each accepted message to `url()` + /webhooks/whatsapp."""
+        self._statuses = (session, url, secret)
+
+    async def statuses_posted(self) -> None:
+        """Wait until every status webhook has been answered 200."""
+        while self._posting:
+            await asyncio.gather(*list(self._posting), return_exceptions=True)
+
+    async def _post_status(self, wamid: str, body: dict[str, Any]) -> None:
+        assert self._statuses is not None
+        session, url, secret = self._statuses
+        await asyncio.sleep(self.status_delay)
+        item = {
+            "id": wamid,
+            "status": "sent",
+            "timestamp": str(int(time.time())),
+            "recipient_id": str(body.get("to") or "").lstrip("+"),
+        }
+        if "biz_opaque_callback_data" in body:
+            item["biz_opaque_callback_data"] = body["biz_opaque_callback_data"]
+        doc = {
+            "object": "whatsapp_business_account",
+            "entry": [
+                {
+                    "id": "WABA",
+                    "changes": [
+                        {
+                            "field": "messages",
+                            "value": {
+                                "messaging_product": "whatsapp",
+                                "metadata": {
+                                    "display_phone_number": "15550000000",
+                                    "phone_number_id": body["_number"],
+                                },
+                                "statuses": [item],
+                            },
+                        }
+                    ],
+                }
+            ],
+        }
+        raw = json.dumps(doc).encode()
+        signature = "sha256=" + hmac.new(secret.encode(), raw, hashlib.sha256).hexdigest()
+        headers = {"X-Hub-Signature-256": signature, "Content-Type": "application/json"}
+        delay = 0.25
+        while True:  # as Meta: again and again until the answer is 200
+            try:
+                async with session.post(
+                    f"{url()}/webhooks/whatsapp", data=raw, headers=headers
+                ) as r:
+                    if r.status == 200:
+                        return
+            except (aiohttp.ClientError, OSError):
+                pass
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
 
     def answer_next(self, *answers: tuple[Any, ...]) -> None:
         """Queue answers for the next requests; after them, requests succeed again."""
@@ -96,6 +166,12 @@ class FakeGraph:
         else:
             record["wamid"] = wamid = f"wamid.fake.{next(self._ids)}"
             status = 200
+            if self._statuses is not None:
+                task = asyncio.create_task(
+                    self._post_status(wamid, {**body, "_number": record["number"]})
+                )
+                self._posting.add(task)
+                task.add_done_callback(self._posting.discard)
             to = body.get("to") or body.get("recipient")
             data = {
                 "messaging_product": "whatsapp",
