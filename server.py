@@ -121,6 +121,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> web.Applica
                     journal_retention=settings.journal_retention,
                     send_max_age=settings.send_max_age,
                     send_reconcile=settings.send_reconcile,
+                    send_rate=settings.send_rate,
                 ),
                 clock=clock,
             )

@@ -135,6 +135,7 @@ def engine_env(workdir: Path, fake: Fake, root: Path = ROOT, **extra: str) -> di
         "WHATSAPP_ACCESS_TOKEN": "bench-token",
         "WHATSAPP_API_URL": fake.url,
         "MAX_ACTORS": "10000",
+        "SEND_RATE": "10000",  # the engine's own speed: the fake has no throughput limit
         **extra,
     }
 

@@ -61,6 +61,7 @@ from .logs import mask
 from .metrics import Metrics
 from .outbound import OUTSIDE_WINDOW, OutMessage, TemplateMessage, from_json, kind_of, preview
 from .ports import Clock, Delivered, MessageRow, Outgoing, Sender, Sending, Timer
+from .ratelimit import Bucket
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +97,7 @@ class Line:
     paused_total: float = 0.0  # seconds spent paused before the current pause
     accepted: int = 0  # messages the provider accepted from this number
     pending: int = 0  # messages of this number waiting to be settled
+    bucket: Bucket | None = None  # its throughput limit (None: none)
 
     def uptime(self, now: float) -> float:
         """A clock that stands still while the number is paused."""
@@ -137,7 +139,9 @@ class Delivery:
         rand: Callable[[], float] = random.random,
         on_opt_out: Callable[[str, float | None], None] = lambda contact, seconds: None,
         reconcile: float = 10.0,
+        rate: float | None = 80.0,
     ) -> None:
+        self._rate = rate  # sends a second per business number (WhatsApp's default: 80)
         self._reconcile = reconcile
         # Sends a crash left in flight (their rows say a send left, none says what came of it):
         # id -> contact. Each waits, with its contact's later messages, until a status webhook
@@ -306,6 +310,11 @@ class Delivery:
             line = self._line(queue[0][2])
             if line.down is not None and line.probe != contact:
                 line.held.append(contact)
+                continue
+            wait = line.bucket.take(self._clock.now()) if line.bucket is not None else 0.0
+            if wait > 0:  # over the number's rate: the contact comes back when a send is free
+                self._metrics.rate_waits.inc()
+                self._parked[contact] = self._clock.call_later(wait, partial(self._unpark, contact))
                 continue
             self._in_flight += 1
             self._quiet.clear()
@@ -539,7 +548,8 @@ class Delivery:
     def _line(self, number: str) -> Line:
         line = self._lines.get(number)
         if line is None:
-            line = self._lines[number] = Line(number)
+            bucket = Bucket(self._rate, burst=max(1.0, self._rate / 10)) if self._rate else None
+            line = self._lines[number] = Line(number, bucket=bucket)
         return line
 
     def _down(self, line: Line, e: ChannelDown, *, probe: bool) -> None:

@@ -79,6 +79,7 @@ class EngineConfig:
     # After a restart, how long a send a crash left in flight waits for a status webhook that
     # says the provider has it, before it is sent again.
     send_reconcile: float = 10.0
+    send_rate: int = 80  # sends a second per business number
 
 
 class NotFound(Exception):
@@ -118,6 +119,7 @@ class Engine:
             max_age=self.config.send_max_age,
             on_opt_out=lambda contact, seconds: self.route(contact, OptOut(seconds)),
             reconcile=self.config.send_reconcile,
+            rate=self.config.send_rate,
         )
         self.timers = Scheduler(
             store,

@@ -141,6 +141,10 @@ class Metrics:
             "Messages recorded as not sent without asking the provider, by reason",
             ("reason",),
         )
+        self.rate_waits = Counter(
+            "engine_send_rate_waits",
+            "Sends that waited for their business number's throughput limit (SEND_RATE)",
+        )
         self.reconciled = Counter(
             "engine_sends_reconciled",
             "Sends a crash left in flight, by outcome (claimed: a status webhook said the "

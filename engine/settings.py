@@ -95,6 +95,7 @@ class Settings:
     journal_retention: float = 86400.0
     send_max_age: float = 24 * 3600.0
     send_reconcile: float = 10.0  # after a crash: how long status webhooks may claim a send
+    send_rate: int = 80  # sends a second per business number (WhatsApp's default throughput)
     http_read_timeout: float = 30.0
     max_body_memory: int = 64 * 1024 * 1024
     log_level: str = "INFO"
@@ -178,6 +179,7 @@ class Settings:
             journal_retention=_duration(env, "JOURNAL_RETENTION", "24h"),
             send_max_age=_duration(env, "SEND_MAX_AGE", "24h"),
             send_reconcile=_reconcile(env),
+            send_rate=_int(env, "SEND_RATE", 80, low=1, high=10_000),
             http_read_timeout=_duration(env, "HTTP_READ_TIMEOUT", "30s"),
             max_body_memory=_size(env, "MAX_BODY_MEMORY", "64MB"),
             log_level=level,

@@ -4,6 +4,7 @@ order per contact, outages and throttling as a state of the number, tokens, age,
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import dataclasses
 import itertools
@@ -781,3 +782,57 @@ async def test_the_engine_claims_a_send_in_doubt_from_a_status_webhook_and_resen
         assert (two.status, two.provider_id) == ("accepted", "wamid.r:w2:0")
     finally:
         await engine.close()
+
+
+@pytest.mark.parametrize(
+    ("rate", "calls", "waits"),
+    [
+        (2.0, [0.0, 0.0, 0.25, 0.5], [0.0, 0.5, 0.25, 0.0]),  # one every 1/rate
+        (80.0, [0.0, 0.0, 0.0125], [0.0, 0.0125, 0.0]),
+        (1.0, [0.0, 10.0, 10.0, 10.5], [0.0, 0.0, 1.0, 0.5]),  # a long pause saves up 1 token
+        (1000.0, [5.0, 5.0, 5.0], [0.0, 0.001, 0.001]),  # never less than a millisecond
+    ],
+)
+def test_the_bucket_gives_a_token_or_the_time_to_wait(
+    rate: float, calls: list[float], waits: list[float]
+) -> None:
+    from engine.ratelimit import Bucket
+
+    bucket = Bucket(rate, burst=1.0)
+    assert [round(bucket.take(t), 6) for t in calls] == waits
+
+
+async def test_a_number_never_sends_faster_than_send_rate_and_no_contact_is_reordered(
+    graph: tuple[FakeGraph, str],
+) -> None:
+    """400 replies for 10 contacts at once, on a number limited to 80 a second: they take 5
+    simulated seconds (less the first burst of 8), no second holds more than 80 + 8, and each
+    contact's replies arrive in order."""
+    fake, url = graph
+    clock = FakeClock()
+    fake.clock = clock.now
+    store, metrics = MemoryStore(), Metrics()
+    committer = Committer(store, metrics)
+    committer.start()
+    async with aiohttp.ClientSession() as session:
+        delivery = Delivery(
+            CloudApiSender(session, url, AccessToken(Secret("tok"))),
+            committer,
+            metrics,
+            clock=clock,
+            concurrency=32,
+            rate=80,
+        )
+        rig = Rig(fake, delivery, store, metrics, clock)
+        clock.settle = rig.settle
+        delivery.start()
+        await rig.queue([row(f"{c}:{i}", c, f"{c}-{i}") for i in range(40) for c in CONTACTS])
+        took = await rig.until_empty(limit=10, step=0.05)
+        await delivery.stop(1.0)
+    await committer.close()
+    assert 4.8 <= took <= 5.0, took
+    times = sorted(r["received"] for r in fake.requests)
+    assert max(bisect.bisect_left(times, t + 1.0) - i for i, t in enumerate(times)) <= 88
+    for c in CONTACTS:
+        assert texts_to(fake, c) == [f"{c}-{i}" for i in range(40)]
+    assert metrics.rate_waits.get() > 0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 from pathlib import Path
 from typing import Any
 
@@ -163,3 +165,42 @@ def test_the_database_is_described_without_its_password_and_with_its_schema() ->
     said = settings.database.describe()
     assert said == "postgres at db.internal:6543/engine (schema shop_1)"
     assert "hunter2" not in said
+
+
+async def test_send_rate_paces_the_app_s_sends(
+    start_app: Any, env: dict[str, str], graph: tuple[Any, str]
+) -> None:
+    """SEND_RATE=1 in the environment: an agent's reply long enough for three messages leaves
+    one a second (on the engine's clock), in order."""
+    import io
+
+    from adapters.web import ENGINE
+    from tests.fakes.clock import FakeClock
+    from tests.support import ADMIN, body, change, signed, text
+
+    fake = graph[0]
+    clock = FakeClock()
+    fake.clock = clock.now
+    env["SEND_RATE"] = "1"
+    client = await start_app(env, clock=clock)
+    engine = client.app[ENGINE]
+    raw, headers = signed(body(change([text("15550000031", "w1", "hi")])))
+    webhook = await client.post("/webhooks/whatsapp", data=io.BytesIO(raw), headers=headers)
+    assert webhook.status == 200
+    await engine.actors.wait_idle()
+    await clock.advance(1)
+    reply = {"text": " ".join(["lorem"] * 2000)}  # 11,999 characters: three messages
+    auth = {"Authorization": f"Bearer {ADMIN}"}
+    r = await client.post("/api/conversations/15550000031/messages", json=reply, headers=auth)
+    assert r.status == 200
+    for _ in range(200):  # time moves by hand; the sends themselves are real HTTP
+        if not engine.delivery.pending:
+            break
+        await clock.advance(0.25)
+        await asyncio.sleep(0.01)
+    sent = fake.requests
+    agent = [q["received"] for q in sent if q["body"]["biz_opaque_callback_data"][:2] == "a:"]
+    assert len(agent) == 3
+    # A second apart, give or take the quarter second the clock moves while a send is on the
+    # wire (the fake stamps what it receives with the clock of that moment).
+    assert all(b - a >= 0.75 for a, b in itertools.pairwise(agent)), agent

@@ -137,7 +137,12 @@ async def test_a_full_disk_turns_readiness_to_503_and_back(
     assert r.status == 200
     await engine.actors.wait_idle()
     assert len(await store.unhandled()) == 0
-    await eventually(lambda: engine.delivery.pending == 0)
+
+    async def drained() -> bool:  # 40 replies: past the number's burst, they go at SEND_RATE
+        await clock.advance(0.1)
+        return engine.delivery.pending == 0
+
+    await eventually(drained)
 
 
 async def test_readiness_follows_failing_writes_even_when_a_small_probe_would_pass(
