@@ -24,6 +24,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from functools import partial
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
@@ -233,8 +234,10 @@ class _redis:
 def make_sender(settings: Settings, session: aiohttp.ClientSession) -> Sender:
     if settings.sender == "whatsapp":
         token = AccessToken(settings.whatsapp_access_token, settings.whatsapp_access_token_file)
-        return CloudApiSender(session, settings.whatsapp_api_url, token)
-    return ConsoleSender()
+        return CloudApiSender(
+            session, settings.whatsapp_api_url, token, media_dir=Path(settings.media_dir)
+        )
+    return ConsoleSender(media_dir=Path(settings.media_dir))
 
 
 async def serve(settings: Settings) -> int:

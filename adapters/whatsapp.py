@@ -9,6 +9,7 @@ the per-recipient pair rate makes one contact wait, and the rest is about the me
 from __future__ import annotations
 
 import logging
+import mimetypes
 import re
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,16 @@ from engine.errors import (
 )
 from engine.events import scrub
 from engine.logs import redact
-from engine.outbound import ButtonsMessage, ListMessage, TemplateMessage, TextMessage
+from engine.outbound import (
+    ButtonsMessage,
+    ListMessage,
+    LocationMessage,
+    MediaMessage,
+    ReactionMessage,
+    TemplateMessage,
+    TextMessage,
+    media_path,
+)
 from engine.ports import Outgoing
 from engine.settings import Secret
 
@@ -78,7 +88,8 @@ _TOKEN = re.compile(r"[!-~]+")  # a token is one run of printable ASCII: it goes
 _MESSAGE_ID = re.compile(r"[!-~]{1,512}")  # Meta's wamid.*: printable ASCII
 
 
-def graph_body(out: Outgoing) -> dict[str, Any]:
+def graph_body(out: Outgoing, media_id: str | None = None) -> dict[str, Any]:
+    """The /messages request for `out`; `media_id`: what the upload of its file returned."""
     body: dict[str, Any] = {"messaging_product": "whatsapp", "recipient_type": "individual"}
     if out.phone:
         body["to"] = "+" + out.phone.lstrip("+")  # without '+' Meta may prepend a country code
@@ -88,17 +99,42 @@ def graph_body(out: Outgoing) -> dict[str, Any]:
         raise PermanentDelivery("the contact has neither a phone number nor a user id", local=True)
     body["biz_opaque_callback_data"] = out.id[:512]
     m = out.message
+    if out.reply_to and not isinstance(m, ReactionMessage):
+        body["context"] = {"message_id": out.reply_to}  # a contextual reply: it quotes that one
     if isinstance(m, TextMessage):
         body["type"] = "text"
         body["text"] = {"body": m.body, "preview_url": "http" in m.body}
-        return body
-    if isinstance(m, TemplateMessage):
+    elif isinstance(m, TemplateMessage):
         body["type"] = "template"
         body["template"] = template_body(m)
-        return body
-    body["type"] = "interactive"
-    body["interactive"] = _interactive(m)
+    elif isinstance(m, MediaMessage):
+        body["type"] = m.kind
+        body[m.kind] = media_object(m, media_id)
+    elif isinstance(m, LocationMessage):
+        body["type"] = "location"
+        place: dict[str, Any] = {"latitude": m.latitude, "longitude": m.longitude}
+        place.update({k: v for k, v in (("name", m.name), ("address", m.address)) if v})
+        body["location"] = place
+    elif isinstance(m, ReactionMessage):
+        body["type"] = "reaction"
+        body["reaction"] = {"message_id": m.message_id, "emoji": m.emoji}
+    else:
+        body["type"] = "interactive"
+        body["interactive"] = _interactive(m)
     return body
+
+
+def media_object(m: MediaMessage, media_id: str | None = None) -> dict[str, Any]:
+    """{"id": ...} or {"link": ...}, with the caption (not for audio) and a document's name."""
+    ident = media_id or m.media_id
+    media: dict[str, Any] = {"id": ident} if ident else {"link": m.link}
+    if m.caption and m.kind != "audio":
+        media["caption"] = m.caption
+    if m.kind == "document":
+        name = m.filename or (Path(m.file).name if m.file else None)
+        if name:
+            media["filename"] = name
+    return media
 
 
 def _interactive(m: ButtonsMessage | ListMessage) -> dict[str, Any]:
@@ -176,13 +212,18 @@ def template_body(m: TemplateMessage) -> dict[str, Any]:
     return template
 
 
-def outcome(status: int, data: Any, retry_after: str | None = None) -> str:
-    """The provider message id of a successful send; raises a DeliveryError otherwise."""
+def outcome(status: int, data: Any, retry_after: str | None = None, key: str = "messages") -> str:
+    """The provider message id of a successful send (`key` "id": an upload's media id;
+    "success": a read receipt, answered "ok"); raises a DeliveryError otherwise."""
     error = data.get("error") if isinstance(data, dict) else None
     wait = retry_after_seconds(retry_after)
     if 200 <= status < 300 and not error:
         try:
-            provider_id = data["messages"][0]["id"]
+            if key == "success":
+                if data["success"] is not True:
+                    raise TypeError(data)
+                return "ok"
+            provider_id = data["messages"][0]["id"] if key == "messages" else data[key]
             if not isinstance(provider_id, str) or not _MESSAGE_ID.fullmatch(provider_id):
                 raise TypeError(provider_id)
             return provider_id
@@ -309,26 +350,63 @@ class CloudApiSender:
         token: AccessToken,
         *,
         timeout: float = 15.0,
+        media_dir: Path | None = None,
     ) -> None:
         self._session = session
         self._api_url = api_url.rstrip("/")
         self._token = token
         self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._media_dir = media_dir  # where files to upload live (MEDIA_DIR)
 
     async def send(self, out: Outgoing) -> str:
-        url = f"{self._api_url}/{quote(out.number, safe='')}/messages"
-        body = graph_body(out)
+        media_id = None
+        if isinstance(out.message, MediaMessage) and out.message.file:
+            media_id = await self.upload(out.number, out.message)
+        body = graph_body(out, media_id)
+        return await self._post(f"{quote(out.number, safe='')}/messages", {"json": body})
+
+    async def upload(self, number: str, m: MediaMessage) -> str:
+        """POST /{number}/media (multipart) with a file of the media folder: its media id."""
+        assert m.file is not None
+        if self._media_dir is None:
+            raise PermanentDelivery("no MEDIA_DIR to read the file from", local=True)
+        try:
+            path = media_path(self._media_dir, m.file, m.kind)
+            data = path.read_bytes()
+        except (ValueError, OSError) as e:
+            raise PermanentDelivery(f"media file {m.file!r}: {e}", local=True) from e
+        mime = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        form = aiohttp.FormData()
+        form.add_field("messaging_product", "whatsapp")
+        form.add_field("type", mime)
+        form.add_field("file", data, filename=path.name, content_type=mime)
+        return await self._post(f"{quote(number, safe='')}/media", {"data": form}, key="id")
+
+    async def mark_read(self, number: str, message_id: str, *, typing: bool = False) -> None:
+        """Blue ticks on the customer's message, and "typing..." until the reply (or 25 s)."""
+        body: dict[str, Any] = {
+            "messaging_product": "whatsapp",
+            "status": "read",
+            "message_id": message_id,
+        }
+        if typing:
+            body["typing_indicator"] = {"type": "text"}
+        await self._post(f"{quote(number, safe='')}/messages", {"json": body}, key="success")
+
+    async def _post(self, path: str, payload: dict[str, Any], key: str = "messages") -> str:
         headers = {"Authorization": self._token.header()}
         try:
             async with self._session.post(
-                url, json=body, headers=headers, timeout=self._timeout
+                f"{self._api_url}/{path}", headers=headers, timeout=self._timeout, **payload
             ) as response:
                 try:
                     data = await response.json(content_type=None)
                 except (ValueError, RecursionError):
                     data = None
                 try:
-                    return outcome(response.status, data, response.headers.get("Retry-After"))
+                    return outcome(
+                        response.status, data, response.headers.get("Retry-After"), key=key
+                    )
                 except ChannelDown as e:
                     if e.cause == "auth":
                         self._token.refused()

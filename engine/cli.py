@@ -205,6 +205,9 @@ class ChatSender:
         print("bot > " + "\n      ".join(lines), file=self._out, flush=True)
         return f"chat.{out.id}"
 
+    async def mark_read(self, number: str, message_id: str, *, typing: bool = False) -> None:
+        """The terminal shows no blue ticks."""
+
     def content(self, line: str) -> Content:
         """What the customer sends: a number picks an option; `/tap ID` taps one by id;
         `/location LAT,LNG [NAME]` shares a place; anything else is text."""

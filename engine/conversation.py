@@ -182,13 +182,18 @@ class ConversationBehaviour:
         else:
             if convo.handoff_until is not None:  # the person's time ran out: the bot takes over
                 timers += self._hand_back(convo, "expired")
+            read = self._flow_of(convo).spec.read
+            if read is not None:  # blue ticks (and "typing...") ahead of the replies
+                self._delivery.receipt(convo.key, convo.number, message.id, typing=read == "typing")
             effects = self._step(convo, lambda flow: self._run(flow, convo, message), now)
             outcome = "answered"
         if message.answerable:
             convo.last_in_at = now
         convo.last_seq = item.seq
         timers += self._timers(convo, effects, now)
-        replies = self._outbound(convo, f"r:{message.id}", effects.messages, now)
+        replies = self._outbound(
+            convo, f"r:{message.id}", effects.messages, now, quoting=(message.id, effects.quotes)
+        )
         rows = [_inbound(convo, message, "received"), *replies]
         await self._finish(actor, convo, effects, rows=rows, now=now, timers=timers)
         self._metrics.handled.inc(outcome)
@@ -605,7 +610,12 @@ class ConversationBehaviour:
         return flow
 
     def _outbound(
-        self, convo: Conversation, cause: str, messages: list[OutMessage], now: float
+        self,
+        convo: Conversation,
+        cause: str,
+        messages: list[OutMessage],
+        now: float,
+        quoting: tuple[str, set[int]] | None = None,
     ) -> list[MessageRow]:
         """Outbox rows with ids derived from their cause, so a replay cannot send them twice.
 
@@ -654,6 +664,8 @@ class ConversationBehaviour:
                             "until": until,  # the window closes then: delivery checks again
                             "flow": convo.flow,
                             "state": convo.state,
+                            # a contextual reply: it quotes the customer's message
+                            "reply_to": quoting[0] if quoting and i in quoting[1] else None,
                         },
                         separators=(",", ":"),
                     ),

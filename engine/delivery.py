@@ -71,6 +71,7 @@ log = logging.getLogger(__name__)
 Pending = tuple[str, str, str, str, float]
 
 DONE = "done"  # the message is settled: accepted or failed
+RECEIPT = "read:"  # the id of a read receipt in a contact's queue (never a stored message)
 HOLD = "hold"  # the number is down: the contact waits for it
 
 
@@ -213,6 +214,21 @@ class Delivery:
             self._ready.put_nowait(contact)
         return True
 
+    def receipt(self, contact: str, number: str, message_id: str, *, typing: bool) -> None:
+        """Mark the customer's message read (and show "typing...") ahead of the replies to it.
+        Not stored: a crash loses only the blue ticks."""
+        payload = json.dumps({"read": message_id, "typing": typing})
+        line = self._line(number)
+        queue = self._queues.get(contact)
+        if queue is None:
+            queue = self._queues[contact] = deque()
+            self._ready.put_nowait(contact)
+        queue.append((f"{RECEIPT}{message_id}", contact, number, payload, line.uptime(0.0)))
+        line.pending += 1
+        self.pending += 1
+        self._empty.clear()
+        self._check_settled()
+
     def enqueue(self, rows: list[MessageRow]) -> None:
         now = self._clock.now()
         for row in rows:
@@ -311,7 +327,9 @@ class Delivery:
             if line.down is not None and line.probe != contact:
                 line.held.append(contact)
                 continue
-            wait = line.bucket.take(self._clock.now()) if line.bucket is not None else 0.0
+            receipt = queue[0][0].startswith(RECEIPT)  # not a message: WhatsApp's limit is on those
+            bucket = line.bucket if not receipt else None
+            wait = bucket.take(self._clock.now()) if bucket is not None else 0.0
             if wait > 0:  # over the number's rate: the contact comes back when a send is free
                 self._metrics.rate_waits.inc()
                 self._parked[contact] = self._clock.call_later(wait, partial(self._unpark, contact))
@@ -413,10 +431,24 @@ class Delivery:
         await self._settle(ident, contact, provider_id=provider_id, instead=instead)
         return DONE
 
+    async def _receipt(self, item: Pending) -> None:
+        """A read receipt goes once, whatever the provider says: it is not worth a retry."""
+        data = json.loads(item[3])
+        try:
+            await self._sender.mark_read(item[2], data["read"], typing=data["typing"])
+        except Exception as e:
+            log.info("read receipt for %s not sent: %s", mask(item[1]), e)
+            self._metrics.receipts.inc("failed")
+        else:
+            self._metrics.receipts.inc("sent")
+
     async def _settled_without_sending(self, line: Line, contact: str, item: Pending) -> bool:
         """Settle a message that must not be sent: one a status webhook claimed after a crash
-        (the provider has it), or one too old to send."""
+        (the provider has it), or one too old to send; or send a read receipt."""
         ident, born = item[0], item[4]
+        if ident.startswith(RECEIPT):
+            await self._receipt(item)
+            return True
         if ident in self._doubts:
             self._doubts.pop(ident)
             claimed = self._claims.pop(ident, None)
@@ -674,6 +706,7 @@ def _outgoing(item: Pending) -> Outgoing:
             user_id=data.get("user_id"),
             message=from_json(data["message"]),
             until=float(data.get("until") or 0.0),
+            reply_to=data.get("reply_to"),
             flow=data.get("flow"),
             state=data.get("state"),
         )

@@ -322,6 +322,9 @@ class Recorder:
         self.sent.append(out.message)
         return f"test.{len(self.sent)}"
 
+    async def mark_read(self, number: str, message_id: str, *, typing: bool = False) -> None:
+        """Read receipts are not part of a conversation test."""
+
 
 def fake_actions(
     actions: Actions, given: Mapping[str, Any], calls: list[tuple[str, dict[str, Value]]]

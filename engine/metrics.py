@@ -141,6 +141,9 @@ class Metrics:
             "Messages recorded as not sent without asking the provider, by reason",
             ("reason",),
         )
+        self.receipts = Counter(
+            "engine_read_receipts", "Read receipts (and typing indicators) by result", ("result",)
+        )
         self.rate_waits = Counter(
             "engine_send_rate_waits",
             "Sends that waited for their business number's throughput limit (SEND_RATE)",

@@ -8,6 +8,7 @@ The flow validator checks the same limits (`LIMITS`) on the static text of a flo
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 LIMITS = {
@@ -26,6 +27,9 @@ LIMITS = {
     "row_id": 200,
     "header": 60,
     "footer": 60,
+    "caption": 1024,
+    "location_name": 1000,
+    "location_address": 1000,
 }
 ELLIPSIS = "…"
 WINDOW = 24 * 3600.0  # WhatsApp's customer-service window, from the customer's last message
@@ -93,8 +97,84 @@ class ListMessage:
     fallback: TemplateMessage | None = None
 
 
-FreeForm = TextMessage | ButtonsMessage | ListMessage
-OutMessage = TextMessage | ButtonsMessage | ListMessage | TemplateMessage
+MEDIA_KINDS = ("image", "document", "video", "audio")
+
+
+@dataclass(frozen=True, slots=True)
+class MediaMessage:
+    """An image, document, video or audio: by `link` (https), by a media id the provider
+    already holds, or by a `file` in the media folder that the sender uploads first."""
+
+    kind: str  # image | document | video | audio
+    link: str | None = None
+    media_id: str | None = None
+    file: str | None = None  # a path inside MEDIA_DIR
+    caption: str | None = None
+    filename: str | None = None  # what a document is called on the customer's phone
+    fallback: TemplateMessage | None = None
+
+    @property
+    def body(self) -> str:
+        shown = self.filename or self.file or self.link or self.media_id or ""
+        return f"[{self.kind}: {shown}]" + (f" {self.caption}" if self.caption else "")
+
+
+# WhatsApp's size limits per kind (whatsapp.md §1.4): a larger file is refused before upload.
+MEDIA_LIMITS = {
+    "image": 5 * 1024 * 1024,
+    "audio": 16 * 1024 * 1024,
+    "video": 16 * 1024 * 1024,
+    "document": 100 * 1024 * 1024,
+}
+
+
+def media_path(root: Path, name: str, kind: str) -> Path:
+    """The file `name` inside the media folder `root`; ValueError when it is not a plain file
+    in there (a flow may build the name from what a customer wrote: `../../etc/passwd`, an
+    absolute path or a link out of the folder never reach the provider) or is too large."""
+    base = root.resolve()
+    path = (base / name).resolve()
+    if not path.is_relative_to(base) or path == base:
+        raise ValueError("not a file inside MEDIA_DIR")
+    if not path.is_file():
+        raise ValueError("no such file in MEDIA_DIR")
+    size = path.stat().st_size
+    if size > MEDIA_LIMITS.get(kind, MEDIA_LIMITS["document"]):
+        raise ValueError(f"{size} bytes: WhatsApp takes at most {MEDIA_LIMITS[kind]} for {kind}")
+    return path
+
+
+@dataclass(frozen=True, slots=True)
+class LocationMessage:
+    latitude: str  # decimal degrees, as text: exact
+    longitude: str
+    name: str | None = None
+    address: str | None = None
+    fallback: TemplateMessage | None = None
+
+    @property
+    def body(self) -> str:
+        place = ", ".join(p for p in (self.name, self.address) if p)
+        return f"[location {self.latitude},{self.longitude}]" + (f" {place}" if place else "")
+
+
+@dataclass(frozen=True, slots=True)
+class ReactionMessage:
+    """An emoji on one of the customer's messages (empty: take a reaction back)."""
+
+    message_id: str
+    emoji: str
+    fallback: TemplateMessage | None = None
+
+    @property
+    def body(self) -> str:
+        return f"[reaction {self.emoji}]"
+
+
+FreeForm = (
+    TextMessage | ButtonsMessage | ListMessage | MediaMessage | LocationMessage | ReactionMessage
+)
+OutMessage = FreeForm | TemplateMessage
 
 
 def kind_of(message: OutMessage) -> str:
@@ -102,6 +182,12 @@ def kind_of(message: OutMessage) -> str:
         return "text"
     if isinstance(message, TemplateMessage):
         return "template"
+    if isinstance(message, MediaMessage):
+        return message.kind
+    if isinstance(message, LocationMessage):
+        return "location"
+    if isinstance(message, ReactionMessage):
+        return "reaction"
     return "buttons" if isinstance(message, ButtonsMessage) else "list"
 
 
@@ -133,6 +219,26 @@ def to_json(message: OutMessage) -> dict[str, Any]:
 def _free_json(message: FreeForm) -> dict[str, Any]:
     if isinstance(message, TextMessage):
         return {"type": "text", "body": message.body}
+    if isinstance(message, MediaMessage):
+        return {
+            "type": "media",
+            "kind": message.kind,
+            "link": message.link,
+            "id": message.media_id,
+            "file": message.file,
+            "caption": message.caption,
+            "filename": message.filename,
+        }
+    if isinstance(message, LocationMessage):
+        return {
+            "type": "location",
+            "latitude": message.latitude,
+            "longitude": message.longitude,
+            "name": message.name,
+            "address": message.address,
+        }
+    if isinstance(message, ReactionMessage):
+        return {"type": "reaction", "message_id": message.message_id, "emoji": message.emoji}
     if isinstance(message, ButtonsMessage):
         return {
             "type": "buttons",
@@ -180,6 +286,28 @@ def from_json(data: dict[str, Any]) -> OutMessage:
         raise ValueError("a fallback must be a template")
     if kind == "text":
         return TextMessage(data["body"], template)
+    if kind == "media":
+        if data["kind"] not in MEDIA_KINDS:
+            raise ValueError(f"unknown media kind {data['kind']!r}")
+        return MediaMessage(
+            kind=data["kind"],
+            link=data.get("link"),
+            media_id=data.get("id"),
+            file=data.get("file"),
+            caption=data.get("caption"),
+            filename=data.get("filename"),
+            fallback=template,
+        )
+    if kind == "location":
+        return LocationMessage(
+            str(data["latitude"]),
+            str(data["longitude"]),
+            data.get("name"),
+            data.get("address"),
+            template,
+        )
+    if kind == "reaction":
+        return ReactionMessage(str(data["message_id"]), str(data["emoji"]), template)
     if kind == "buttons":
         return ButtonsMessage(
             body=data["body"],
@@ -234,8 +362,28 @@ def _pieces(body: str, limit: int, out: Fitted) -> list[str]:
 def fit(message: OutMessage) -> Fitted:
     """Split long text and shorten long titles so WhatsApp accepts `message`."""
     out = Fitted(messages=[])
-    if isinstance(message, TemplateMessage):
+    if isinstance(message, TemplateMessage | ReactionMessage):
         out.messages = [message]  # its text is the approved one: WhatsApp checked it
+        return out
+    if isinstance(message, LocationMessage):
+        out.messages = [
+            replace(
+                message,
+                name=_short(message.name, LIMITS["location_name"], out),
+                address=_short(message.address, LIMITS["location_address"], out),
+            )
+        ]
+        return out
+    if isinstance(message, MediaMessage):
+        caption = message.caption
+        if caption is not None and len(caption) > LIMITS["caption"]:
+            # The caption is the last piece of a long text: nothing is dropped.
+            parts = _pieces(caption, LIMITS["caption"], out)
+            out.split = len(parts) - 1
+            out.messages = [TextMessage(p, message.fallback) for p in parts[:-1]]
+            out.messages.append(replace(message, caption=parts[-1]))
+        else:
+            out.messages = [message]
         return out
     # Every piece of a long text carries the fallback: outside the window the template goes
     # once in place of them all (see engine.conversation).

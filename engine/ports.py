@@ -231,6 +231,7 @@ class Outgoing:
     user_id: str | None
     message: OutMessage
     until: float = 0.0  # when the customer's 24-hour window closes (0: unknown)
+    reply_to: str | None = None  # the customer's message it quotes (a contextual reply)
     flow: str | None = None  # the flow and step that produced it, for the logs
     state: str | None = None
 
@@ -238,6 +239,10 @@ class Outgoing:
 class Sender(Protocol):
     async def send(self, out: Outgoing) -> str:
         """Send and return the provider's message id; raise DeliveryError subclasses on failure."""
+        ...
+
+    async def mark_read(self, number: str, message_id: str, *, typing: bool = False) -> None:
+        """Mark a customer's message read on `number` (and show the typing indicator)."""
         ...
 
 

@@ -86,6 +86,7 @@ class Settings:
     admin_token: Secret | None = None
     actions_secret: Secret | None = None  # signs the built-in http action's requests
     timezone: str = "UTC"  # IANA name: where "tomorrow 5pm" is read
+    media_dir: str = "var/media"  # files flows send by name (invoices), and the console's copies
     # Tuning, with defaults that suit one small container.
     max_actors: int = 10_000
     send_concurrency: int = 32
@@ -171,6 +172,7 @@ class Settings:
             admin_token=_secret(env, "ADMIN_TOKEN"),
             actions_secret=_secret(env, "ACTIONS_SECRET"),
             timezone=_timezone(env),
+            media_dir=env.get("MEDIA_DIR", "var/media"),
             max_actors=_int(env, "MAX_ACTORS", 10_000, low=1),
             send_concurrency=_int(env, "SEND_CONCURRENCY", 32, low=1, high=1024),
             max_backlog=_int(env, "MAX_BACKLOG", 50_000, low=1),

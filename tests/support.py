@@ -132,10 +132,14 @@ class Recorder:
 
     def __init__(self) -> None:
         self.sent: list[Outgoing] = []
+        self.read: list[tuple[str, str, bool]] = []  # (number, message id, typing)
 
     async def send(self, out: Outgoing) -> str:
         self.sent.append(out)
         return f"wamid.{out.id}"
+
+    async def mark_read(self, number: str, message_id: str, *, typing: bool = False) -> None:
+        self.read.append((number, message_id, typing))
 
     def texts(self, contact: str) -> list[str]:
         return [o.message.body for o in self.sent if o.contact == contact]

@@ -30,8 +30,12 @@ from ..outbound import (
     LIMITS,
     Button,
     ButtonsMessage,
+    FreeForm,
     ListMessage,
+    LocationMessage,
+    MediaMessage,
     OutMessage,
+    ReactionMessage,
     Row,
     Section,
     TemplateMessage,
@@ -118,6 +122,7 @@ class Effects:
     conversation's flow timer afterwards (None: no timer; KEEP: unchanged)."""
 
     messages: list[OutMessage] = field(default_factory=list)
+    quotes: set[int] = field(default_factory=set)  # messages that quote the customer's message
     handoff: bool = False
     reprompts: int = 0
     split: int = 0
@@ -128,6 +133,7 @@ class Effects:
 
     def add(self, later: Effects) -> None:
         """What a later step in the same turn (another flow's) decided, after this one."""
+        self.quotes |= {len(self.messages) + i for i in later.quotes}
         self.messages.extend(later.messages)
         self.handoff = self.handoff or later.handoff
         self.reprompts += later.reprompts
@@ -258,7 +264,12 @@ class Step:
         return arg
 
     def say(self, say: Say) -> None:
-        fitted = fit(build_message(say, self))
+        message = build_message(say, self)
+        if not _sendable(message, self):
+            return
+        fitted = fit(message)
+        if say.quote and self.message is not None:
+            self.effects.quotes.add(len(self.effects.messages))
         self.effects.messages.extend(fitted.messages)
         self.effects.split += fitted.split
         self.effects.shortened += fitted.shortened
@@ -283,6 +294,30 @@ class Step:
         return self.raw
 
 
+def _sendable(message: OutMessage, step: Step) -> bool:
+    """A location with coordinates that are not numbers, or a reaction with nothing to react
+    to (a timer's step), cannot be sent: it is left out and logged, the rest goes."""
+    why = None
+    if isinstance(message, LocationMessage):
+        try:
+            lat, lon = Decimal(message.latitude), Decimal(message.longitude)
+            if not (-90 <= lat <= 90 and -180 <= lon <= 180):
+                why = "coordinates out of range"
+        except ArithmeticError:
+            why = f"coordinates {message.latitude!r}, {message.longitude!r} are not numbers"
+    elif isinstance(message, ReactionMessage) and not message.message_id:
+        why = "a reaction needs a customer's message to react to"
+    if why is None:
+        return True
+    log.warning(
+        "flow %s, step %r: message left out: %s",
+        getattr(step.convo, "flow", "?"),
+        step.convo.state,
+        why,
+    )
+    return False
+
+
 def build_message(say: Say, step: Step) -> OutMessage:
     if say.template is not None and say.kind == "template":
         return fill_template(say.template, step)
@@ -305,7 +340,20 @@ def fill_template(use: TemplateUse, step: Step) -> TemplateMessage:
     return message
 
 
-def _free_form(say: Say, step: Step) -> TextMessage | ButtonsMessage | ListMessage:
+def _free_form(say: Say, step: Step) -> FreeForm:
+    if say.kind == "media" and say.media is not None:
+        return _media(say, step)
+    if say.kind == "location" and say.location is not None:
+        lat, lon, name, address = say.location
+        return LocationMessage(
+            step.render(lat).strip(),
+            step.render(lon).strip(),
+            step.render(name) if name else None,
+            step.render(address) if address else None,
+        )
+    if say.kind == "reaction":
+        message = step.message
+        return ReactionMessage(message.id if message is not None else "", step.render(say.body))
     body = step.render(say.body)
     if say.kind == "text":
         return TextMessage(body)
@@ -327,6 +375,20 @@ def _free_form(say: Say, step: Step) -> TextMessage | ButtonsMessage | ListMessa
             for title, rows in say.sections
         )
     return ListMessage(body, step.render(say.list_button or "Options"), sections, header, footer)
+
+
+def _media(say: Say, step: Step) -> MediaMessage:
+    """A link (http or https), a media id (digits) or the name of a file in MEDIA_DIR."""
+    assert say.media is not None
+    kind, source, filename = say.media
+    value = step.render(source).strip()
+    caption = step.render(say.body) if say.body else None
+    name = step.render(filename) if filename else None
+    if value.startswith(("https://", "http://")):
+        return MediaMessage(kind, link=value, caption=caption, filename=name)
+    if value.isdigit():
+        return MediaMessage(kind, media_id=value, caption=caption, filename=name)
+    return MediaMessage(kind, file=value, caption=caption, filename=name)
 
 
 MORE = "_more"  # the id of the row that shows page N of built rows is "_more<N>" (from 0)

@@ -178,6 +178,7 @@ class FlowReader(Reading):
             inputs=inputs,
             outputs=outputs,
             data=data,
+            read=self.read_receipts(doc),
         )
         if start and start not in states:
             self.err(
@@ -185,6 +186,19 @@ class FlowReader(Reading):
             )
         self.check(spec)
         return spec
+
+    def read_receipts(self, doc: YMap) -> str | None:
+        """read: true (blue ticks on each message the bot answers) or read: typing (and the
+        typing indicator until the reply)."""
+        value = doc.get("read")
+        if value is None or value is False:
+            return None
+        if value is True:
+            return "read"
+        if value == "typing":
+            return "typing"
+        self.err(doc.line_of("read"), "read: true, false or typing")
+        return None
 
     def check(self, spec: FlowSpec) -> None:
         """The checks that need the whole flow: routes, reachability, loops, names."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from ..outbound import LIMITS
+from ..outbound import LIMITS, MEDIA_KINDS
 from .reading import Reading
 from .source import YList, YMap
 from .spec import Rows, Say, TemplateUse, slug
@@ -38,17 +38,94 @@ def message(r: Reading, raw: Any, line: int) -> Say | None:
         r.err(line, "say: text, or a mapping with text: and buttons: or list:")
         return None
     line = raw.line
-    r.keys(raw, ("text", "buttons", "list", "header", "footer", "template"), "message")
+    r.keys(raw, MESSAGE_KEYS, "message")
     use = template_use(r, raw["template"], raw.line_of("template")) if "template" in raw else None
+    quote = raw.get("quote") is True
+    if "quote" in raw and not isinstance(raw["quote"], bool):
+        r.err(raw.line_of("quote"), "quote: true or false")
+    if any(k in raw for k in OTHER_KINDS):
+        other = other_kind(r, raw, line, use)
+        return replace(other, quote=quote) if other is not None else None
+    for key in ("caption", "filename"):
+        if key in raw:
+            r.err(raw.line_of(key), f"{key}: goes with image:, document:, video: or audio:")
     if "template" in raw and "text" not in raw:
         for key in ("buttons", "list", "header", "footer"):
             if key in raw:
                 r.err(raw.line_of(key), f"{key}: needs text: (a template brings its own)")
         return Say(line, "template", use.template.body if use else "", template=use)
     found = free_form(r, raw, line)
-    if found is None or use is None:
+    if found is None:
         return found
-    return replace(found, template=use)
+    return replace(found, template=use, quote=quote)
+
+
+OTHER_KINDS = (*MEDIA_KINDS, "location", "react")
+MESSAGE_KEYS = (
+    "text",
+    "buttons",
+    "list",
+    "header",
+    "footer",
+    "template",
+    "quote",
+    *MEDIA_KINDS,
+    "caption",
+    "filename",
+    "location",
+    "react",
+)
+
+
+def other_kind(r: Reading, raw: YMap, line: int, use: TemplateUse | None) -> Say | None:
+    """A media, location or reaction message (None: it has errors, reported)."""
+    kinds = [k for k in OTHER_KINDS if k in raw]
+    if len(kinds) > 1 or "text" in raw or "buttons" in raw or "list" in raw:
+        r.err(line, f"one kind of message each: {', '.join(kinds)} (and text: goes alone)")
+        return None
+    kind = kinds[0]
+    if kind in MEDIA_KINDS:
+        return media(r, raw, line, kind, use)
+    if kind == "react":
+        emoji = r.scalar(raw, "react", required=True) or ""
+        if emoji and len(emoji) > 16:
+            r.err(raw.line_of("react"), "react: one emoji")
+        return Say(line, "reaction", emoji, template=use)
+    return location(r, raw, line, use)
+
+
+def media(r: Reading, raw: YMap, line: int, kind: str, use: TemplateUse | None) -> Say:
+    """image:, document:, video: or audio: a link, a media id or a file in MEDIA_DIR."""
+    source = r.scalar(raw, kind, required=True) or ""
+    template(r, source, raw.line_of(kind), 2048, f"{kind} (a link, a media id or a file)")
+    caption = r.scalar(raw, "caption")
+    if caption is not None:
+        if kind == "audio":
+            r.err(raw.line_of("caption"), "audio takes no caption")
+        template(r, caption, raw.line_of("caption"), LIMITS["caption"], "caption")
+    filename = r.scalar(raw, "filename")
+    if filename is not None:
+        if kind != "document":
+            r.err(raw.line_of("filename"), "filename: goes with document:")
+        template(r, filename, raw.line_of("filename"), 240, "filename")
+    return Say(line, "media", caption or "", media=(kind, source, filename), template=use)
+
+
+def location(r: Reading, raw: YMap, line: int, use: TemplateUse | None) -> Say | None:
+    place = raw["location"]
+    if not isinstance(place, YMap):
+        r.err(raw.line_of("location"), "location: {latitude: ..., longitude: ..., name: ...}")
+        return None
+    r.keys(place, ("latitude", "longitude", "name", "address"), "location")
+    values = [
+        r.scalar(place, k, required=k in ("latitude", "longitude"))
+        for k in ("latitude", "longitude", "name", "address")
+    ]
+    for key, value in zip(("latitude", "longitude", "name", "address"), values, strict=True):
+        if value is not None:
+            template(r, value, place.line_of(key), LIMITS["location_name"], key)
+    lat, lon, name, address = values
+    return Say(line, "location", "", location=(lat or "", lon or "", name, address), template=use)
 
 
 def free_form(r: Reading, raw: YMap, line: int) -> Say | None:

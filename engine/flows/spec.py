@@ -64,6 +64,7 @@ FLOW_KEYS = (
     "inputs",
     "outputs",
     "data",
+    "read",
     "states",
 )
 STATE_KEYS = (
@@ -151,6 +152,10 @@ class Say:
     footer: str | None = None
     rows: Rows | None = None  # rows built from a list at run time (sections stays empty)
     template: TemplateUse | None = None  # kind template: the message; else its fallback
+    # kind media: (image | document | video | audio, source, filename); the body is the caption
+    media: tuple[str, str, str | None] | None = None
+    location: tuple[str, str, str | None, str | None] | None = None  # lat, lon, name, address
+    quote: bool = False  # a contextual reply: it quotes the customer's message
 
     def choices(self) -> Iterable[tuple[str, str]]:
         yield from self.buttons
@@ -284,6 +289,7 @@ class FlowSpec:
     inputs: dict[str, SetValue | None] = field(default_factory=dict)  # None: the caller gives it
     outputs: tuple[str, ...] = ()  # the slots a caller gets back when this flow ends
     data: dict[str, Value] = field(default_factory=dict)  # tables from data files, by name
+    read: str | None = None  # mark customers' messages read ("read"), and show typing ("typing")
 
 
 def prompt_of(spec: FlowSpec, state: StateSpec) -> tuple[Say, ...]:

@@ -48,6 +48,7 @@ class FakeGraph:
     latency: float = 0.0
     keep: bool = True  # keep every request in memory (a long benchmark would not)
     requests: list[dict[str, Any]] = field(default_factory=list)
+    uploads: list[dict[str, Any]] = field(default_factory=list)  # what /media received
     script: deque[tuple[Any, ...]] = field(default_factory=deque)
     failing: tuple[Any, ...] | None = None  # (status, body[, headers]) for every request
     # An answer for the requests it picks, by business number and body (a message the provider
@@ -132,7 +133,26 @@ class FakeGraph:
     def app(self) -> web.Application:
         app = web.Application()
         app.router.add_post("/{version}/{number}/messages", self.handle)
+        app.router.add_post("/{version}/{number}/media", self.upload)
         return app
+
+    async def upload(self, request: web.Request) -> web.Response:
+        """The media endpoint: multipart with messaging_product, type and file; a media id."""
+        form = await request.post()
+        file = form.get("file")
+        record = {
+            "number": request.match_info["number"],
+            "auth": request.headers.get("Authorization"),
+            "fields": {k: v for k, v in form.items() if isinstance(v, str)},
+            "filename": getattr(file, "filename", None),
+            "content_type": getattr(file, "content_type", None),
+            "bytes": file.file.read() if hasattr(file, "file") else None,
+            "received": self.clock(),
+        }
+        self.uploads.append(record)
+        if form.get("messaging_product") != "whatsapp" or file is None:
+            return web.json_response(meta_error(100, "Invalid parameter")[1], status=400)
+        return web.json_response({"id": f"{4490000000000000 + len(self.uploads)}"})
 
     async def handle(self, request: web.Request) -> web.Response:
         """Decide and record at receipt (a real provider keeps a message it has received, even
@@ -163,6 +183,8 @@ class FakeGraph:
         if answer is not None:
             status, data = answer[0], answer[1]
             headers = answer[2] if len(answer) > 2 else {}
+        elif body.get("status") == "read":  # a read receipt (and typing indicator)
+            status, data = 200, {"success": True}
         else:
             record["wamid"] = wamid = f"wamid.fake.{next(self._ids)}"
             status = 200
