@@ -42,6 +42,7 @@ from adapters.prometheus import EngineCollector
 from adapters.stores.postgres import PostgresStore
 from adapters.stores.redis_cache import RedisCachedStore
 from adapters.stores.sqlite import SqliteStore
+from adapters.twilio import Channels, TwilioSender
 from adapters.web import (
     BODIES,
     CONFIG,
@@ -79,6 +80,8 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> web.Applica
         app_secret=settings.whatsapp_app_secret,
         admin_token=settings.admin_token,
         default_number=settings.whatsapp_phone_number_id,
+        twilio_token=settings.twilio_auth_token,
+        public_url=settings.public_url,
     )
     app[HEALTH] = Health()
     app[BODIES] = BodyBudget(settings.max_body_memory, settings.http_read_timeout)
@@ -232,12 +235,28 @@ class _redis:
 
 
 def make_sender(settings: Settings, session: aiohttp.ClientSession) -> Sender:
-    if settings.sender == "whatsapp":
+    """The channels: a reply leaves on its conversation's (Twilio numbers are E.164); SENDER
+    picks Meta's or the console for the rest."""
+    meta: Sender
+    if settings.sender == "whatsapp" or (
+        settings.sender == "twilio" and settings.whatsapp_access_token
+    ):
         token = AccessToken(settings.whatsapp_access_token, settings.whatsapp_access_token_file)
-        return CloudApiSender(
+        meta = CloudApiSender(
             session, settings.whatsapp_api_url, token, media_dir=Path(settings.media_dir)
         )
-    return ConsoleSender(media_dir=Path(settings.media_dir))
+    else:
+        meta = ConsoleSender(media_dir=Path(settings.media_dir))
+    if settings.twilio_account_sid is None or settings.twilio_auth_token is None:
+        return meta
+    twilio = TwilioSender(
+        session,
+        settings.twilio_api_url,
+        settings.twilio_account_sid,
+        settings.twilio_auth_token,
+        public_url=settings.public_url,
+    )
+    return Channels(meta, twilio)
 
 
 async def serve(settings: Settings) -> int:

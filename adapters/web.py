@@ -13,6 +13,7 @@ sends, however malformed, is answered with a 500 or logged with a traceback.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import hmac
 import logging
@@ -20,6 +21,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import parse_qs
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
@@ -34,10 +36,11 @@ from engine.errors import (
     StoreRejected,
     StoreUnavailable,
 )
-from engine.events import scrub
+from engine.events import Event, StatusUpdate, scrub
 from engine.flows import Flows
 from engine.settings import Secret
 
+from . import twilio
 from .bodies import BodyBudget, BodyRefused, ClientGone, loads
 from .meta import parse_body, signature_digest
 
@@ -66,6 +69,10 @@ class Throttled:
 
 _OVERLOADED = Throttled()
 _HELD = Throttled()
+_TWILIO_OFF = Throttled()
+MAX_TWILIO_BODY = 1024 * 1024  # a Twilio webhook is a form of a few kilobytes
+EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response></Response>'
+
 
 MAX_BODY = 4 * 1024 * 1024  # Meta sends up to 3 MB; aiohttp's default limit is 1 MiB
 MAX_API_BODY = 1024 * 1024
@@ -79,6 +86,8 @@ class WebConfig:
     app_secret: Secret | None
     admin_token: Secret | None
     default_number: str | None = None  # WHATSAPP_PHONE_NUMBER_ID: picks among several numbers
+    twilio_token: Secret | None = None  # TWILIO_AUTH_TOKEN: signs Twilio's webhooks
+    public_url: str | None = None  # PUBLIC_URL: the base of the URL Twilio signs
 
 
 class Health:
@@ -101,6 +110,7 @@ BODIES = web.AppKey("bodies", BodyBudget)
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/webhooks/whatsapp", whatsapp_verify)
     app.router.add_post("/webhooks/whatsapp", whatsapp_post)
+    app.router.add_post("/webhooks/twilio", twilio_post)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", server_stats)
@@ -165,23 +175,84 @@ async def whatsapp_post(request: web.Request) -> web.Response:
 
 
 async def _accept(engine: Engine, raw: bytearray) -> web.Response:
-    count = engine.metrics.webhook_requests.inc
     parsed = parse_body(raw)
-    if engine.refuses(parsed.events):
-        count("meta", "overloaded")
-        _HELD.warn("a paused number holds over MAX_BACKLOG replies: its webhooks refused with 503")
-        return _text(503, "backlog full for this number, retry later", retry_after=30)
     for bad in parsed.malformed:
         engine.metrics.malformed.inc()
         log.warning("malformed webhook item at %s: %s", bad.where, bad.reason)
+    refused = await _ingest(engine, "meta", parsed.events)
+    return refused or _text(200, "OK")
+
+
+async def _ingest(engine: Engine, provider: str, events: list[Event]) -> web.Response | None:
+    """Record `events` durably: None when they are, else the 503 to answer."""
+    count = engine.metrics.webhook_requests.inc
+    if engine.refuses(events):
+        count(provider, "overloaded")
+        _HELD.warn("a paused number holds over MAX_BACKLOG replies: its webhooks refused with 503")
+        return _text(503, "backlog full for this number, retry later", retry_after=30)
     try:
-        await engine.ingest(parsed.events)
+        await engine.ingest(events)
     except StoreUnavailable as e:
-        count("meta", "unavailable")  # the committer logs the store's state, once
+        count(provider, "unavailable")  # the committer logs the store's state, once
         log.debug("webhook not accepted: %s", e)
         return _text(503, "cannot record events now", retry_after=5)
-    count("meta", "accepted")
-    return _text(200, "OK")
+    count(provider, "accepted")
+    return None
+
+
+# --- Twilio webhook --------------------------------------------------------------------------
+
+
+async def twilio_post(request: web.Request) -> web.Response:
+    engine = request.app[ENGINE]
+    config = request.app[CONFIG]
+    count = engine.metrics.webhook_requests.inc
+    token, public = config.twilio_token, config.public_url
+    if token is None or public is None:
+        count("twilio", "refused")
+        missing = " and ".join(
+            n for n, v in (("TWILIO_AUTH_TOKEN", token), ("PUBLIC_URL", public)) if v is None
+        )
+        _TWILIO_OFF.warn(f"a Twilio webhook was refused: {missing} not set")
+        return _text(403, f"Twilio webhooks are refused: {missing} not set")
+    given = request.headers.get("X-Twilio-Signature")
+    if not given:
+        count("twilio", "signature_missing")
+        return _text(401, "signature missing")
+    if not engine.accepting:
+        count("twilio", "unavailable")
+        return _text(503, "not accepting (starting or stopping)", retry_after=5)
+    if engine.overloaded:
+        count("twilio", "overloaded")
+        return _text(503, "backlog full, retry later", retry_after=30)
+    try:
+        async with request.app[BODIES].read(request, MAX_TWILIO_BODY) as raw:
+            body = bytes(raw)
+    except BodyRefused as e:
+        count("twilio", e.result)
+        return _text(e.status, str(e), retry_after=e.retry_after)
+    except ClientGone:
+        count("twilio", "client_gone")
+        return _text(400, "incomplete body")
+    fields = parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True)
+    url = public + request.raw_path  # what Twilio called: PUBLIC_URL, path and query
+    if not twilio.valid(token.reveal(), url, fields, given, body):
+        count("twilio", "signature_bad")
+        return _text(403, "signature bad")
+    events, problems = twilio.parse_form(
+        {k: v[0] for k, v in fields.items()}, int(engine.clock.now())
+    )
+    for problem in problems:
+        engine.metrics.malformed.inc()
+        log.warning("malformed Twilio webhook: %s", problem)
+    ref = request.query.get("ref")  # the id we sent, on a status callback's URL
+    if ref:
+        events = [
+            dataclasses.replace(e, callback_data=ref) if isinstance(e, StatusUpdate) else e
+            for e in events
+        ]
+    refused = await _ingest(engine, "twilio", events)
+    return refused or web.Response(text=EMPTY_TWIML, content_type="text/xml")
 
 
 def same(given: str, expected: str) -> bool:

@@ -12,7 +12,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 from urllib.parse import SplitResult, parse_qsl, urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -77,6 +77,11 @@ class Settings:
     entry_flow: str = "support"
     handoff_ttl: float = 24 * 3600.0
     sender: str = "console"
+    twilio_account_sid: str | None = None
+    twilio_auth_token: Secret | None = None
+    twilio_from: str | None = None  # the Twilio WhatsApp sender, E.164
+    twilio_api_url: str = "https://api.twilio.com"
+    public_url: str | None = None  # the base URL Twilio calls: its signatures cover it
     whatsapp_verify_token: Secret | None = None
     whatsapp_app_secret: Secret | None = None
     whatsapp_access_token: Secret | None = None
@@ -111,6 +116,7 @@ class Settings:
                 self.whatsapp_verify_token,
                 self.admin_token,
                 self.actions_secret,
+                self.twilio_auth_token,
             )
             if s is not None
         ]
@@ -134,11 +140,7 @@ class Settings:
         sender = env.get("SENDER", "whatsapp" if has_token else "console").lower()
         if sender not in SENDERS:
             raise ConfigError(f"SENDER={sender!r} is unknown; use one of {', '.join(SENDERS)}")
-        if sender == "twilio":
-            raise ConfigError(
-                "SENDER=twilio: the Twilio channel is not available in this version; "
-                "use console or whatsapp"
-            )
+        twilio = _twilio(env, sender)
         if sender == "whatsapp" and not has_token:
             raise ConfigError(
                 "SENDER=whatsapp needs WHATSAPP_ACCESS_TOKEN (or WHATSAPP_ACCESS_TOKEN_FILE)"
@@ -163,6 +165,7 @@ class Settings:
             entry_flow=entry_flow,
             handoff_ttl=_duration(env, "HANDOFF_TTL", "24h"),
             sender=sender,
+            **twilio,
             whatsapp_verify_token=_secret(env, "WHATSAPP_VERIFY_TOKEN"),
             whatsapp_app_secret=_secret(env, "WHATSAPP_APP_SECRET"),
             whatsapp_access_token=access_token,
@@ -248,6 +251,42 @@ def _redis(env: Mapping[str, str]) -> Secret | None:
     if parts.scheme != "unix" and db and not db.isdigit():
         raise ConfigError(f"REDIS_URL: the database is a number (redis://host:port/0), not {db!r}")
     return Secret(url)
+
+
+def _twilio(env: Mapping[str, str], sender: str) -> dict[str, Any]:
+    """The Twilio settings: credentials together or not at all; the sender's number in E.164;
+    PUBLIC_URL as the base Twilio calls (its webhooks are refused without it)."""
+    sid, token = env.get("TWILIO_ACCOUNT_SID"), _secret(env, "TWILIO_AUTH_TOKEN")
+    if (sid is None) != (token is None):
+        raise ConfigError("set TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN together")
+    if sid is not None and not re.fullmatch(r"AC[0-9a-fA-F]{32}", sid):
+        raise ConfigError("TWILIO_ACCOUNT_SID: AC and 32 hex digits")
+    sender_number = env.get("TWILIO_WHATSAPP_FROM")
+    if sender_number is not None:
+        sender_number = sender_number.removeprefix("whatsapp:")
+        if not re.fullmatch(r"\+[1-9][0-9]{6,14}", sender_number):
+            raise ConfigError(
+                "TWILIO_WHATSAPP_FROM: the sender in E.164, like whatsapp:+14155238886"
+            )
+    if sender == "twilio" and (sid is None or sender_number is None):
+        raise ConfigError(
+            "SENDER=twilio needs TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN and TWILIO_WHATSAPP_FROM"
+        )
+    api_url = env.get("TWILIO_API_URL", "https://api.twilio.com").rstrip("/")
+    _check_http_url("TWILIO_API_URL", api_url)
+    public = env.get("PUBLIC_URL")
+    if public is not None:
+        public = public.rstrip("/")
+        _check_http_url("PUBLIC_URL", public)
+        if _split("PUBLIC_URL", public).query:
+            raise ConfigError("PUBLIC_URL: the scheme, host and path Twilio calls, no query")
+    return {
+        "twilio_account_sid": sid,
+        "twilio_auth_token": token,
+        "twilio_from": sender_number,
+        "twilio_api_url": api_url,
+        "public_url": public,
+    }
 
 
 def _split(name: str, url: str) -> SplitResult:
