@@ -234,19 +234,28 @@ class _redis:
             await self._client.aclose()
 
 
+def media_folder(settings: Settings) -> Path:
+    """MEDIA_DIR, made if it does not exist yet; one that cannot be a folder stops the start."""
+    folder = Path(settings.media_dir)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"MEDIA_DIR={settings.media_dir!r}: cannot be a folder ({e})") from e
+    return folder
+
+
 def make_sender(settings: Settings, session: aiohttp.ClientSession) -> Sender:
     """The channels: a reply leaves on its conversation's (Twilio numbers are E.164); SENDER
     picks Meta's or the console for the rest."""
+    media = media_folder(settings)
     meta: Sender
     if settings.sender == "whatsapp" or (
         settings.sender == "twilio" and settings.whatsapp_access_token
     ):
         token = AccessToken(settings.whatsapp_access_token, settings.whatsapp_access_token_file)
-        meta = CloudApiSender(
-            session, settings.whatsapp_api_url, token, media_dir=Path(settings.media_dir)
-        )
+        meta = CloudApiSender(session, settings.whatsapp_api_url, token, media_dir=media)
     else:
-        meta = ConsoleSender(media_dir=Path(settings.media_dir))
+        meta = ConsoleSender(media_dir=media)
     if settings.twilio_account_sid is None or settings.twilio_auth_token is None:
         return meta
     twilio = TwilioSender(

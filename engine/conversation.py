@@ -17,7 +17,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .actions import ActionContext
@@ -88,6 +88,16 @@ class OptOut:
 
 
 @dataclass(slots=True)
+class LateFallback:
+    """A send the provider accepted failed later outside the 24-hour window: its template goes
+    now, as a message of its own (its id derived from the one that failed)."""
+
+    ident: str
+    template: TemplateMessage
+    reply: asyncio.Future[Any] | None = None
+
+
+@dataclass(slots=True)
 class Fire:
     """One of the contact's timers fell due (see engine.timers)."""
 
@@ -131,6 +141,8 @@ class ConversationBehaviour:
                 await self._done(actor, message)
             elif isinstance(message, OptOut):
                 await self._opt_out(actor, message)
+            elif isinstance(message, LateFallback):
+                await self._late_fallback(actor, message)
             elif not await self._lost_call(actor, message):
                 await self._handle(actor, message)
         except Exception as e:
@@ -550,6 +562,15 @@ class ConversationBehaviour:
         await self._commit(convo, [], now)
         _answer(item.reply, None)
 
+    async def _late_fallback(self, actor: Actor, item: LateFallback) -> None:
+        convo = await self._activate(actor, None)
+        now = self._clock.now()
+        rows = self._outbound(convo, f"{item.ident}:late", [item.template], now)
+        # Delivery forgets the failed send once it asked for this: a second report of the
+        # same failure makes no second template.
+        await self._commit(convo, rows, now)
+        _answer(item.reply, [r.id for r in rows])
+
     async def _release(self, actor: Actor, item: Release) -> None:
         convo = await self._activate(actor, None)
         now = self._clock.now()
@@ -628,7 +649,14 @@ class ConversationBehaviour:
         rows = []
         last: TemplateMessage | None = None
         unsent = 0
-        for i, said in enumerate(messages):
+        for i, message in enumerate(messages):
+            said = message
+            if (
+                not isinstance(message, TemplateMessage)
+                and message.fallback is not None
+                and _opted_out(convo, message.fallback, now)
+            ):
+                said = replace(message, fallback=None)  # no marketing fallback for them
             m, failed = said, None
             if closed and not isinstance(said, TemplateMessage):
                 if said.fallback is None:

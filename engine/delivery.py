@@ -41,7 +41,7 @@ import contextlib
 import json
 import logging
 import random
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -72,6 +72,10 @@ Pending = tuple[str, str, str, str, float]
 
 DONE = "done"  # the message is settled: accepted or failed
 RECEIPT = "read:"  # the id of a read receipt in a contact's queue (never a stored message)
+RECENT = 10_000  # accepted sends remembered for a failed status that comes later
+WINDOW_CODES = frozenset({131047, 63016})  # outside the 24-hour window (Meta, Twilio)
+# The customer stopped marketing messages: for good (None), or for a while (seconds).
+OPT_OUT_CODES: dict[int, float | None] = {131050: None, 21610: None, 131049: 24 * 3600.0}
 HOLD = "hold"  # the number is down: the contact waits for it
 
 
@@ -141,7 +145,12 @@ class Delivery:
         on_opt_out: Callable[[str, float | None], None] = lambda contact, seconds: None,
         reconcile: float = 10.0,
         rate: float | None = 80.0,
+        on_fallback: Callable[[str, str, TemplateMessage], None] = lambda c, i, t: None,
     ) -> None:
+        self._on_fallback = on_fallback  # a send failed later outside the window: its template
+        # Recent sends the provider accepted, by its id, for a `failed` status that comes
+        # after: provider id -> (our id, contact, payload). Bounded; lost on restart.
+        self._recent: OrderedDict[str, tuple[str, str, str]] = OrderedDict()
         self._rate = rate  # sends a second per business number (WhatsApp's default: 80)
         self._reconcile = reconcile
         # Sends a crash left in flight (their rows say a send left, none says what came of it):
@@ -228,6 +237,26 @@ class Delivery:
         self.pending += 1
         self._empty.clear()
         self._check_settled()
+
+    def failed_later(self, provider_id: str, code: int) -> None:
+        """A status webhook says a send the provider had accepted failed with `code`: outside
+        the window its template fallback is sent after all; a customer who stopped marketing
+        messages is recorded. Sends older than the last RECENT accepted are not known."""
+        known = self._recent.pop(provider_id, None)
+        if known is None:
+            return
+        ident, contact, payload = known
+        if code in WINDOW_CODES:
+            try:
+                message = from_json(json.loads(payload)["message"])
+            except (ValueError, KeyError, TypeError):
+                return
+            fallback = getattr(message, "fallback", None)
+            if isinstance(fallback, TemplateMessage):
+                self._metrics.templates.inc("window")
+                self._on_fallback(contact, ident, fallback)
+        elif code in OPT_OUT_CODES:
+            self._on_opt_out(contact, OPT_OUT_CODES[code])
 
     def enqueue(self, rows: list[MessageRow]) -> None:
         now = self._clock.now()
@@ -421,15 +450,33 @@ class Delivery:
                 self._probed(line, e)
             await self._refused(ident, contact, item, e)
             return DONE
+        await self._accepted(line, item, provider_id, instead, probe=probe)
+        return DONE
+
+    async def _accepted(
+        self,
+        line: Line,
+        item: Pending,
+        provider_id: str | None,
+        instead: TemplateMessage | None,
+        *,
+        probe: bool,
+    ) -> None:
+        """Record what a send came to: accepted (with what went instead), or not sent at all
+        (the window had closed and there was no fallback)."""
+        ident, contact = item[0], item[1]
         if provider_id is None:
             self._metrics.not_sent.inc("window")
             await self._settle(ident, contact, failed=None, title=OUTSIDE_WINDOW)
-            return DONE
+            return
         line.accepted += 1
         if probe:
             self._resume(line)
+        if instead is None:  # its fallback is still unused: a failed status may call for it
+            self._recent[provider_id] = (ident, contact, item[3])
+            if len(self._recent) > RECENT:
+                self._recent.popitem(last=False)
         await self._settle(ident, contact, provider_id=provider_id, instead=instead)
-        return DONE
 
     async def _receipt(self, item: Pending) -> None:
         """A read receipt goes once, whatever the provider says: it is not worth a retry."""

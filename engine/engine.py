@@ -25,7 +25,15 @@ from .actors import ActorSystem, Envelope
 from .calls import Calls, Done
 from .clock import SystemClock
 from .committer import Committer
-from .conversation import AgentReply, ConversationBehaviour, Deliver, Fire, OptOut, Release
+from .conversation import (
+    AgentReply,
+    ConversationBehaviour,
+    Deliver,
+    Fire,
+    LateFallback,
+    OptOut,
+    Release,
+)
 from .delivery import Delivery
 from .directory import Directory
 from .errors import StoreRejected, StoreUnavailable
@@ -118,6 +126,7 @@ class Engine:
             concurrency=self.config.send_concurrency,
             max_age=self.config.send_max_age,
             on_opt_out=lambda contact, seconds: self.route(contact, OptOut(seconds)),
+            on_fallback=lambda contact, ident, t: self.route(contact, LateFallback(ident, t)),
             reconcile=self.config.send_reconcile,
             rate=self.config.send_rate,
         )
@@ -338,6 +347,10 @@ class Engine:
                 self.metrics.duplicates.inc("status", by=result.duplicate_statuses)
             for s in result.new_statuses:
                 self.metrics.statuses.inc(s.status)
+                if s.status == "failed" and s.error_code is not None:
+                    # The provider took the send, then failed it: the window had closed, or
+                    # the customer stopped marketing messages, as if it had said so at once.
+                    self.delivery.failed_later(s.provider_id, s.error_code)
 
         try:
             accepted = await self.committer.submit(op, then=dispatch)
@@ -427,6 +440,11 @@ class Engine:
         buttons}; raise ValueError saying what does not match templates.yaml."""
         if not isinstance(data, dict) or not isinstance(data.get("name"), str):
             raise ValueError('template must be {"name": ..., "params": [...] or {...}}')
+        unknown = sorted(set(data) - {"name", "params", "header", "buttons"})
+        if unknown:
+            raise ValueError(
+                f"unknown key {unknown[0]!r} in template (name, params, header, buttons)"
+            )
         known = self.flows.templates.get(data["name"])
         if known is None:
             names = ", ".join(sorted(self.flows.templates)) or "none"

@@ -262,6 +262,8 @@ async def test_an_agent_sends_an_approved_template(api: Api) -> None:
     assert status == 400 and "takes named values: name, topic" in error["error"]
     status, error = await api.post(path, {"template": {"name": "follow_up", "params": 7}})
     assert status == 400
+    status, error = await api.post(path, {"template": {"name": "follow_up", "colour": "red"}})
+    assert status == 400 and "unknown key 'colour'" in error["error"]
     good = {"name": "follow_up", "params": {"name": "Ana", "topic": "tiles"}}
     status, result = await api.post(path, {"template": good})
     assert status == 200 and result["messages"][0]["type"] == "template"

@@ -62,7 +62,7 @@ states:
         say: {react: "🙏"}
       - text: bad place
         say:
-          - {location: {latitude: "{text}", longitude: "x"}}
+          - {location: {latitude: "{text}", longitude: "{lon}x"}}
           - "That place is not on the map."
 """
 

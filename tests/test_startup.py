@@ -94,6 +94,8 @@ CASES = [
         "cannot use SQLite file",
     ),
     ("bad handoff TTL", {"HANDOFF_TTL": "forever"}, "HANDOFF_TTL"),
+    ("MEDIA_DIR is a file", {"MEDIA_DIR": "<file>"}, "MEDIA_DIR="),
+    ("MEDIA_DIR under a file", {"MEDIA_DIR": "<file>/media"}, "cannot be a folder"),
 ]
 
 

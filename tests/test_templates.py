@@ -14,6 +14,7 @@ import pytest
 
 from adapters.console import render
 from adapters.whatsapp import template_body
+from engine.conversation import OptOut
 from engine.errors import OptedOut
 from engine.flows import load_flows, validate_path
 from engine.outbound import TemplateMessage, TextMessage, fit, from_json, to_json
@@ -446,3 +447,140 @@ async def test_after_131050_the_engine_sends_that_customer_no_marketing_template
         ("template", "accepted", None),
     ]
     assert s.engine.metrics.not_sent.get("opt_out") == 1
+
+
+async def test_a_send_that_fails_later_outside_the_window_gets_its_template(
+    tmp_path: Path, opened: list[Any]
+) -> None:
+    """Meta accepted the text, then its `failed` status says 131047: the template fallback goes
+    after all, as a message of its own (once, however often the status comes). A failed
+    status with 131050 records the opt-out like an answer would."""
+    from engine.events import ErrorDetail, StatusUpdate
+
+    flow = """
+    start: a
+    states:
+      a:
+        say:
+          text: "Hello again"
+          template: {name: cart_reminder, params: ["{name}", "1"], buttons: [x]}
+        on:
+          - kind: any
+            go: a
+    """
+    s = await shop(opened, folder(tmp_path, flow))
+    await s.say("hi")
+    (first,) = s.sender.sent
+    failed = StatusUpdate(
+        f"wamid.{first.id}", "failed", 1, "n", errors=(ErrorDetail(131047, "Re-engagement"),)
+    )
+    for _ in range(2):
+        await s.engine.ingest([failed])
+        await s.settle()
+    late = [o for o in s.sender.sent if isinstance(o.message, TemplateMessage)]
+    assert [(o.id, o.message.name) for o in late] == [(f"{first.id}:late:0", "cart_reminder")]
+    await s.say("again")
+    second = s.sender.sent[-1]
+    stopped = StatusUpdate(
+        f"wamid.{second.id}", "failed", 2, "n", errors=(ErrorDetail(131050, "Stopped"),)
+    )
+    await s.engine.ingest([stopped])
+    await s.settle()
+    assert s.engine.metrics.opt_outs.get("stopped") == 1
+
+
+async def test_an_opted_out_customer_gets_no_marketing_fallback(
+    tmp_path: Path, opened: list[Any]
+) -> None:
+    flow = """
+    start: a
+    states:
+      a:
+        say: "Hi"
+        on:
+          - kind: any
+            go: a
+        timeout:
+          - after: 25h
+            say:
+              text: "Still there?"
+              template: {name: cart_reminder, params: ["{name}", "1"], buttons: [x]}
+    """
+    s = await shop(opened, folder(tmp_path, flow), sender=StoppedMarketing())
+    await s.say("hi")
+    s.engine.route("n:1", OptOut(None))
+    await s.settle()
+    assert await s.wait(25 * 3600) == []
+    view = await s.engine.view("n:1")
+    last = view["messages"][-1]
+    assert (last["type"], last["status"]) == ("text", "failed")
+    assert last["error"]["title"] == "outside the 24-hour window"
+
+
+def test_template_checks_that_meta_would_otherwise_make(tmp_path: Path) -> None:
+    bad = """
+    empty:
+      language: en
+      body: " "
+    brace:
+      language: en
+      body: "Hi {{1}"
+    long:
+      language: en
+      body: "x"
+      header: {text: "%s"}
+      buttons:
+        - quick_reply: This title is far too long for a button
+        - url: "ftp://x.example/{{1}}"
+    """ % ("h" * 61)
+    root = folder(tmp_path, "start: a\nstates:\n  a:\n    say: hi\n    end: true\n", bad)
+    assert [p.split(": ", 1)[1] for p in problems(root)] == [
+        "template empty: body is empty",
+        "template brace body: a stray brace (parameters are written {{1}} or {{name}})",
+        "template long: a text header is at most 60 characters",
+        "a quick_reply button's title is at most 25 characters",
+        "a url button's URL starts with https://",
+    ]
+    use = """
+    start: a
+    states:
+      a:
+        say: {template: {name: order_update, params: {number: "1", status: s}, header: inv.pdf}}
+        end: true
+    """
+    (found,) = problems(folder(tmp_path, use))
+    assert "its document header is a link (https://...) or a media id (digits)" in found
+
+
+def test_a_template_s_quick_replies_are_choices_of_its_step(tmp_path: Path) -> None:
+    flow = """
+    start: a
+    states:
+      a:
+        say: {template: {name: cart_reminder, params: [x, "2"], buttons: [c]}}
+        on:
+          - choice: show_my_cart
+            go: b
+      b:
+        say: "Your cart."
+        end: true
+    """
+    assert problems(folder(tmp_path, flow)) == []
+
+
+@pytest.mark.parametrize(
+    ("say", "expected"),
+    [
+        ("{location: {latitude: '91', longitude: '2'}}", "latitude: decimal degrees"),
+        ("{location: {latitude: '1', longitude: abc}}", "longitude: decimal degrees"),
+        ("{react: abc}", "react: one emoji, not 'abc'"),
+        ("{react: '👍👍'}", "react: one emoji"),
+    ],
+)
+def test_constant_places_and_reactions_are_checked(tmp_path: Path, say: str, expected: str) -> None:
+    root = folder(tmp_path, f"start: a\nstates:\n  a:\n    say: {say}\n    end: true\n")
+    (found,) = problems(root)
+    assert expected in found
+    for fine in ("{react: '👍🏽'}", "{react: '🇮🇳'}", "{react: ''}"):
+        ok = folder(tmp_path, f"start: a\nstates:\n  a:\n    say: {fine}\n    end: true\n")
+        assert problems(ok) == [], fine

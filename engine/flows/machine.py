@@ -265,7 +265,7 @@ class Step:
 
     def say(self, say: Say) -> None:
         message = build_message(say, self)
-        if not _sendable(message, self):
+        if message is None or not _sendable(message, self):
             return
         fitted = fit(message)
         if say.quote and self.message is not None:

@@ -7,7 +7,10 @@ limit of where they appear, and the names they use are noted for the whole-flow 
 from __future__ import annotations
 
 from dataclasses import replace
+from decimal import Decimal
 from typing import Any
+
+import regex
 
 from ..outbound import LIMITS, MEDIA_KINDS
 from .reading import Reading
@@ -87,9 +90,12 @@ def other_kind(r: Reading, raw: YMap, line: int, use: TemplateUse | None) -> Say
     if kind in MEDIA_KINDS:
         return media(r, raw, line, kind, use)
     if kind == "react":
-        emoji = r.scalar(raw, "react", required=True) or ""
-        if emoji and len(emoji) > 16:
-            r.err(raw.line_of("react"), "react: one emoji")
+        emoji = raw.get("react")
+        if not isinstance(emoji, str):
+            r.err(raw.line_of("react"), "react: one emoji (or '' to take a reaction back)")
+            return None
+        if emoji and "{" not in emoji and not _one_emoji(emoji):
+            r.err(raw.line_of("react"), f"react: one emoji, not {emoji[:20]!r}")
         return Say(line, "reaction", emoji, template=use)
     return location(r, raw, line, use)
 
@@ -125,6 +131,9 @@ def location(r: Reading, raw: YMap, line: int, use: TemplateUse | None) -> Say |
         if value is not None:
             template(r, value, place.line_of(key), LIMITS["location_name"], key)
     lat, lon, name, address = values
+    for key, value, bound in (("latitude", lat, 90), ("longitude", lon, 180)):
+        if value is not None and "{" not in value and not _degrees(value, bound):
+            r.err(place.line_of(key), f"{key}: decimal degrees from -{bound} to {bound}")
     return Say(line, "location", "", location=(lat or "", lon or "", name, address), template=use)
 
 
@@ -417,3 +426,16 @@ def _values(params: Any) -> list[str] | dict[str, str] | None:
     if isinstance(params, YMap) and all(isinstance(v, str) for v in params.values()):
         return dict(params)
     return None
+
+
+def _one_emoji(text: str) -> bool:
+    """One grapheme (👍, 👍🏽, 🇮🇳, 👨‍👩‍👧) that is not a letter, digit or punctuation."""
+    return bool(regex.fullmatch(r"\X", text)) and not regex.match(r"[\p{L}\p{N}\p{P}\s]", text)
+
+
+def _degrees(text: str, bound: int) -> bool:
+    try:
+        value = Decimal(text.strip())
+    except ArithmeticError:
+        return False
+    return value.is_finite() and -bound <= value <= bound

@@ -162,6 +162,10 @@ class Say:
         for _title, rows in self.sections:
             for row_id, title, _desc in rows:
                 yield row_id, title
+        if self.template is not None:  # a template's quick replies come back as choices too
+            for kind, text, _takes in self.template.template.buttons:
+                if kind == "quick_reply":
+                    yield slug(text), text
 
 
 @dataclass(frozen=True, slots=True)

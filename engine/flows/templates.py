@@ -40,6 +40,8 @@ MEDIA = ("image", "video", "document")
 KEYS = ("language", "category", "body", "header", "buttons", "twilio_content_sid")
 CATEGORIES = ("marketing", "utility", "authentication")
 BODY_LIMIT = 1024  # Meta's limit on a template body
+HEADER_LIMIT = 60  # on a text header
+BUTTON_LIMIT = 25  # on a quick reply button's title
 VALUE_LIMIT = 1024  # and on what one value may hold once filled in
 
 
@@ -131,12 +133,9 @@ class Template:
                 return f"template {self.name} takes named values: {', '.join(self.params)}"
             if len(values) != len(self.params):
                 return f"template {self.name} takes {len(self.params)} values, {len(values)} given"
-        needs_header = self.header in MEDIA or self.header_params > 0
-        if needs_header and header is None:
-            what = "a link or media id" if self.header in MEDIA else "its value"
-            return f"template {self.name} has a {self.header} header: give header: ({what})"
-        if not needs_header and header is not None:
-            return f"template {self.name} has no header that takes a value"
+        wrong = self._header_mismatch(header)
+        if wrong:
+            return wrong
         count = len(buttons or ())
         if count != self.button_values:
             return (
@@ -144,6 +143,25 @@ class Template:
                 f"{count} given"
             )
         return None
+
+    def _header_mismatch(self, header: Any) -> str | None:
+        needs_header = self.header in MEDIA or self.header_params > 0
+        if needs_header and header is None:
+            what = "a link or media id" if self.header in MEDIA else "its value"
+            return f"template {self.name} has a {self.header} header: give header: ({what})"
+        if not needs_header and header is not None:
+            return f"template {self.name} has no header that takes a value"
+        static = isinstance(header, str) and "{" not in header  # else: checked when filled in
+        if self.header in MEDIA and static and not _link_or_id(header):
+            return (
+                f"template {self.name}: its {self.header} header is a link (https://...) "
+                f"or a media id (digits), not {header[:60]!r}"
+            )
+        return None
+
+
+def _link_or_id(value: str) -> bool:
+    return value.startswith(("https://", "http://")) or value.isdigit()
 
 
 def _value(text: str) -> str:
@@ -194,6 +212,9 @@ def _entry(r: Reading, name: str, entry: Any, line: int) -> Template | None:
     if category is not None and category not in CATEGORIES:
         r.err(entry.line_of("category"), f"category: one of {', '.join(CATEGORIES)}")
     body = r.scalar(entry, "body", required=True) or ""
+    if "body" in entry and not body.strip():
+        r.err(entry.line_of("body"), f"template {name}: body is empty")
+    _braces(r, body, entry.line_of("body"), f"template {name} body")
     params = _params(r, body, entry.line_of("body"), f"template {name} body")
     if len(body) > BODY_LIMIT:
         r.err(entry.line_of("body"), f"body is {len(body)} characters; WhatsApp allows 1024")
@@ -217,6 +238,12 @@ def _entry(r: Reading, name: str, entry: Any, line: int) -> Template | None:
         category=category,
         line=line,
     )
+
+
+def _braces(r: Reading, text: str, line: int, what: str) -> None:
+    """A brace that is not part of a {{parameter}}: Meta would show it, or refuse the text."""
+    if "{" in PARAM.sub("", text) or "}" in PARAM.sub("", text):
+        r.err(line, f"{what}: a stray brace (parameters are written {{{{1}}}} or {{{{name}}}})")
 
 
 def _params(r: Reading, text: str, line: int, what: str) -> tuple[str, ...]:
@@ -251,6 +278,9 @@ def _header(r: Reading, entry: YMap, name: str) -> tuple[str | None, str | None,
     if isinstance(raw, str) and raw in MEDIA:
         return raw, None, 0
     if isinstance(raw, YMap) and set(raw) == {"text"} and isinstance(raw["text"], str):
+        if len(raw["text"]) > HEADER_LIMIT:
+            r.err(line, f"template {name}: a text header is at most {HEADER_LIMIT} characters")
+        _braces(r, raw["text"], line, f"template {name} header")
         params = _params(r, raw["text"], line, f"template {name} header")
         if len(params) > 1 or (params and params[0] != "1"):
             r.err(line, f"template {name}: a text header takes at most one value, {{{{1}}}}")
@@ -282,6 +312,10 @@ def _buttons(r: Reading, entry: YMap, name: str) -> tuple[tuple[str, str, bool],
         params = _params(r, text, at, f"template {name} button")
         if kind == "quick_reply" and params:
             r.err(at, "a quick_reply button's title takes no parameter")
+        if kind == "quick_reply" and len(text) > BUTTON_LIMIT:
+            r.err(at, f"a quick_reply button's title is at most {BUTTON_LIMIT} characters")
+        if kind == "url" and not text.startswith(("https://", "http://")):
+            r.err(at, "a url button's URL starts with https://")
         if kind == "url" and (len(params) > 1 or (params and not text.rstrip().endswith("}}"))):
             r.err(at, "a url button takes one value, {{1}}, at the end of the URL")
         out.append((kind, text, kind == "url" and bool(params)))
