@@ -132,7 +132,9 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> web.Applica
             app[ENGINE] = engine
             app[HEALTH].checks["store"] = engine.store_ready
             if settings.sender == "whatsapp":
-                app[HEALTH].checks["whatsapp"] = partial(channel_health, engine)
+                app[HEALTH].checks["whatsapp"] = partial(channel_health, engine, twilio=False)
+            if settings.twilio_account_sid is not None:
+                app[HEALTH].checks["twilio"] = partial(channel_health, engine, twilio=True)
             collector = EngineCollector(metrics)
             collector.register()
             stack.callback(collector.unregister)
@@ -308,7 +310,7 @@ async def serve(settings: Settings) -> int:
         settings.port,
         settings.database.describe(),
         redis_at,
-        settings.sender,
+        settings.sender + (" and twilio" if settings.twilio_account_sid else ""),
         settings.entry_flow,
     )
     stop = asyncio.Event()

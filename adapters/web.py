@@ -320,9 +320,12 @@ async def readyz(request: web.Request) -> web.Response:
     return web.json_response(report, status=200 if ok and accepting else 503)
 
 
-async def channel_health(engine: Engine) -> str | None:
-    """Why sending is paused, per business number; None while every number sends."""
-    paused = engine.delivery.paused()
+async def channel_health(engine: Engine, twilio: bool | None = None) -> str | None:
+    """Why sending is paused, per business number (Meta's, or with `twilio` Twilio's, whose
+    numbers are E.164; None: all); None while every such number sends."""
+    paused = [
+        p for p in engine.delivery.paused() if twilio is None or p.number.startswith("+") == twilio
+    ]
     if not paused:
         return None
     return "; ".join(

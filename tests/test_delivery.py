@@ -148,6 +148,9 @@ async def make_rig(
     token: AccessToken,
     max_age: float = 86400.0,
     on_opt_out: Any = lambda contact, seconds: None,
+    *,
+    concurrency: int = 8,
+    rate: float | None = 80.0,
 ) -> AsyncIterator[Rig]:
     fake, url = graph
     clock = FakeClock()
@@ -162,10 +165,11 @@ async def make_rig(
             committer,
             metrics,
             clock=clock,
-            concurrency=8,
+            concurrency=concurrency,
             max_age=max_age,
             rand=lambda: 1.0,
             on_opt_out=on_opt_out,
+            rate=rate,
         )
         rig = Rig(fake, delivery, store, metrics, clock)
         clock.settle = rig.settle
@@ -808,28 +812,10 @@ async def test_a_number_never_sends_faster_than_send_rate_and_no_contact_is_reor
     """400 replies for 10 contacts at once, on a number limited to 80 a second: they take 5
     simulated seconds (less the first burst of 8), no second holds more than 80 + 8, and each
     contact's replies arrive in order."""
-    fake, url = graph
-    clock = FakeClock()
-    fake.clock = clock.now
-    store, metrics = MemoryStore(), Metrics()
-    committer = Committer(store, metrics)
-    committer.start()
-    async with aiohttp.ClientSession() as session:
-        delivery = Delivery(
-            CloudApiSender(session, url, AccessToken(Secret("tok"))),
-            committer,
-            metrics,
-            clock=clock,
-            concurrency=32,
-            rate=80,
-        )
-        rig = Rig(fake, delivery, store, metrics, clock)
-        clock.settle = rig.settle
-        delivery.start()
+    async with make_rig(graph, AccessToken(Secret("tok")), concurrency=32, rate=80) as rig:
         await rig.queue([row(f"{c}:{i}", c, f"{c}-{i}") for i in range(40) for c in CONTACTS])
         took = await rig.until_empty(limit=10, step=0.05)
-        await delivery.stop(1.0)
-    await committer.close()
+    fake, metrics = rig.graph, rig.metrics
     assert 4.8 <= took <= 5.0, took
     times = sorted(r["received"] for r in fake.requests)
     assert max(bisect.bisect_left(times, t + 1.0) - i for i, t in enumerate(times)) <= 88

@@ -417,3 +417,18 @@ def test_templates_go_as_content_sid_and_variables() -> None:
     ):
         with pytest.raises(twilio.PermanentDelivery):
             twilio.form_of(Outgoing("r:1:0", "c", BUSINESS, "1555", None, unsendable), None)
+
+
+async def test_a_paused_twilio_number_is_degraded_in_readyz(both: Both) -> None:
+    both.twilio.answer_next(*[twilio_error(30001, "Queue overflow", 503)] * 3)
+    await both.post(inbound("15551234573", "SM" + "9" * 32, "hi"))
+    await both.engine.actors.wait_idle()
+    for _ in range(200):
+        if both.engine.delivery.paused():
+            break
+        await asyncio.sleep(0.01)
+    r = await both.client.get("/readyz")
+    report = await r.json()
+    assert r.status == 200
+    assert report["twilio"].startswith(f"degraded: outage on number {BUSINESS} since ")
+    assert report["whatsapp"] == "ok"
