@@ -36,13 +36,14 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from adapters.bodies import BodyBudget
-from adapters.console import ConsoleSender
+from adapters.channels.console import ConsoleSender
+from adapters.channels.twilio import Channels, TwilioSender
+from adapters.channels.whatsapp import AccessToken, CloudApiSender
 from adapters.http_action import HttpAction
 from adapters.prometheus import EngineCollector
 from adapters.stores.postgres import PostgresStore
 from adapters.stores.redis_cache import RedisCachedStore
 from adapters.stores.sqlite import SqliteStore
-from adapters.twilio import Channels, TwilioSender
 from adapters.web import (
     BODIES,
     CONFIG,
@@ -57,7 +58,6 @@ from adapters.web import (
     quiet_client_errors,
     reload_flows,
 )
-from adapters.whatsapp import AccessToken, CloudApiSender
 from engine.clock import SystemClock
 from engine.engine import Engine, EngineConfig
 from engine.errors import ConfigError

@@ -40,9 +40,9 @@ from engine.events import Event, StatusUpdate, scrub
 from engine.flows import Flows
 from engine.settings import Secret
 
-from . import twilio
 from .bodies import BodyBudget, BodyRefused, ClientGone, loads
-from .meta import parse_body, signature_digest
+from .channels import twilio
+from .channels.meta import parse_body, signature_digest
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from adapters.meta import sign
+from adapters.channels.meta import sign
 from engine.ports import Outgoing
 
 ROOT = Path(__file__).resolve().parent.parent

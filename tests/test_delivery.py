@@ -17,7 +17,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from adapters.whatsapp import AccessToken, CloudApiSender, graph_body, outcome
+from adapters.channels.whatsapp import AccessToken, CloudApiSender, graph_body, outcome
 from engine.committer import Committer
 from engine.delivery import Delivery
 from engine.errors import ChannelDown, PermanentDelivery, RetryableDelivery

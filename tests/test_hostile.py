@@ -470,7 +470,7 @@ async def test_a_newline_in_a_message_id_cannot_forge_a_log_line(
 async def test_the_console_sender_cannot_be_made_to_print_a_line_of_its_own() -> None:
     """stdout often shares a log with stderr: a profile name or an id with a newline, a
     carriage return or an escape sequence stays inside the message's own lines."""
-    from adapters.console import ConsoleSender
+    from adapters.channels.console import ConsoleSender
     from engine.outbound import TextMessage
     from engine.ports import Outgoing
 

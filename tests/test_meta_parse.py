@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from adapters.meta import parse, parse_body, sign, verify_signature
+from adapters.channels.meta import parse, parse_body, sign, verify_signature
 from engine.events import (
     Audio,
     ButtonReply,

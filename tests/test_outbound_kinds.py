@@ -11,8 +11,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from adapters.console import ConsoleSender
-from adapters.whatsapp import AccessToken, CloudApiSender, graph_body
+from adapters.channels.console import ConsoleSender
+from adapters.channels.whatsapp import AccessToken, CloudApiSender, graph_body
 from engine.errors import PermanentDelivery
 from engine.flows import validate_path
 from engine.outbound import (

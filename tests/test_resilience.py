@@ -13,9 +13,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from adapters.meta import parse, parse_body
+from adapters.channels.meta import parse, parse_body
+from adapters.channels.whatsapp import AccessToken, CloudApiSender
 from adapters.stores.sqlite import SqliteStore
-from adapters.whatsapp import AccessToken, CloudApiSender
 from engine.committer import Committer
 from engine.delivery import Delivery
 from engine.directory import Directory

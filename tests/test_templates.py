@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from adapters.console import render
-from adapters.whatsapp import template_body
+from adapters.channels.console import render
+from adapters.channels.whatsapp import template_body
 from engine.conversation import OptOut
 from engine.errors import OptedOut
 from engine.flows import load_flows, validate_path

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestServer
 
-from adapters import twilio
+from adapters.channels import twilio
 from adapters.web import ENGINE
 from engine.events import ButtonReply, Document, Image, Location, Message, StatusUpdate, Text
 from tests.conftest import AppFactory

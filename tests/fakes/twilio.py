@@ -33,7 +33,7 @@ def twilio_error(code: int, message: str = "error", status: int = 400) -> tuple[
 
 
 def sign(token: str, url: str, pairs: list[tuple[str, str]]) -> str:
-    """What Twilio puts in X-Twilio-Signature (written independently of adapters.twilio)."""
+    """What Twilio puts in X-Twilio-Signature (written independently of adapters.channels.twilio)."""
     values: dict[str, set[str]] = {}
     for k, v in pairs:
         values.setdefault(k, set()).add(v)

@@ -50,7 +50,7 @@ from engine.events import (
     scrub,
 )
 
-from .bodies import loads
+from ..bodies import loads
 
 Verdict = Literal["ok", "missing", "bad"]
 
