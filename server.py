@@ -135,6 +135,8 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> web.Applica
                 app[HEALTH].checks["whatsapp"] = partial(channel_health, engine, twilio=False)
             if settings.twilio_account_sid is not None:
                 app[HEALTH].checks["twilio"] = partial(channel_health, engine, twilio=True)
+                if settings.public_url is None:
+                    log.warning("PUBLIC_URL is not set: Twilio webhooks will be refused (403)")
             collector = EngineCollector(metrics)
             collector.register()
             stack.callback(collector.unregister)

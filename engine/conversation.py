@@ -39,6 +39,7 @@ from .outbound import (
     fit,
     kind_of,
     preview,
+    refit,
     to_json,
 )
 from .ports import Clock, Commit, ConversationRow, MessageRow, Store, TimerWrite
@@ -85,6 +86,7 @@ class OptOut:
 
     seconds: float | None
     reply: asyncio.Future[Any] | None = None
+    everything: bool = False  # not only marketing: the customer replied STOP (Twilio 21610)
 
 
 @dataclass(slots=True)
@@ -201,6 +203,7 @@ class ConversationBehaviour:
             outcome = "answered"
         if message.answerable:
             convo.last_in_at = now
+            convo.stopped = False  # they wrote: maybe START; a refusal would say so again
         convo.last_seq = item.seq
         timers += self._timers(convo, effects, now)
         replies = self._outbound(
@@ -547,6 +550,8 @@ class ConversationBehaviour:
     async def _opt_out(self, actor: Actor, item: OptOut) -> None:
         convo = await self._activate(actor, None)
         now = self._clock.now()
+        if item.everything:
+            convo.stopped = True
         if item.seconds is None:
             convo.opted_out = True
         else:
@@ -644,6 +649,7 @@ class ConversationBehaviour:
         when a hand-off runs out) a free-form message would be refused (131047): its template
         fallback goes instead (once for the pieces of one long text), and one without a fallback
         is recorded as not sent, with the reason, instead of being sent to fail."""
+        messages = refit(messages, convo.number)  # Twilio's shorter bodies
         closed = convo.last_in_at is None or now - convo.last_in_at >= WINDOW
         until = convo.last_in_at + WINDOW if convo.last_in_at is not None else 0.0
         rows = []
@@ -658,6 +664,12 @@ class ConversationBehaviour:
             ):
                 said = replace(message, fallback=None)  # no marketing fallback for them
             m, failed = said, None
+            if convo.stopped:  # they replied STOP: nothing goes until they write again
+                self._metrics.not_sent.inc("stop")
+                rows.append(
+                    _row(convo, f"{cause}:{i}", m, now, failed=STOPPED, until=until, quote=None)
+                )
+                continue
             if closed and not isinstance(said, TemplateMessage):
                 if said.fallback is None:
                     failed = OUTSIDE_WINDOW
@@ -673,31 +685,9 @@ class ConversationBehaviour:
                     log.info("template %s to %s not sent: %s", m.name, mask(convo.key), failed)
                 else:
                     self._metrics.templates.inc("window" if closed else "flow")
+            quote = quoting[0] if quoting and i in quoting[1] else None
             rows.append(
-                MessageRow(
-                    id=f"{cause}:{i}",
-                    contact=convo.key,
-                    direction="out",
-                    number=convo.number,
-                    type=kind_of(m),
-                    text=preview(m),
-                    status="failed" if failed else "pending",
-                    error_title=failed,
-                    at=now,
-                    payload=json.dumps(
-                        {
-                            "message": to_json(m),
-                            "phone": convo.phone,
-                            "user_id": convo.user_id,
-                            "until": until,  # the window closes then: delivery checks again
-                            "flow": convo.flow,
-                            "state": convo.state,
-                            # a contextual reply: it quotes the customer's message
-                            "reply_to": quoting[0] if quoting and i in quoting[1] else None,
-                        },
-                        separators=(",", ":"),
-                    ),
-                )
+                _row(convo, f"{cause}:{i}", m, now, failed=failed, until=until, quote=quote)
             )
         if unsent:
             self._metrics.not_sent.inc("window", by=unsent)
@@ -743,6 +733,43 @@ class ConversationBehaviour:
 
 
 OPTED_OUT = "the customer stopped marketing messages"
+STOPPED = "the customer replied STOP: nothing is sent until they write again"
+
+
+def _row(
+    convo: Conversation,
+    ident: str,
+    m: OutMessage,
+    now: float,
+    *,
+    failed: str | None,
+    until: float,
+    quote: str | None,
+) -> MessageRow:
+    """An outbox row (or, `failed` saying why, a message recorded as not sent)."""
+    return MessageRow(
+        id=ident,
+        contact=convo.key,
+        direction="out",
+        number=convo.number,
+        type=kind_of(m),
+        text=preview(m),
+        status="failed" if failed else "pending",
+        error_title=failed,
+        at=now,
+        payload=json.dumps(
+            {
+                "message": to_json(m),
+                "phone": convo.phone,
+                "user_id": convo.user_id,
+                "until": until,  # the window closes then: delivery checks again
+                "flow": convo.flow,
+                "state": convo.state,
+                "reply_to": quote,  # a contextual reply: it quotes the customer's message
+            },
+            separators=(",", ":"),
+        ),
+    )
 
 
 def _opted_out(convo: Conversation, m: TemplateMessage, now: float) -> str | None:

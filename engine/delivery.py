@@ -76,6 +76,7 @@ RECENT = 10_000  # accepted sends remembered for a failed status that comes late
 WINDOW_CODES = frozenset({131047, 63016})  # outside the 24-hour window (Meta, Twilio)
 # The customer stopped marketing messages: for good (None), or for a while (seconds).
 OPT_OUT_CODES: dict[int, float | None] = {131050: None, 21610: None, 131049: 24 * 3600.0}
+STOP_CODE = 21610  # Twilio: the customer replied STOP, and every message is refused
 HOLD = "hold"  # the number is down: the contact waits for it
 
 
@@ -142,7 +143,7 @@ class Delivery:
         concurrency: int = 32,
         max_age: float = 24 * 3600.0,
         rand: Callable[[], float] = random.random,
-        on_opt_out: Callable[[str, float | None], None] = lambda contact, seconds: None,
+        on_opt_out: Callable[[str, float | None, bool], None] = lambda c, seconds, every: None,
         reconcile: float = 10.0,
         rate: float | None = 80.0,
         on_fallback: Callable[[str, str, TemplateMessage], None] = lambda c, i, t: None,
@@ -256,7 +257,7 @@ class Delivery:
                 self._metrics.templates.inc("window")
                 self._on_fallback(contact, ident, fallback)
         elif code in OPT_OUT_CODES:
-            self._on_opt_out(contact, OPT_OUT_CODES[code])
+            self._on_opt_out(contact, OPT_OUT_CODES[code], code == STOP_CODE)
 
     def enqueue(self, rows: list[MessageRow]) -> None:
         now = self._clock.now()
@@ -558,7 +559,7 @@ class Delivery:
             self._metrics.not_sent.inc("window")
             title = f"{OUTSIDE_WINDOW} {title}"
         elif isinstance(e, OptedOut):
-            self._on_opt_out(contact, e.seconds)
+            self._on_opt_out(contact, e.seconds, e.everything)
         elif isinstance(e, BadMessage):
             out = _outgoing(item)
             log.error(

@@ -125,7 +125,9 @@ class Engine:
             clock=clock,
             concurrency=self.config.send_concurrency,
             max_age=self.config.send_max_age,
-            on_opt_out=lambda contact, seconds: self.route(contact, OptOut(seconds)),
+            on_opt_out=lambda contact, seconds, every: self.route(
+                contact, OptOut(seconds, everything=every)
+            ),
             on_fallback=lambda contact, ident, t: self.route(contact, LateFallback(ident, t)),
             reconcile=self.config.send_reconcile,
             rate=self.config.send_rate,

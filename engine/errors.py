@@ -151,9 +151,11 @@ class OptedOut(PermanentDelivery):
         code: int | None = None,
         status: int | None = None,
         seconds: float | None = None,
+        everything: bool = False,
     ):
         super().__init__(message, code=code, status=status)
         self.seconds = seconds  # None: until the customer opts in again
+        self.everything = everything  # not only marketing: every message (a STOP on Twilio)
 
 
 class BadMessage(PermanentDelivery):

@@ -419,6 +419,29 @@ def fit(message: OutMessage) -> Fitted:
     return out
 
 
+E164_TEXT = 1600  # Twilio's limit on a message body (error 21617); its numbers are E.164
+E164_OPTIONS = 400  # what a list of button or row titles may add, as text, on Twilio
+
+
+def refit(messages: list[OutMessage], number: str) -> list[OutMessage]:
+    """Messages for a Twilio number (E.164, '+'): bodies within its 1,600 characters, where the
+    titles of buttons and rows are added to the body as text. Meta's numbers keep them as
+    they are."""
+    if not number.startswith("+"):
+        return messages
+    out: list[OutMessage] = []
+    for m in messages:
+        if isinstance(m, TextMessage) and len(m.body) > E164_TEXT:
+            out.extend(TextMessage(p, m.fallback) for p in split_text(m.body, E164_TEXT))
+        elif isinstance(m, ButtonsMessage | ListMessage) and len(m.body) > E164_TEXT - E164_OPTIONS:
+            *lead, last = split_text(m.body, E164_TEXT - E164_OPTIONS)
+            out.extend(TextMessage(p, m.fallback) for p in lead)
+            out.append(replace(m, body=last))
+        else:
+            out.append(m)
+    return out
+
+
 def split_text(text: str, limit: int) -> list[str]:
     """Cut `text` into pieces of at most `limit` characters, at paragraph, line or word ends."""
     if len(text) <= limit:

@@ -49,6 +49,7 @@ class Conversation:
     last_seq: int = 0  # the last journal entry this snapshot covers
     last_in_at: float | None = None  # the customer's last message: the 24-hour window
     opted_out: bool = False  # the customer stopped marketing messages (131050)
+    stopped: bool = False  # the customer replied STOP (Twilio 21610): nothing goes until they write
     marketing_paused_until: float | None = None  # a per-user marketing limit (131049)
     updated_at: float = 0.0
     step: int = 0  # counts handled events; a timer set at another step is void
@@ -81,6 +82,7 @@ class Conversation:
             "last_seq": self.last_seq,
             "last_in_at": self.last_in_at,
             "opted_out": self.opted_out,
+            "stopped": self.stopped,
             "marketing_paused_until": self.marketing_paused_until,
             "updated_at": self.updated_at,
             "step": self.step,
@@ -115,6 +117,7 @@ class Conversation:
             last_seq=int(data.get("last_seq") or 0),
             last_in_at=data.get("last_in_at"),
             opted_out=bool(data.get("opted_out")),
+            stopped=bool(data.get("stopped")),
             marketing_paused_until=data.get("marketing_paused_until"),
             updated_at=float(data.get("updated_at") or 0.0),
             step=int(data.get("step") or 0),

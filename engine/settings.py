@@ -278,8 +278,12 @@ def _twilio(env: Mapping[str, str], sender: str) -> dict[str, Any]:
     if public is not None:
         public = public.rstrip("/")
         _check_http_url("PUBLIC_URL", public)
-        if _split("PUBLIC_URL", public).query:
-            raise ConfigError("PUBLIC_URL: the scheme, host and path Twilio calls, no query")
+        parts = _split("PUBLIC_URL", public)
+        if parts.query or parts.fragment or "@" in parts.netloc or any(c.isspace() for c in public):
+            raise ConfigError(
+                "PUBLIC_URL: the scheme, host and path Twilio calls (no query, fragment, "
+                "password or spaces)"
+            )
     return {
         "twilio_account_sid": sid,
         "twilio_auth_token": token,

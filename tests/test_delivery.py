@@ -147,7 +147,7 @@ async def make_rig(
     graph: tuple[FakeGraph, str],
     token: AccessToken,
     max_age: float = 86400.0,
-    on_opt_out: Any = lambda contact, seconds: None,
+    on_opt_out: Any = lambda contact, seconds, every: None,
     *,
     concurrency: int = 8,
     rate: float | None = 80.0,
@@ -651,13 +651,13 @@ async def test_131000_is_tried_three_times_then_recorded_and_the_number_keeps_se
 async def test_a_customer_who_stopped_marketing_is_reported_for_their_conversation(
     graph: tuple[FakeGraph, str], code: int, seconds: float | None
 ) -> None:
-    told: list[tuple[str, float | None]] = []
-    tell = lambda contact, s: told.append((contact, s))  # noqa: E731
+    told: list[tuple[str, float | None, bool]] = []
+    tell = lambda contact, s, every: told.append((contact, s, every))  # noqa: E731
     async with make_rig(graph, AccessToken(Secret("tok")), on_opt_out=tell) as rig:
         rig.graph.answer_next(meta_error(code, "User stopped marketing messages"))
         await rig.queue([row("a:0", "a", "a-0")])
         await rig.until_empty()
-        assert told == [("a", seconds)]
+        assert told == [("a", seconds, False)]  # marketing only: replies still go
         assert (await rig.message("a:0")).error_code == code
 
 

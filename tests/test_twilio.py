@@ -432,3 +432,61 @@ async def test_a_paused_twilio_number_is_degraded_in_readyz(both: Both) -> None:
     assert r.status == 200
     assert report["twilio"].startswith(f"degraded: outage on number {BUSINESS} since ")
     assert report["whatsapp"] == "ok"
+
+
+async def test_long_replies_fit_twilio_s_1600_characters(both: Both) -> None:
+    await both.post(inbound("15551234574", "SM" + "a" * 32, "hi"))
+    await both.settle()
+    r = await both.client.post(
+        "/api/conversations/15551234574/messages",
+        json={"text": " ".join(["lorem"] * 1000)},  # 5,999 characters
+        headers={"Authorization": f"Bearer {ADMIN}"},
+    )
+    assert r.status == 200
+    await both.settle()
+    bodies = both.bodies()[1:]
+    assert len(bodies) >= 4 and all(len(b) <= 1600 for b in bodies)
+    assert " ".join(bodies).split() == ["lorem"] * 1000  # nothing lost
+
+
+async def test_after_stop_nothing_is_sent_until_the_customer_writes_again(both: Both) -> None:
+    """21610: Twilio refuses every message to a customer who replied STOP, so the engine sends
+    none (recorded as not sent) until the customer writes again."""
+    await both.post(inbound("15551234575", "SM" + "b" * 32, "hi"))
+    await both.settle()
+    both.twilio.answer_next(twilio_error(21610, "Attempt to send to unsubscribed recipient"))
+    auth = {"Authorization": f"Bearer {ADMIN}"}
+    path = "/api/conversations/15551234575/messages"
+    await both.client.post(path, json={"text": "one"}, headers=auth)
+    await both.settle()
+    r = await both.client.post(path, json={"text": "two"}, headers=auth)
+    assert (await r.json())["messages"][0]["error"].startswith("the customer replied STOP")
+    await both.settle()
+    assert both.bodies()[-1] == "one"  # "two" was never sent
+    await both.post(inbound("15551234575", "SM" + "c" * 32, "START"))
+    await both.settle()
+    await both.client.post(path, json={"text": "three"}, headers=auth)
+    await both.settle()
+    assert both.bodies()[-1] == "three"
+    assert both.engine.metrics.not_sent.get("stop") == 1
+
+
+def test_a_media_count_without_a_url_is_text() -> None:
+    form = inbound("15551234567", "SM" + "d" * 32, "see", NumMedia="1")
+    assert twilio.parse_form(form, 0)[0][0].content == Text("see")  # type: ignore[union-attr]
+
+
+def test_a_twilio_template_with_header_or_url_values_is_refused_before_sending() -> None:
+    from engine.outbound import TemplateMessage
+    from engine.ports import Outgoing
+
+    t = TemplateMessage(
+        "cart",
+        "en",
+        "x",
+        params=("a",),
+        header=("image", "https://x/y.jpg"),
+        content_sid="HX" + "0" * 32,
+    )
+    with pytest.raises(twilio.PermanentDelivery, match="ContentVariables only"):
+        twilio.form_of(Outgoing("r:1:0", "c", BUSINESS, "15551234567", None, t), None)

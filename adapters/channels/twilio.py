@@ -201,8 +201,8 @@ def _content(fields: Mapping[str, str]) -> Content:
         count = int(fields.get("NumMedia") or "0")
     except ValueError:
         count = 0
-    if count > 0:
-        url = fields.get("MediaUrl0") or ""
+    url = fields.get("MediaUrl0") or ""
+    if count > 0 and url:
         mime = fields.get("MediaContentType0") or ""
         caption = body or None
         if mime.startswith("image/"):
@@ -246,6 +246,12 @@ def form_of(out: Outgoing, public_url: str | None) -> dict[str, str]:
         if not m.content_sid:
             raise PermanentDelivery(
                 f"template {m.name} has no twilio_content_sid in templates.yaml", local=True
+            )
+        if m.header is not None or any(kind == "url" for kind, _i, _v in m.buttons):
+            raise PermanentDelivery(
+                f"template {m.name}: a Content template on Twilio takes its values in "
+                "ContentVariables only; header and button values cannot be sent",
+                local=True,
             )
         form["ContentSid"] = m.content_sid
         values = dict(m.named) if m.named else {str(i + 1): v for i, v in enumerate(m.params)}
@@ -312,8 +318,8 @@ def outcome(status: int, data: Any, retry_after: str | None = None) -> str:
         title = f"({code}) {title}"
     if code == WINDOW_CLOSED:
         raise OutsideWindow(title, code=code, status=status)
-    if code == OPTED_OUT:
-        raise OptedOut(title, code=code, status=status)
+    if code == OPTED_OUT:  # STOP: Twilio refuses every message until the customer says START
+        raise OptedOut(title, code=code, status=status, everything=True)
     if code in INVALID_RECIPIENT:
         raise PermanentDelivery(title, code=code, status=status)
     if code == RATE or status == 429:
