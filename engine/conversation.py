@@ -559,11 +559,14 @@ class ConversationBehaviour:
                 convo.marketing_paused_until or 0.0, now + item.seconds
             )
         self._metrics.opt_outs.inc("stopped" if item.seconds is None else "paused")
-        log.info(
-            "%s does not take marketing messages%s; marketing templates to them are not sent",
-            mask(convo.key),
-            "" if item.seconds is None else f" for {item.seconds / 3600:.0f}h",
-        )
+        if item.everything:
+            log.info("%s replied STOP; nothing is sent until they write again", mask(convo.key))
+        else:
+            log.info(
+                "%s does not take marketing messages%s; marketing templates to them are not sent",
+                mask(convo.key),
+                "" if item.seconds is None else f" for {item.seconds / 3600:.0f}h",
+            )
         await self._commit(convo, [], now)
         _answer(item.reply, None)
 

@@ -233,7 +233,8 @@ class Delivery:
         if queue is None:
             queue = self._queues[contact] = deque()
             self._ready.put_nowait(contact)
-        queue.append((f"{RECEIPT}{message_id}", contact, number, payload, line.uptime(0.0)))
+        born = line.uptime(self._clock.now())
+        queue.append((f"{RECEIPT}{message_id}", contact, number, payload, born))
         line.pending += 1
         self.pending += 1
         self._empty.clear()
