@@ -37,7 +37,8 @@ from engine.errors import (
     StoreUnavailable,
 )
 from engine.events import Event, StatusUpdate, scrub
-from engine.flows import Flows
+from engine.flows import Flows, Template
+from engine.outbound import TemplateMessage
 from engine.settings import Secret
 
 from .bodies import BodyBudget, BodyRefused, ClientGone, loads
@@ -451,7 +452,7 @@ async def api_reply(request: web.Request) -> web.Response:
     template = None
     try:
         if "template" in data:
-            template = request.app[ENGINE].template(data["template"])
+            template = _template(request.app[ENGINE].flows.templates, data["template"])
     except ValueError as e:
         return _error(400, str(e))
     wrong = _check_reply(text, template)
@@ -466,6 +467,31 @@ async def api_reply(request: web.Request) -> web.Response:
     except StoreRejected as e:
         return _error(422, f"the message could not be stored: {e}")
     return web.json_response(result)
+
+
+def _template(templates: dict[str, Template], data: Any) -> TemplateMessage:
+    """An approved template filled from the agent API's JSON {name, params, header,
+    buttons}; raise ValueError saying what does not match templates.yaml."""
+    if not isinstance(data, dict) or not isinstance(data.get("name"), str):
+        raise ValueError('template must be {"name": ..., "params": [...] or {...}}')
+    unknown = sorted(set(data) - {"name", "params", "header", "buttons"})
+    if unknown:
+        raise ValueError(f"unknown key {unknown[0]!r} in template (name, params, header, buttons)")
+    known = templates.get(data["name"])
+    if known is None:
+        names = ", ".join(sorted(templates)) or "none"
+        raise ValueError(f"no template {data['name']!r} in templates.yaml (declared: {names})")
+    params = data.get("params", [])
+    header = data.get("header")
+    buttons = data.get("buttons", [])
+    texts = list(params.values()) if isinstance(params, dict) else params
+    if not isinstance(texts, list) or not all(isinstance(v, str) for v in texts):
+        raise ValueError("params must be a list of strings or an object of strings")
+    if header is not None and not isinstance(header, str):
+        raise ValueError("header must be a string (a link or media id for media)")
+    if not isinstance(buttons, list) or not all(isinstance(v, str) for v in buttons):
+        raise ValueError("buttons must be a list of strings")
+    return known.fill(params, header, buttons)
 
 
 def _check_reply(text: Any, template: Any) -> web.Response | None:

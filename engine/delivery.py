@@ -475,7 +475,9 @@ class Delivery:
         if probe:
             self._resume(line)
         if instead is None:  # its fallback is still unused: a failed status may call for it
-            self._recent[provider_id] = (ident, contact, item[3])
+            # Kept whole only when it has a fallback: 10,000 payloads are not free.
+            payload = item[3] if '"fallback"' in item[3] else "{}"
+            self._recent[provider_id] = (ident, contact, payload)
             if len(self._recent) > RECENT:
                 self._recent.popitem(last=False)
         await self._settle(ident, contact, provider_id=provider_id, instead=instead)

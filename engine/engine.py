@@ -437,32 +437,6 @@ class Engine:
         reply = asyncio.get_running_loop().create_future()
         return await self.actors.ask(key, AgentReply(uuid.uuid4().hex, text, reply, template))
 
-    def template(self, data: Any) -> TemplateMessage:
-        """An approved template filled from the agent API's JSON {name, params, header,
-        buttons}; raise ValueError saying what does not match templates.yaml."""
-        if not isinstance(data, dict) or not isinstance(data.get("name"), str):
-            raise ValueError('template must be {"name": ..., "params": [...] or {...}}')
-        unknown = sorted(set(data) - {"name", "params", "header", "buttons"})
-        if unknown:
-            raise ValueError(
-                f"unknown key {unknown[0]!r} in template (name, params, header, buttons)"
-            )
-        known = self.flows.templates.get(data["name"])
-        if known is None:
-            names = ", ".join(sorted(self.flows.templates)) or "none"
-            raise ValueError(f"no template {data['name']!r} in templates.yaml (declared: {names})")
-        params = data.get("params", [])
-        header = data.get("header")
-        buttons = data.get("buttons", [])
-        texts = list(params.values()) if isinstance(params, dict) else params
-        if not isinstance(texts, list) or not all(isinstance(v, str) for v in texts):
-            raise ValueError("params must be a list of strings or an object of strings")
-        if header is not None and not isinstance(header, str):
-            raise ValueError("header must be a string (a link or media id for media)")
-        if not isinstance(buttons, list) or not all(isinstance(v, str) for v in buttons):
-            raise ValueError("buttons must be a list of strings")
-        return known.fill(params, header, buttons)
-
     async def release(self, key: str) -> Any:
         return await self.actors.ask(key, Release(asyncio.get_running_loop().create_future()))
 

@@ -244,3 +244,32 @@ async def test_the_console_copies_a_file_it_sends_and_prints_where(tmp_path: Pat
     assert copy.read_bytes() == b"%PDF"
     assert f"(saved as {copy})" in out.getvalue()
     assert "[document: Invoice.pdf]" in out.getvalue()
+
+
+async def test_media_dir_is_where_the_app_uploads_files_from(
+    tmp_path: Path, start_app: Any, env: dict[str, str], graph: tuple[FakeGraph, str]
+) -> None:
+    """MEDIA_DIR, set in the environment, is the folder the running app's sender reads."""
+    import io
+
+    from adapters.web import ENGINE
+    from tests.support import body, change, signed, text
+
+    media = tmp_path / "files"
+    media.mkdir()
+    (media / "inv-9.pdf").write_bytes(b"%PDF-1.4 nine")
+    flows = tmp_path / "fl"
+    flows.mkdir()
+    (flows / "support.yaml").write_text(
+        "start: a\nstates:\n  a:\n    say: {document: inv-9.pdf}\n    end: true\n"
+    )
+    env.update(MEDIA_DIR=str(media), FLOWS_DIR=str(flows))
+    client = await start_app(env)
+    raw, headers = signed(body(change([text("15550000041", "w1", "hi")])))
+    r = await client.post("/webhooks/whatsapp", data=io.BytesIO(raw), headers=headers)
+    assert r.status == 200
+    await client.app[ENGINE].actors.wait_idle()
+    await client.app[ENGINE].delivery.wait_empty()
+    (upload,) = graph[0].uploads
+    assert upload["bytes"] == b"%PDF-1.4 nine"
+    assert graph[0].requests[-1]["body"]["document"]["id"] == "4490000000000001"

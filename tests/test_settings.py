@@ -216,3 +216,46 @@ async def test_send_rate_paces_the_app_s_sends(
     # A second apart, give or take the quarter second the clock moves while a send is on the
     # wire (the fake stamps what it receives with the clock of that moment).
     assert all(b - a >= 0.75 for a, b in itertools.pairwise(agent)), agent
+
+
+async def test_send_reconcile_reaches_the_app_s_delivery(
+    start_app: Any, env: dict[str, str], tmp_path: Any
+) -> None:
+    """A reply a crash left in flight waits SEND_RECONCILE after the app starts: with 0s it
+    goes at once."""
+    from adapters.stores.sqlite import SqliteStore
+    from adapters.web import ENGINE
+    from engine.ports import Commit, ConversationRow, MessageRow, Sending
+    from tests.fakes.clock import FakeClock
+
+    path = tmp_path / "engine.sqlite3"
+    store = SqliteStore(path)
+    await store.open()
+    payload = '{"message":{"type":"text","body":"left in flight"},"phone":"15550000051"}'
+    row = MessageRow(
+        "r:w9:0",
+        "n:1",
+        "out",
+        "106540352242922",
+        "text",
+        "left in flight",
+        "pending",
+        1.0,
+        payload=payload,
+    )
+    convo = ConversationRow("n:1", "106540352242922", "support", None, False, 1.0, {"v": 2})
+    await store.write([Commit(convo, [row])])
+    await store.write([Sending("r:w9:0", 2.0)])
+    await store.close()
+    for wait, sent in (("60s", 0), ("0s", 1)):
+        env.update(DATABASE_URL=f"sqlite:///{path}", SEND_RECONCILE=wait)
+        clock = FakeClock()
+        client = await start_app(env, clock=clock)
+        engine = client.app[ENGINE]
+        await clock.advance(1)
+        for _ in range(100):
+            if not engine.delivery.busy():
+                break
+            await asyncio.sleep(0.01)  # the send itself is real HTTP
+        assert engine.metrics.reconciled.get("resent") == sent, wait
+        await client.close()

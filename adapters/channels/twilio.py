@@ -64,13 +64,14 @@ from engine.outbound import (
 from engine.ports import Outgoing
 from engine.settings import Secret
 
+from .transport import transport_error
+
 log = logging.getLogger(__name__)
 
 DEFAULT_API = "https://api.twilio.com"
 CHANNEL = "whatsapp:"
 _E164 = re.compile(r"\+[1-9][0-9]{6,14}")
 _SID = re.compile(r"(SM|MM|IM)[0-9a-fA-F]{32}")
-MAX_MEDIA = 10  # Twilio sends at most 10 media per message
 # MessageStatus -> the engine's status ladder (engine.records.STATUS_RANK); None: not a step.
 STATUSES = {
     "sent": "sent",
@@ -370,14 +371,8 @@ class TwilioSender:
                 except (ValueError, RecursionError):
                     data = None
                 return outcome(response.status, data, response.headers.get("Retry-After"))
-        except aiohttp.ClientConnectorError as e:
-            raise ChannelDown(f"{type(e).__name__}: {e}", cause="outage") from e
         except (TimeoutError, aiohttp.ClientError) as e:
-            raise ChannelDown(
-                f"{type(e).__name__}: {e}" if str(e) else type(e).__name__,
-                cause="outage",
-                maybe_sent=True,
-            ) from e
+            raise transport_error(e) from e
 
     async def mark_read(self, number: str, message_id: str, *, typing: bool = False) -> None:
         """Twilio's API has no read receipts for WhatsApp: nothing to do."""

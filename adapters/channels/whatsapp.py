@@ -42,6 +42,8 @@ from engine.outbound import (
 from engine.ports import Outgoing
 from engine.settings import Secret
 
+from .transport import transport_error
+
 log = logging.getLogger(__name__)
 
 # What has to wait, by Meta error code (whatsapp.md §2.8). Meta asks clients to branch on the
@@ -411,11 +413,5 @@ class CloudApiSender:
                     if e.cause == "auth":
                         self._token.refused()
                     raise
-        except aiohttp.ClientConnectorError as e:  # no connection: nothing was sent
-            raise ChannelDown(f"{type(e).__name__}: {e}", cause="outage") from e
-        except (TimeoutError, aiohttp.ClientError) as e:  # sent, answer lost: Meta may have it
-            raise ChannelDown(
-                f"{type(e).__name__}: {e}" if str(e) else type(e).__name__,
-                cause="outage",
-                maybe_sent=True,
-            ) from e
+        except (TimeoutError, aiohttp.ClientError) as e:
+            raise transport_error(e) from e
