@@ -183,6 +183,31 @@ class Metrics:
             limit=500,
         )
         self.action_time = Histogram("engine_action_seconds", "Time of one action call")
+        self.llm_requests = Counter(
+            "engine_llm_requests",
+            "Model calls by model and outcome (ok, timeout, connection, rate_limited, status,"
+            " bad_body, bad_answer, error; skipped: its circuit was open)",
+            ("model", "outcome"),
+            limit=200,
+        )
+        self.llm_latency = Histogram(
+            "engine_llm_latency_seconds", "Time of one model call that answered"
+        )
+        self.llm_tokens = Counter(
+            "engine_llm_tokens",
+            "Tokens used, by model and kind (prompt, completion)",
+            ("model", "kind"),
+        )
+        self.llm_fallbacks = Counter(
+            "engine_llm_fallbacks", "Times a turn moved on to the next model after one failed"
+        )
+        self.llm_cost = Counter(
+            "engine_llm_cost", "Estimated cost in USD, from LLM_PRICES, by model", ("model",)
+        )
+        self.llm_budget = Counter(
+            "engine_llm_budget_exhausted",
+            "Turns that took the flow's non-LLM path because the contact's daily calls ran out",
+        )
         self.pauses = Counter(
             "engine_channel_pauses",
             "Times a business number's sending was paused (outage, throttled, auth)",
