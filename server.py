@@ -21,7 +21,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
 from functools import partial
 from pathlib import Path
@@ -40,6 +40,7 @@ from adapters.channels.console import ConsoleSender
 from adapters.channels.twilio import Channels, TwilioSender
 from adapters.channels.whatsapp import AccessToken, CloudApiSender
 from adapters.http_action import HttpAction
+from adapters.llm.openai_chat import OpenAiChat
 from adapters.prometheus import EngineCollector
 from adapters.stores.postgres import PostgresStore
 from adapters.stores.redis_cache import RedisCachedStore
@@ -62,6 +63,9 @@ from engine.clock import SystemClock
 from engine.engine import Engine, EngineConfig
 from engine.errors import ConfigError
 from engine.flows import Flows, load_flows
+from engine.llm.knowledge import Knowledge
+from engine.llm.prompts import Redactor
+from engine.llm.service import Llm, LlmConfig
 from engine.logs import setup_logging
 from engine.metrics import GcTimer, Metrics
 from engine.ports import Clock, Sender, Store
@@ -92,23 +96,21 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> web.Applica
             secret = settings.actions_secret
             http = HttpAction(clock or SystemClock(), secret.reveal() if secret else None)
             stack.push_async_callback(http.close)
-
-            def load() -> Flows:
-                return load_flows(
-                    settings.flows_dir,
-                    settings.entry_flow,
-                    {"http": http.call},
-                    ZoneInfo(settings.timezone),
-                )
-
+            metrics = Metrics()
+            llm = make_llm(settings, clock or SystemClock(), metrics)
+            if llm is not None:
+                stack.push_async_callback(llm.close)
+            provided = {"http": http.call, **(llm.actions() if llm is not None else {})}
+            load: Callable[[], Flows] = partial(load_all, settings, provided, llm)
             flows = load()
             app[RELOAD] = load
             for warning in flows.warnings:
                 log.warning("flow %s", warning)
             client = await stack.enter_async_context(_redis(settings, app[HEALTH]))
-            metrics = Metrics()
             store = await open_store(settings, client, metrics, clock)
             stack.push_async_callback(store.close)
+            if llm is not None:  # the last turns of a conversation go with each call
+                llm.history = store.transcript
             session = await stack.enter_async_context(aiohttp.ClientSession())
             sender = make_sender(settings, session)
             engine = Engine(
@@ -126,6 +128,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> web.Applica
                     send_max_age=settings.send_max_age,
                     send_reconcile=settings.send_reconcile,
                     send_rate=settings.send_rate,
+                    llm_daily_calls=settings.llm_daily_calls,
                 ),
                 clock=clock,
             )
@@ -149,13 +152,78 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> web.Applica
             # out of the collector's sight so full collections only walk what can die.
             gc.collect()
             gc.freeze()
-            if settings.whatsapp_app_secret is None:
-                log.warning("WHATSAPP_APP_SECRET is not set: every Meta webhook will be refused")
+            announce(settings, llm)
             yield
 
     app.cleanup_ctx.append(engine_ctx)
     add_routes(app)
     return app
+
+
+def load_all(settings: Settings, provided: dict[str, Any], llm: Llm | None) -> Flows:
+    """The flows, at start and on each reload; with a model, the documents are read again."""
+    flows = load_flows(
+        settings.flows_dir, settings.entry_flow, provided, ZoneInfo(settings.timezone)
+    )
+    if llm is not None:
+        llm.use(knowledge(settings))
+    return flows
+
+
+def make_llm(settings: Settings, clock: Clock, metrics: Metrics) -> Llm | None:
+    """The model, when OPENAI_API_KEY is set; without one the flows take their non-LLM paths.
+    Nothing here calls the model: one that is down is never a start error."""
+    key = settings.openai_api_key
+    if key is None:
+        return None
+    config = LlmConfig(
+        models=settings.llm_models,
+        timeout=settings.llm_timeout,
+        concurrency=settings.llm_concurrency,
+        top_k=settings.llm_top_k,
+        passage_chars=settings.llm_passage_chars,
+        embedding_model=settings.llm_embedding_model,
+        prices=settings.llm_prices,
+    )
+    model = OpenAiChat(key.reveal(), settings.openai_base_url)
+    return Llm(model, config, clock=clock, metrics=metrics, redact=Redactor(settings.secrets()))
+
+
+def announce(settings: Settings, llm: Llm | None) -> None:
+    """What is missing or on, once the engine has started."""
+    if settings.whatsapp_app_secret is None:
+        log.warning("WHATSAPP_APP_SECRET is not set: every Meta webhook will be refused")
+    if llm is None:
+        log.info("no OPENAI_API_KEY: flows take their non-LLM paths")
+        return
+    c = llm.config
+    log.info(
+        "llm: %s within %.0fs a turn, at most %d calls in flight, %d a contact a day;"
+        " knowledge: %d passages",
+        " then ".join(c.models),
+        c.timeout,
+        c.concurrency,
+        settings.llm_daily_calls,
+        len(llm.knowledge),
+    )
+
+
+def knowledge(settings: Settings) -> Knowledge:
+    found = Knowledge.load(settings.knowledge_dir, settings.llm_passage_chars)
+    sources = {p.source for p in found.passages}
+    if found.passages:
+        log.info(
+            "knowledge: %d passages from %d documents in %s",
+            len(found),
+            len(sources),
+            settings.knowledge_dir,
+        )
+    else:
+        log.warning(
+            "knowledge: no documents in %s (KNOWLEDGE_DIR); answer: steps take on_unknown:",
+            settings.knowledge_dir,
+        )
+    return found
 
 
 async def open_store(

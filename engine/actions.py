@@ -74,6 +74,7 @@ class ActionDef:
     takes_context: bool = False
     # Checks of the literal values a flow passes (a built-in's own rules, like http's url).
     check: Callable[[Mapping[str, Any]], list[str]] | None = None
+    within: float | None = None  # a built-in that bounds its own time (the model's turn)
 
     def problems_with(self, args: Mapping[str, Any]) -> list[str]:
         """What is wrong with a flow's `with:` (`args`: its literal values, or expressions)."""
@@ -156,7 +157,8 @@ class Actions:
         self.by_name[definition.name] = definition
 
     def names(self) -> list[str]:
-        return sorted(self.by_name)
+        """The names a flow's action: may call (a model's built-ins have steps of their own)."""
+        return sorted(n for n in self.by_name if not n.startswith("llm."))
 
 
 def _check_http(args: Mapping[str, Any]) -> list[str]:
@@ -179,7 +181,16 @@ HTTP = ActionDef(
     optional=frozenset({"body", "method", "headers"}),
     check=_check_http,
 )
-BUILTINS = (HTTP,)
+# A model's turn (engine.llm.service), asked by the flow language's answer:, understand: and
+# extract: steps; provided by the process only when a model is configured.
+LLM_ANSWER = ActionDef(
+    "llm.answer", None, required=frozenset({"question"}), optional=frozenset({"format"})
+)
+LLM_CLASSIFY = ActionDef("llm.classify", None, required=frozenset({"text", "choices"}))
+LLM_EXTRACT = ActionDef(
+    "llm.extract", None, required=frozenset({"text", "fields"}), optional=frozenset({"many"})
+)
+BUILTINS = (HTTP, LLM_ANSWER, LLM_CLASSIFY, LLM_EXTRACT)
 
 
 def load_actions(
@@ -191,7 +202,8 @@ def load_actions(
     for builtin in BUILTINS:
         fn = (provided or {}).get(builtin.name)
         if fn is not None and _fits(fn, builtin):
-            actions.add(replace(define(fn, builtin.name), check=builtin.check))
+            within = getattr(fn, "__within__", None)
+            actions.add(replace(define(fn, builtin.name), check=builtin.check, within=within))
         else:
             actions.add(builtin)
     path = folder / MODULE

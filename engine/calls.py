@@ -72,6 +72,15 @@ class Calls:
         """The actions of reloaded flows, for calls made from now on."""
         self._actions = actions
 
+    def within_of(self, name: str) -> float | None:
+        """How long a built-in that bounds its own time may take (a model's turn), else None."""
+        definition = self._actions.get(name)
+        return definition.within if definition is not None else None
+
+    def available(self, name: str) -> bool:
+        definition = self._actions.get(name)
+        return definition is not None and definition.fn is not None
+
     @property
     def in_flight(self) -> int:
         return len(self._tasks)

@@ -120,8 +120,10 @@ class ConversationBehaviour:
         handoff_ttl: float,
         calls: Calls | None = None,
         on_timers: Callable[[list[TimerWrite]], None] = lambda writes: None,
+        llm_daily_calls: int = 50,
     ) -> None:
         self._on_timers = on_timers
+        self._llm_daily = llm_daily_calls
         self._calls = calls
         self.system: ActorSystem | None = None  # set by the system that runs this behaviour
         self._store = store
@@ -207,7 +209,12 @@ class ConversationBehaviour:
         convo.last_seq = item.seq
         timers += self._timers(convo, effects, now)
         replies = self._outbound(
-            convo, f"r:{message.id}", effects.messages, now, quoting=(message.id, effects.quotes)
+            convo,
+            f"r:{message.id}",
+            effects.messages,
+            now,
+            quoting=(message.id, effects.quotes),
+            models=effects.models,
         )
         rows = [_inbound(convo, message, "received"), *replies]
         await self._finish(actor, convo, effects, rows=rows, now=now, timers=timers)
@@ -271,6 +278,7 @@ class ConversationBehaviour:
             list(convo.stack),
         )
         convo.step += 1
+        convo.llm_block = self._llm_block(convo, now)
         try:
             effects = settle(run(flow), convo, self._flows.get, self._flows.entry_flow)
             convo.failures = 0
@@ -288,10 +296,21 @@ class ConversationBehaviour:
             )
             effects = self._recover(convo, flow)
         self._account(flow, effects)
+        if effects.llm_skipped == "budget":
+            self._metrics.llm_budget.inc()
         if effects.handoff:
             convo.handoff_until = now + self._ttl
             self._metrics.handoffs.inc("error" if convo.failures else "flow")
         return effects
+
+    def _llm_block(self, convo: Conversation, now: float) -> str | None:
+        """Why a model cannot be asked at this step ("unavailable": none is configured;
+        "budget": the contact's calls for the UTC day are spent), or None."""
+        if self._calls is None or not self._calls.available("llm.answer"):
+            return "unavailable"
+        if convo.llm_day == _utc_day(now) and convo.llm_calls >= self._llm_daily:
+            return "budget"
+        return None
 
     # --- timers ----------------------------------------------------------------------------
 
@@ -362,7 +381,9 @@ class ConversationBehaviour:
             timers = self._timers(convo, effects, now)
             if convo.timer_due is None:
                 timers.append(TimerWrite(convo.key, "flow", None))
-        replies = self._outbound(convo, f"t:{convo.key}:{convo.step}", effects.messages, now)
+        replies = self._outbound(
+            convo, f"t:{convo.key}:{convo.step}", effects.messages, now, models=effects.models
+        )
         await self._finish(actor, convo, effects, rows=replies, now=now, timers=timers)
 
     # --- actions -------------------------------------------------------------------------
@@ -388,15 +409,23 @@ class ConversationBehaviour:
         """The call goes into the snapshot before it is made; its key is derived from the step
         that makes it, so a replay of that step after a crash makes it with the same key."""
         cause = f"{convo.key}:{convo.flow}:{convo.state}:{convo.step}"
+        within = request.within
+        if self._calls is not None:  # a model's turn bounds its own time (LLM_TIMEOUT_S)
+            within = self._calls.within_of(request.name) or within
+        if request.name.startswith("llm."):  # one of the contact's model turns for the day
+            day = _utc_day(now)
+            if convo.llm_day != day:
+                convo.llm_day, convo.llm_calls = day, 0
+            convo.llm_calls += 1
         convo.action = {
             "key": hashlib.sha256(cause.encode()).hexdigest()[:32],
             "name": request.name,
             "args": values.to_json(request.args),
-            "within": request.within,
+            "within": within,
             "attempt": 1,
             "step": convo.step,
         }
-        return TimerWrite(convo.key, "action", now + request.within + CALL_GRACE, convo.step)
+        return TimerWrite(convo.key, "action", now + within + CALL_GRACE, convo.step)
 
     def _begin(self, actor: Actor, convo: Conversation) -> None:
         """Make the recorded call outside the actor's run slot: the actor is suspended (its
@@ -436,7 +465,7 @@ class ConversationBehaviour:
         assert self.system is not None
         now = self._clock.now()
         flow = self._flow_of(convo)
-        if flow.action_of(convo.state) is None:  # the flow changed: its step calls nothing now
+        if not flow.awaits(convo.state, str(call.get("name"))):  # the flow changed since
             log.info(
                 "%s: a recorded call of %s is void (its flow changed)",
                 mask(convo.key),
@@ -471,17 +500,23 @@ class ConversationBehaviour:
         convo.action = None
         timers = [TimerWrite(convo.key, "action", None)]
         flow = self._flow_of(convo)
-        if flow.action_of(convo.state) is None:  # the flow changed while the call ran
+        if not flow.awaits(convo.state, str(call.get("name"))):  # the flow changed meanwhile
             await self._commit(convo, [], now, timers)
             return
         outcome = item.outcome
+        args = values.from_json(call.get("args") or {})
+        asked = args if isinstance(args, dict) else {}
         if outcome.ok:
-            effects = self._step(convo, lambda f: f.done(convo, outcome.result), now)
+            effects = self._step(convo, lambda f: f.done(convo, outcome.result, asked), now)
         else:
             kind = outcome.kind or "error"
-            effects = self._step(convo, lambda f: f.failed(convo, kind, outcome.message), now)
+            effects = self._step(
+                convo, lambda f: f.failed(convo, kind, outcome.message, asked), now
+            )
         timers += self._timers(convo, effects, now)
-        replies = self._outbound(convo, f"x:{item.key}", effects.messages, now)
+        replies = self._outbound(
+            convo, f"x:{item.key}", effects.messages, now, models=effects.models
+        )
         await self._finish(actor, convo, effects, rows=replies, now=now, timers=timers)
 
     def _recover(self, convo: Conversation, flow: Flow) -> Effects:
@@ -644,7 +679,9 @@ class ConversationBehaviour:
         cause: str,
         messages: list[OutMessage],
         now: float,
+        *,
         quoting: tuple[str, set[int]] | None = None,
+        models: dict[int, str] | None = None,
     ) -> list[MessageRow]:
         """Outbox rows with ids derived from their cause, so a replay cannot send them twice.
 
@@ -652,13 +689,14 @@ class ConversationBehaviour:
         when a hand-off runs out) a free-form message would be refused (131047): its template
         fallback goes instead (once for the pieces of one long text), and one without a fallback
         is recorded as not sent, with the reason, instead of being sent to fail."""
-        messages = refit(messages, convo.number)  # Twilio's shorter bodies
+        # Twilio's shorter bodies; each piece keeps the index of the message it came from.
+        pieces = [(n, piece) for n, m in enumerate(messages) for piece in refit([m], convo.number)]
         closed = convo.last_in_at is None or now - convo.last_in_at >= WINDOW
         until = convo.last_in_at + WINDOW if convo.last_in_at is not None else 0.0
         rows = []
         last: TemplateMessage | None = None
         unsent = 0
-        for i, message in enumerate(messages):
+        for i, (n, message) in enumerate(pieces):
             said = message
             if (
                 not isinstance(message, TemplateMessage)
@@ -688,9 +726,19 @@ class ConversationBehaviour:
                     log.info("template %s to %s not sent: %s", m.name, mask(convo.key), failed)
                 else:
                     self._metrics.templates.inc("window" if closed else "flow")
-            quote = quoting[0] if quoting and i in quoting[1] else None
+            quote = quoting[0] if quoting and n in quoting[1] else None
+            model = models.get(n) if models else None
             rows.append(
-                _row(convo, f"{cause}:{i}", m, now, failed=failed, until=until, quote=quote)
+                _row(
+                    convo,
+                    f"{cause}:{i}",
+                    m,
+                    now,
+                    failed=failed,
+                    until=until,
+                    quote=quote,
+                    model=model,
+                )
             )
         if unsent:
             self._metrics.not_sent.inc("window", by=unsent)
@@ -748,8 +796,10 @@ def _row(
     failed: str | None,
     until: float,
     quote: str | None,
+    model: str | None = None,
 ) -> MessageRow:
-    """An outbox row (or, `failed` saying why, a message recorded as not sent)."""
+    """An outbox row (or, `failed` saying why, a message recorded as not sent); `model`: the
+    model that wrote it, shown in the transcript."""
     return MessageRow(
         id=ident,
         contact=convo.key,
@@ -769,6 +819,7 @@ def _row(
                 "flow": convo.flow,
                 "state": convo.state,
                 "reply_to": quote,  # a contextual reply: it quotes the customer's message
+                **({"model": model} if model else {}),
             },
             separators=(",", ":"),
         ),
@@ -804,3 +855,7 @@ def _inbound(convo: Conversation, message: Message, status: str) -> MessageRow:
 def _answer(reply: asyncio.Future[Any] | None, value: Any) -> None:
     if reply is not None and not reply.done():
         reply.set_result(value)
+
+
+def _utc_day(now: float) -> str:
+    return time.strftime("%Y-%m-%d", time.gmtime(now))

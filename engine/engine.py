@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime as dt
+import json
 import logging
 import uuid
 from collections.abc import Sequence
@@ -59,6 +60,7 @@ from .ports import (
     Clock,
     ConversationRow,
     JournalEntry,
+    MessageRow,
     RawWrite,
     Sender,
     StatusWrite,
@@ -88,6 +90,7 @@ class EngineConfig:
     # says the provider has it, before it is sent again.
     send_reconcile: float = 10.0
     send_rate: int = 80  # sends a second per business number
+    llm_daily_calls: int = 50  # a contact's model turns per UTC day; then the non-LLM path
 
 
 class NotFound(Exception):
@@ -149,6 +152,7 @@ class Engine:
             handoff_ttl=self.config.handoff_ttl,
             calls=self.calls,
             on_timers=self.timers.note,
+            llm_daily_calls=self.config.llm_daily_calls,
         )
         self.actors = ActorSystem(behaviour, max_resident=self.config.max_actors)
         behaviour.system = self.actors
@@ -477,6 +481,7 @@ class Engine:
                     if m.error_code or m.error_title
                     else None,
                     "at": iso(m.at),
+                    "model": _model_of(m),  # the model that wrote it, or null
                 }
                 for m in messages
             ],
@@ -600,3 +605,14 @@ def iso(ts: float | None) -> str | None:
     if ts is None:
         return None
     return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat().replace("+00:00", "Z")
+
+
+def _model_of(m: MessageRow) -> str | None:
+    """The model that wrote an outbound message (engine.conversation records it), or None."""
+    if m.direction != "out" or not m.payload or '"model"' not in m.payload:
+        return None
+    try:
+        model = json.loads(m.payload).get("model")
+    except ValueError:
+        return None
+    return model if isinstance(model, str) else None

@@ -329,9 +329,14 @@ class Recorder:
 def fake_actions(
     actions: Actions, given: Mapping[str, Any], calls: list[tuple[str, dict[str, Value]]]
 ) -> Actions:
-    """Every action of the flows, answering as the test file says and recording its calls."""
+    """Every action of the flows, answering as the test file says and recording its calls.
+    A model's built-ins (llm.answer, llm.classify, llm.extract) answer only when the file says
+    what they give; otherwise no model is configured and the flows take their non-LLM paths."""
     out = Actions()
     for name, definition in actions.by_name.items():
+        if name.startswith("llm.") and name not in given:
+            out.add(replace(definition, fn=None))
+            continue
         out.add(replace(definition, fn=_fake(name, given.get(name), calls), takes_context=False))
     return out
 

@@ -51,6 +51,11 @@ class Conversation:
     opted_out: bool = False  # the customer stopped marketing messages (131050)
     stopped: bool = False  # the customer replied STOP (Twilio 21610): nothing goes until they write
     marketing_paused_until: float | None = None  # a per-user marketing limit (131049)
+    llm_day: str = ""  # the UTC day llm_calls counts (a contact's daily budget of model turns)
+    llm_calls: int = 0
+    # Not stored: set before each step, why a model cannot be asked now ("unavailable": none is
+    # configured; "budget": today's calls are spent), or None when it can.
+    llm_block: str | None = "unavailable"
     updated_at: float = 0.0
     step: int = 0  # counts handled events; a timer set at another step is void
     timer_due: float | None = None  # the flow timer (reminders, delays) armed for this step
@@ -84,6 +89,8 @@ class Conversation:
             "opted_out": self.opted_out,
             "stopped": self.stopped,
             "marketing_paused_until": self.marketing_paused_until,
+            "llm_day": self.llm_day,
+            "llm_calls": self.llm_calls,
             "updated_at": self.updated_at,
             "step": self.step,
             "timer_due": self.timer_due,
@@ -119,6 +126,8 @@ class Conversation:
             opted_out=bool(data.get("opted_out")),
             stopped=bool(data.get("stopped")),
             marketing_paused_until=data.get("marketing_paused_until"),
+            llm_day=str(data.get("llm_day") or ""),
+            llm_calls=int(data.get("llm_calls") or 0),
             updated_at=float(data.get("updated_at") or 0.0),
             step=int(data.get("step") or 0),
             timer_due=data.get("timer_due"),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 from urllib.parse import SplitResult, parse_qsl, urlsplit
@@ -92,6 +93,18 @@ class Settings:
     actions_secret: Secret | None = None  # signs the built-in http action's requests
     timezone: str = "UTC"  # IANA name: where "tomorrow 5pm" is read
     media_dir: str = "var/media"  # files flows send by name (invoices), and the console's copies
+    # The LLM: off without a key (flows take their non-LLM paths).
+    openai_api_key: Secret | None = None
+    openai_base_url: str | None = None  # None: OpenAI's own
+    llm_models: tuple[str, ...] = ("gpt-4o-mini",)  # LLM_MODEL, then LLM_FALLBACK_MODELS
+    llm_timeout: float = 10.0  # LLM_TIMEOUT_S: the whole turn, every model tried in it
+    llm_concurrency: int = 16
+    llm_daily_calls: int = 50  # per contact and UTC day; then the non-LLM path
+    llm_prices: dict[str, tuple[Decimal, Decimal]] = field(default_factory=dict)
+    llm_embedding_model: str | None = None
+    llm_top_k: int = 4
+    llm_passage_chars: int = 800
+    knowledge_dir: Path = Path("flows/knowledge")
     # Tuning, with defaults that suit one small container.
     max_actors: int = 10_000
     send_concurrency: int = 32
@@ -117,6 +130,7 @@ class Settings:
                 self.admin_token,
                 self.actions_secret,
                 self.twilio_auth_token,
+                self.openai_api_key,
             )
             if s is not None
         ]
@@ -176,6 +190,7 @@ class Settings:
             actions_secret=_secret(env, "ACTIONS_SECRET"),
             timezone=_timezone(env),
             media_dir=env.get("MEDIA_DIR", "var/media"),
+            **_llm(env),
             max_actors=_int(env, "MAX_ACTORS", 10_000, low=1),
             send_concurrency=_int(env, "SEND_CONCURRENCY", 32, low=1, high=1024),
             max_backlog=_int(env, "MAX_BACKLOG", 50_000, low=1),
@@ -291,6 +306,64 @@ def _twilio(env: Mapping[str, str], sender: str) -> dict[str, Any]:
         "twilio_api_url": api_url,
         "public_url": public,
     }
+
+
+def _llm(env: Mapping[str, str]) -> dict[str, Any]:
+    """The model settings. None of them needs a model to be up: a model that is down is a
+    state of the model (the flows' other paths answer), never a start error."""
+    base_url = env.get("OPENAI_BASE_URL")
+    if base_url is not None:
+        base_url = base_url.rstrip("/")
+        _check_http_url("OPENAI_BASE_URL", base_url)
+    primary = env.get("LLM_MODEL", "gpt-4o-mini")
+    fallbacks = [m.strip() for m in env.get("LLM_FALLBACK_MODELS", "").split(",") if m.strip()]
+    models = tuple(dict.fromkeys([primary, *fallbacks]))  # a model named twice is tried once
+    for model in models:
+        if len(model) > 200 or any(c.isspace() for c in model):
+            raise ConfigError(f"LLM model {model[:60]!r} is not a model name")
+    timeout = _parsed(env, "LLM_TIMEOUT_S", "10", float, least=1.0, bound="at least 1 second")
+    if not timeout <= 120:
+        raise ConfigError(f"LLM_TIMEOUT_S={env['LLM_TIMEOUT_S']!r}: at most 120 seconds")
+    return {
+        "openai_api_key": _secret(env, "OPENAI_API_KEY"),
+        "openai_base_url": base_url,
+        "llm_models": models,
+        "llm_timeout": timeout,
+        "llm_concurrency": _int(env, "LLM_CONCURRENCY", 16, low=1, high=1024),
+        "llm_daily_calls": _int(env, "LLM_DAILY_CALLS", 50, low=0),
+        "llm_prices": _prices(env.get("LLM_PRICES", "")),
+        "llm_embedding_model": env.get("LLM_EMBEDDING_MODEL"),
+        "llm_top_k": _int(env, "LLM_TOP_K", 4, low=1, high=20),
+        "llm_passage_chars": _int(env, "LLM_PASSAGE_CHARS", 800, low=200, high=4000),
+        "knowledge_dir": Path(env.get("KNOWLEDGE_DIR", "flows/knowledge")),
+    }
+
+
+def _prices(raw: str) -> dict[str, tuple[Decimal, Decimal]]:
+    """LLM_PRICES: `model=prompt/completion` pairs, comma-separated, in USD per million tokens
+    (`gpt-4o-mini=0.15/0.60,anthropic/claude-3-haiku=0.25/1.25`)."""
+    out: dict[str, tuple[Decimal, Decimal]] = {}
+    for item in (i.strip() for i in raw.split(",")):
+        if not item:
+            continue
+        model, _, price = item.rpartition("=")
+        prompt, slash, completion = price.partition("/")
+        try:
+            pair = (Decimal(prompt.strip()), Decimal(completion.strip()))
+        except InvalidOperation:
+            pair = None
+        if (
+            not model.strip()
+            or not slash
+            or pair is None
+            or any(not p.is_finite() or p < 0 for p in pair)
+        ):
+            raise ConfigError(
+                f"LLM_PRICES: {item[:80]!r}: write model=prompt/completion in USD per million"
+                " tokens, like gpt-4o-mini=0.15/0.60"
+            )
+        out[model.strip()] = pair
+    return out
 
 
 def _split(name: str, url: str) -> SplitResult:

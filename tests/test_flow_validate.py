@@ -273,11 +273,11 @@ SEEDED = [
             (3, "state name '_secret': names may not be empty or start with '_'"),
             (
                 3,
-                "state '_secret' needs exactly one of on:, then:, action:, flow:, handoff: true or end: true (has none)",
+                "state '_secret' needs exactly one of on:, then:, action:, answer:, extract:, flow:, handoff: true or end: true (has none)",
             ),
             (
                 5,
-                "state 'ok' needs exactly one of on:, then:, action:, flow:, handoff: true or end: true (has then and end)",
+                "state 'ok' needs exactly one of on:, then:, action:, answer:, extract:, flow:, handoff: true or end: true (has then and end)",
             ),
             (5, "state 'ok' is unreachable from start '_secret'"),
         ],
@@ -361,7 +361,7 @@ SEEDED = [
         [
             (
                 3,
-                "state 'a' needs exactly one of on:, then:, action:, flow:, handoff: true or end: true (has on and then)",
+                "state 'a' needs exactly one of on:, then:, action:, answer:, extract:, flow:, handoff: true or end: true (has on and then)",
             ),
             (8, "go: only the last route may go without when:"),
             (10, "go: end the routes with one that has no when: (where to go otherwise)"),

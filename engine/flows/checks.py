@@ -38,7 +38,7 @@ def moves_on(state: StateSpec) -> tuple[Route, ...]:
     """Routes a step takes without the customer: then: (unless delayed) and an action's."""
     action = state.action
     then = state.then if state.after is None else ()
-    return then + (action.done + action.error if action else ())
+    return then + (action.done + action.error + action.unknown if action else ())
 
 
 def targets(r: Reading, spec: FlowSpec) -> None:
@@ -96,6 +96,7 @@ def choices(r: Reading, spec: FlowSpec) -> None:
     """A choice branch must name a button or row its state (or a re-prompt) actually sends."""
     for state in spec.states.values():
         offered = {i for say in offered_says(spec, state) for i, _t in say.choices()}
+        offered |= {i for i, _meaning in state.understand or ()}  # intents a model may pick
         built = {say.rows.source for say in offered_says(spec, state) if say.rows}
         for b in state.on:
             if (
@@ -120,6 +121,21 @@ def choices(r: Reading, spec: FlowSpec) -> None:
                         f"choice {value!r} is not a button or row of state"
                         f" {state.name!r} (it offers: {known})",
                     )
+
+
+def understood(r: Reading, spec: FlowSpec) -> None:
+    """Every intent an understand: step declares is taken by one of its choice: branches."""
+    for state in spec.states.values():
+        taken = {v for b in state.on if b.when == "choice" for v in b.values}
+        for ident, _meaning in state.understand or ():
+            if ident not in taken:
+                r.err(
+                    state.line,
+                    f"understand: intent {ident!r} of state {state.name!r} is taken by no"
+                    f" branch (add - choice: {ident})",
+                )
+        if state.understand is not None and not taken:
+            r.err(state.line, f"understand: state {state.name!r} has no choice: branches")
 
 
 def catches_all(branch: Branch) -> bool:
@@ -177,6 +193,10 @@ def _moves(spec: FlowSpec, state: StateSpec) -> Iterable[tuple[str, frozenset[st
     call = state.action
     if call is not None:
         saved = {call.save} if isinstance(call.save, str) else {s for s, _f in call.save or ()}
+        if call.llm == "extract" and call.save is None:
+            saved = {name for name, _kind in call.fields}
+        for route in call.unknown:
+            yield route.to, frozenset({"error", *saved})
         for route in call.done:
             yield route.to, frozenset(saved)
         for route in call.error:

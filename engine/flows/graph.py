@@ -98,6 +98,7 @@ def _state_edges(spec: FlowSpec, name: str, state: StateSpec) -> list[Edge]:
     if state.action is not None:
         out.extend(_routed(name, state.action.done, "done"))
         out.extend(_routed(name, state.action.error, "error"))
+        out.extend(_routed(name, state.action.unknown, "not in the documents"))
     ladder = state.otherwise or (spec.otherwise if state.answers else ())
     if ladder and ladder[-1].go is not None and state.answers:
         out.append(Edge(name, ladder[-1].go, f"not understood x{len(ladder)}"))
@@ -117,6 +118,8 @@ def _shape(state: StateSpec) -> str:
 
 
 def _label(name: str, state: StateSpec, newline: str, parens: str = "") -> str:
+    if state.action is not None and state.action.llm is not None:
+        return f"{name}:{newline}{state.action.llm} (a model){parens}"
     if state.action is not None:
         return f"{name}:{newline}{state.action.name}{parens}"
     if state.call is not None:

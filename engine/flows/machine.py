@@ -130,10 +130,14 @@ class Effects:
     timer: TimerPlan | None = None
     action: ActionRequest | None = None  # the step entered calls business code
     call: SubflowRequest | None = None  # the step continues in another flow
+    models: dict[int, str] = field(default_factory=dict)  # messages a model wrote, by index
+    llm_skipped: str | None = None  # a model's step took its other path: why (budget ...)
 
     def add(self, later: Effects) -> None:
         """What a later step in the same turn (another flow's) decided, after this one."""
         self.quotes |= {len(self.messages) + i for i in later.quotes}
+        self.models.update({len(self.messages) + i: m for i, m in later.models.items()})
+        self.llm_skipped = self.llm_skipped or later.llm_skipped
         self.messages.extend(later.messages)
         self.handoff = self.handoff or later.handoff
         self.reprompts += later.reprompts
@@ -155,16 +159,21 @@ class Step:
         "entered",
         "evaluate",
         "faq_hit",
+        "found",
         "kind",
         "match",
         "message",
+        "model",
         "norm",
         "padded",
         "raw",
+        "reply",
         "result",
         "rung",
+        "skipped",
         "stayed_rung",
         "typed",
+        "understood",
     )
 
     def __init__(
@@ -191,6 +200,16 @@ class Step:
         self.entered = False  # some step was entered (not only a branch that stays)
         self.result: dict[str, Value] = {}  # event "done"/"error": the slots the call fills
         self.typed: Any = None  # what a type: branch read from the message
+        self.found = False  # event "done" of an answer: step: the documents held the answer
+        self.reply = ""  # ... and the answer
+        self.model: str | None = None  # ... and the model that gave it
+        self.skipped = False  # a model's step entered when no model may be asked
+        self.understood = False  # the message again, with the choice a model picked
+
+    @property
+    def llm_block(self) -> str | None:
+        """Why no model may be asked for this conversation now, or None."""
+        return getattr(self.convo, "llm_block", "unavailable")
 
     def values(self) -> dict[str, Value]:
         c = self.convo
@@ -271,6 +290,17 @@ class Step:
         if say.quote and self.message is not None:
             self.effects.quotes.add(len(self.effects.messages))
         self.effects.messages.extend(fitted.messages)
+        self.effects.split += fitted.split
+        self.effects.shortened += fitted.shortened
+
+    def say_model(self, text: str, model: str | None) -> None:
+        """A model's answer, split where WhatsApp needs it (never inside a word)."""
+        fitted = fit(TextMessage(text))
+        start = len(self.effects.messages)
+        self.effects.messages.extend(fitted.messages)
+        if model:
+            for i in range(start, len(self.effects.messages)):
+                self.effects.models[i] = model
         self.effects.split += fitted.split
         self.effects.shortened += fitted.shortened
 
@@ -622,11 +652,31 @@ class Flow:
         spec = self.spec.states.get(state) if state is not None else None
         return spec.action if spec is not None else None
 
-    def done(self, convo: ConversationView, result: Value) -> Effects:
+    def awaits(self, state: str | None, name: str) -> bool:
+        """True when step `state` waits for the end of a call of `name` (a flow changed since
+        the call was made may no longer)."""
+        spec = self.spec.states.get(state) if state is not None else None
+        if spec is None:
+            return False
+        if spec.understand is not None and spec.action is None:
+            return name == "llm.classify"
+        return spec.action is not None and spec.action.name == name
+
+    def done(
+        self, convo: ConversationView, result: Value, args: dict[str, Value] | None = None
+    ) -> Effects:
         """The step's action returned `result`: save it as the step says, then on_done:.
-        A result without a field that save: names takes on_error: (kind "result")."""
-        call = self.action_of(convo.state)
+        A result without a field that save: names takes on_error: (kind "result"). A model's
+        steps: an answer is said and on_done: taken (on_unknown: when the documents do not
+        hold it); extracted fields are saved; a choice understood is taken by the branches."""
+        state = self.spec.states.get(convo.state) if convo.state is not None else None
+        assert state is not None
+        if state.understand is not None and state.action is None:
+            return self._understood(convo, args or {}, result)
+        call = state.action
         assert call is not None
+        if call.llm is not None:
+            return self._model_done(convo, call, result)
         slots: dict[str, Value] = {}
         if isinstance(call.save, str):
             slots[call.save] = result
@@ -638,10 +688,66 @@ class Flow:
                 slots[slot] = value
         return self._send("done", convo, None, convo.state, result=slots)
 
-    def failed(self, convo: ConversationView, kind: str, message: str) -> Effects:
-        """The step's action failed: the slot `error` gets {kind, message}, then on_error:."""
+    def failed(
+        self,
+        convo: ConversationView,
+        kind: str,
+        message: str,
+        args: dict[str, Value] | None = None,
+    ) -> Effects:
+        """The step's action failed: the slot `error` gets {kind, message}, then on_error:.
+        A step that asked a model to understand a message: the message is a no-match (the
+        re-prompt ladder)."""
+        state = self.spec.states.get(convo.state) if convo.state is not None else None
+        if state is not None and state.understand is not None and state.action is None:
+            return self._understood(convo, args or {}, None)
+        call = state.action if state is not None else None
+        if call is not None and call.faq and self.spec.faq is not None:  # no model answered
+            step = Step(convo, None, self._evaluate, self.spec.data)
+            _faq_answer(step, call, self.spec.faq, (args or {}).get("question"))
+            if step.found:
+                return self._send("done", convo, None, convo.state, result=step.result, step=step)
         error: Value = {"kind": kind, "message": message}
         return self._send("error", convo, None, convo.state, result={"error": error})
+
+    def _model_done(self, convo: ConversationView, call: ActionCall, result: Value) -> Effects:
+        got = result if isinstance(result, dict) else {}
+        model = got.get("model") if isinstance(got.get("model"), str) else None
+        slots: dict[str, Value] = {}
+        if call.llm == "extract":
+            value = got.get("value")
+            if isinstance(call.save, str):
+                slots[call.save] = value
+            else:
+                record = value if isinstance(value, dict) else {}
+                slots.update({name: record.get(name) for name, _kind in call.fields})
+            return self._send("done", convo, None, convo.state, result=slots)
+        answer = got.get("answer") if isinstance(got.get("answer"), str) else ""
+        assert isinstance(answer, str)
+        found = bool(got.get("found")) and bool(answer.strip())
+        if isinstance(call.save, str):
+            slots[call.save] = answer if found else None
+        if not found and not call.unknown:
+            slots["error"] = {"kind": "unknown", "message": "the documents do not hold it"}
+        step = Step(convo, None, self._evaluate, self.spec.data)
+        step.found, step.reply, step.model = found, answer.strip(), model
+        return self._send("done", convo, None, convo.state, result=slots, step=step)
+
+    def _understood(
+        self, convo: ConversationView, args: dict[str, Value], result: Value
+    ) -> Effects:
+        """The message a model was asked about, again: with the choice it picked (the branch of
+        that choice takes it), or none (the re-prompt ladder)."""
+        text = args.get("text") if isinstance(args.get("text"), str) else ""
+        assert isinstance(text, str)
+        got = result if isinstance(result, dict) else {}
+        choice = got.get("choice") if isinstance(got.get("choice"), str) else None
+        step = Step(convo, None, self._evaluate, self.spec.data)
+        step.raw, step.norm, step.padded = text, normalize(text), words(text) if text else " "
+        step.choice = choice if isinstance(choice, str) else None
+        step.kind = "text"
+        step.understood = True
+        return self._send("message", convo, None, convo.state, step=step)
 
     def handback(self, convo: ConversationView) -> Effects:
         """What the bot says when a person's HANDOFF_TTL runs out and it takes over again."""
@@ -659,8 +765,9 @@ class Flow:
         *,
         rung: int = 0,
         result: dict[str, Value] | None = None,
+        step: Step | None = None,
     ) -> Effects:
-        step = Step(convo, message, self._evaluate, self.spec.data)
+        step = step or Step(convo, message, self._evaluate, self.spec.data)
         step.rung = rung
         step.result = result or {}
         if self._instance is None:
@@ -765,11 +872,12 @@ def compile_flow(spec: FlowSpec, cursor: Cursor, zone: ZoneInfo = UTC) -> Any:
         return router
 
     for name, state in spec.states.items():
-        definition: dict[str, Any] = {"value": name, "name": name, "enter": [bind(_enter(state))]}
+        entered = _enter(state, spec.faq)
+        definition: dict[str, Any] = {"value": name, "name": name, "enter": [bind(entered)]}
         on: dict[str, list[dict[str, Any]]] = {}
-        if state.then and state.after is None and state.call is None:
-            definition["transitions"] = routed(state.then)
-        elif state.then:  # delayed (after:), or once the called flow has returned
+        moves = bool(state.then) and state.after is None and state.call is None
+        definition["transitions"] = routed(state.then) if moves else _skipped(state, target, bind)
+        if state.then and not moves:  # delayed (after:), or once the called flow has returned
             event = "timeout" if state.call is None else "returned"
             on[event] = [{"target": target(state.then), "on": [bind(_save_result)]}]
         if state.timeout:
@@ -813,8 +921,19 @@ def _action_events(
     if call is None:
         return {}
     save = bind(_save_result)
+    if call.llm == "answer":
+        done = [
+            {
+                "target": target(call.done),
+                "cond": [bind(lambda step: step.found)],
+                "on": [bind(_said_answer)],
+            },
+            {"target": target(call.unknown or call.error), "on": [save]},
+        ]
+    else:
+        done = [{"target": target(call.done), "on": [save]}]
     return {
-        "done": [{"target": target(call.done), "on": [save]}],
+        "done": done,
         "error": [{"target": target(call.error), "on": [save]}],
         # A message meets this step only when no call is outstanding (the flow changed under
         # the conversation): the step is entered again, which makes the call.
@@ -822,8 +941,49 @@ def _action_events(
     }
 
 
+def _skipped(
+    state: StateSpec, target: Callable[[tuple[Route, ...]], str | None], bind: Any
+) -> list[dict[str, Any]]:
+    """A model's step entered when no model may be asked (none configured, or the day's
+    budget spent): on_error: at once."""
+    call = state.action
+    if call is None or call.llm is None:
+        return []
+    faq = []
+    if call.faq:
+        faq.append(
+            {
+                "target": target(call.done),
+                "cond": [bind(lambda step: step.skipped and step.found)],
+                "on": [bind(_said_answer)],
+            }
+        )
+    return [
+        *faq,
+        {
+            "target": target(call.error),
+            "cond": [bind(lambda step: step.skipped)],
+            "on": [bind(_save_result)],
+        },
+    ]
+
+
+def _faq_answer(step: Step, call: ActionCall, faq: Faq, question: Value) -> None:
+    """The FAQ's answer to `question`, if an entry's keywords hit it: said, then on_done:."""
+    hit = faq.answer(question) if isinstance(question, str) and question.strip() else None
+    if hit is None:
+        return
+    step.found, step.reply, step.model = True, hit.answer, None
+    step.result = {call.save: hit.answer} if isinstance(call.save, str) else {}
+
+
 def _save_result(step: Step) -> None:
     step.convo.slots.update(step.result)
+
+
+def _said_answer(step: Step) -> None:
+    step.convo.slots.update(step.result)
+    step.say_model(step.reply, step.model)
 
 
 def _field(value: Value, path: str) -> tuple[bool, Value]:
@@ -863,9 +1023,10 @@ def _class_name(flow: str) -> str:
     return "Flow_" + "".join(c if c.isalnum() else "_" for c in flow)
 
 
-def _enter(state: StateSpec) -> StepFn:
+def _enter(state: StateSpec, faq: Faq | None = None) -> StepFn:
     says, sets, handoff, call = state.says, state.sets, state.handoff, state.action
     subflow = state.call
+    fallback = faq if call is not None and call.faq else None
 
     def enter(step: Step) -> None:
         step.entered = True
@@ -877,7 +1038,15 @@ def _enter(state: StateSpec) -> StepFn:
             step.say(say)
         if handoff:
             step.effects.handoff = True
-        if call is not None:
+        if call is not None and call.llm is not None and step.llm_block is not None:
+            step.skipped = True  # its eventless transition takes on_error:
+            step.effects.llm_skipped = step.llm_block
+            why = "no model is configured" if step.llm_block == "unavailable" else "no calls left"
+            step.result = {"error": {"kind": step.llm_block, "message": why}}
+            if fallback is not None:  # the FAQ answers instead, by keywords
+                question = step.argument(dict(call.args)["question"])
+                _faq_answer(step, call, fallback, question)
+        elif call is not None:
             args = {k: step.argument(v) for k, v in call.args}
             step.effects.action = ActionRequest(call.name, args, call.within)
         if subflow is not None:
@@ -920,6 +1089,15 @@ def _transitions(
                 "on": [bind(_action(branch))],
             }
         )
+    if state.understand is not None:
+        meanings = _meanings(state, titles)
+        out.append(
+            {
+                "target": None,
+                "cond": [bind(_may_understand)],
+                "on": [bind(lambda step: _ask_to_understand(step, meanings))],
+            }
+        )
     ladder = state.otherwise or _typed_ladder(state, spec.otherwise)
     reprompt = bind(_reprompt(ladder, prompt_of(spec, state)))
     if ladder[-1].go is not None:
@@ -928,6 +1106,36 @@ def _transitions(
         out.append({"target": ids[ladder[-1].go], "cond": [exhausted], "on": [reprompt]})
     out.append({"target": None, "on": [reprompt]})
     return out
+
+
+MAX_UNDERSTOOD = 2000  # characters of a message a model is asked to understand
+
+
+def _meanings(state: StateSpec, titles: dict[str, str]) -> dict[str, str]:
+    """What each choice the step's branches take means: an intent's words, or the title of
+    the button or row that offers it."""
+    declared = dict(state.understand or ())
+    out: dict[str, str] = {}
+    for b in state.on:
+        if b.when == "choice":
+            for ident in b.values:
+                out[ident] = declared.get(ident) or titles.get(ident) or ident
+    return out
+
+
+def _may_understand(step: Step) -> bool:
+    """Free text that no branch took, not already understood, and a model may be asked."""
+    if step.understood or step.message is None or step.kind != "text" or not step.raw:
+        return False
+    if step.llm_block is not None:
+        step.effects.llm_skipped = step.llm_block
+        return False
+    return True
+
+
+def _ask_to_understand(step: Step, meanings: dict[str, str]) -> None:
+    args: dict[str, Value] = {"text": step.raw[:MAX_UNDERSTOOD], "choices": dict(meanings)}
+    step.effects.action = ActionRequest("llm.classify", args, 10.0)
 
 
 def _next_page(step: Step, prompt: tuple[Say, ...]) -> None:

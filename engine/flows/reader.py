@@ -13,6 +13,7 @@ import regex
 
 from ..actions import BUILTINS, Actions
 from ..errors import Problem, errors_in
+from ..llm.prompts import FIELD_TYPES
 from ..outbound import LIMITS
 from ..settings import parse_duration
 from .checks import (
@@ -22,6 +23,7 @@ from .checks import (
     reachability,
     targets,
     then_cycles,
+    understood,
     unset_slots,
 )
 from .data import read_data
@@ -158,9 +160,7 @@ class FlowReader(Reading):
         states = self.states(doc)
         start = self.scalar(doc, "start", required=True) or ""
         if faq is None:
-            for b in all_branches(states, anywhere):
-                if b.when == "faq":
-                    self.err(b.line, "faq: true, but the flow names no faq: file")
+            self.no_faq(states, anywhere)
         spec = FlowSpec(
             name=name,
             path=self.file,
@@ -207,6 +207,7 @@ class FlowReader(Reading):
             reachability(self, spec)
             then_cycles(self, spec)
         choices(self, spec)
+        understood(self, spec)
         hidden_anywhere(self, spec)
         unset_slots(self, spec)
         known = self.known()
@@ -360,17 +361,25 @@ class FlowReader(Reading):
         self.keys(body, STATE_KEYS, f"state {name!r}")
         modes = [
             k
-            for k in ("on", "then", "handoff", "end", "action", "flow")
+            for k in ("on", "then", "handoff", "end", "action", "flow", "answer", "extract")
             if k in body and body[k] not in (None, False)
         ]
         if len(modes) != 1:
             what = "none" if not modes else " and ".join(modes)
             self.err(
                 line,
-                f"state {name!r} needs exactly one of on:, then:, action:, flow:, handoff: true"
-                f" or end: true (has {what})",
+                f"state {name!r} needs exactly one of on:, then:, action:, answer:, extract:,"
+                f" flow:, handoff: true or end: true (has {what})",
             )
-        action = self.action(body) if "action" in body else None
+        if "action" in body:
+            action = self.action(body)
+        elif "answer" in body or "extract" in body:
+            action = self.model_step(body, "answer" if "answer" in body else "extract")
+        else:
+            action = None
+        if "on_unknown" in body and "answer" not in body:
+            self.err(body.line_of("on_unknown"), "on_unknown: belongs to a step with answer:")
+        understand = self.understand(body) if "understand" in body else None
         call = self.step_call(body)
         for flag in ("handoff", "end"):
             if flag in body and not isinstance(body[flag], bool):
@@ -409,6 +418,7 @@ class FlowReader(Reading):
             end=body.get("end") is True,
             action=action,
             call=call,
+            understand=understand,
         )
 
     def duration(self, parent: YMap, key: str, longest: float = MAX_WAIT) -> float | None:
@@ -460,6 +470,11 @@ class FlowReader(Reading):
         if not NAME.fullmatch(name):
             self.err(line, f"action: {name!r} is not an action name")
             return None
+        if name.startswith("llm."):
+            self.err(
+                line, f"action: {name!r}: a model is asked by answer:, understand: or extract:"
+            )
+            return None
         args = self.arguments(body, "parameter names")
         self.calls.append((line, name, dict(args)))
         within = self.duration(body, "within", MAX_WITHIN) or DEFAULT_WITHIN
@@ -471,6 +486,156 @@ class FlowReader(Reading):
                 self.err(line, f"action: needs {key}: (where to go when the call {when})")
         self.slots.add("error")
         return ActionCall(line, name, args, save, within, done, error)
+
+    def no_faq(self, states: dict[str, StateSpec], anywhere: tuple[Branch, ...]) -> None:
+        """The flow names no faq: file: nothing may use one."""
+        for b in all_branches(states, anywhere):
+            if b.when == "faq":
+                self.err(b.line, "faq: true, but the flow names no faq: file")
+        for state in states.values():
+            if state.action is not None and state.action.faq:
+                self.err(state.action.line, "answer: faq: true, but the flow names no faq: file")
+
+    def model_step(self, body: YMap, kind: str) -> ActionCall | None:
+        """answer: (a question answered from KNOWLEDGE_DIR) or extract: (fields filled from
+        free text): a model's turn, bounded by LLM_TIMEOUT_S, then on_done:, on_unknown:
+        (answer: the documents do not hold it; default on_error:) or on_error: (no model could
+        be asked, or none answered)."""
+        line = body.line_of(kind)
+        raw = body[kind]
+        for key in ("with", "within"):
+            if key in body:
+                self.err(
+                    body.line_of(key),
+                    f"{key}: does not apply to {kind}: (LLM_TIMEOUT_S bounds a model's turn)",
+                )
+        fields: tuple[tuple[str, str], ...] = ()
+        many = False
+        faq = False
+        if kind == "answer":
+            args = self.answer_args(raw, line)
+            faq = isinstance(raw, YMap) and raw.get("faq") is True
+        else:
+            found = self.extract_args(raw, line)
+            if found is None:
+                return None
+            args, fields, many = found
+        save = self.action_save(body)
+        if kind == "answer" and save is not None and not isinstance(save, str):
+            self.err(body.line_of("save"), "save: on answer: names one slot (the answer's text)")
+            save = None
+        if kind == "extract" and many and not isinstance(save, str):
+            self.err(line, "extract: with many: true needs save: (the slot for the list)")
+        if kind == "extract" and save is None:
+            self.slots.update(name for name, _kind in fields)
+        for key, when in (("on_done", "answers"), ("on_error", "cannot answer")):
+            if key not in body:
+                self.err(line, f"{kind}: needs {key}: (where to go when the model {when})")
+        self.slots.add("error")
+        return ActionCall(
+            line,
+            f"llm.{kind}",
+            args,
+            save,
+            DEFAULT_WITHIN,
+            self.routes(body, "on_done"),
+            self.routes(body, "on_error"),
+            llm=kind,
+            unknown=self.routes(body, "on_unknown") if kind == "answer" else (),
+            fields=fields,
+            many=many,
+            faq=faq,
+        )
+
+    def answer_args(self, raw: Any, line: int) -> tuple[tuple[str, Arg], ...]:
+        """answer: true (the customer's message), a text or expression, or
+        {question: ..., format: json | text, faq: true}."""
+        question: Any = "{text}"
+        form: Any = "json"
+        if isinstance(raw, str):
+            question = raw
+        elif isinstance(raw, YMap):
+            self.keys(raw, ("question", "format", "faq"), "answer:")
+            question = raw.get("question", "{text}")
+            form = raw.get("format", "json")
+            if form not in ("json", "text"):
+                self.err(raw.line_of("format"), "answer: format: json or text")
+                form = "json"
+            if "faq" in raw and raw["faq"] is not True:
+                self.err(raw.line_of("faq"), "answer: faq: write true (or leave it out)")
+        elif raw is not True:
+            self.err(line, "answer: true, the question (a text), or {question: ..., format: ...}")
+        if not isinstance(question, str):
+            self.err(line, "answer: question: a text or an expression after =")
+            question = "{text}"
+        value = self.value(question, line, "answer: question")
+        return (("question", value if value is not None else "{text}"), ("format", str(form)))
+
+    def extract_args(
+        self, raw: Any, line: int
+    ) -> tuple[tuple[tuple[str, Arg], ...], tuple[tuple[str, str], ...], bool] | None:
+        """extract: {fields: {name: type, ...}, many: true|false, text: "{text}"}."""
+        if not isinstance(raw, YMap):
+            self.err(line, "extract: a mapping with fields: (name: type), many: and text:")
+            return None
+        self.keys(raw, ("fields", "many", "text"), "extract:")
+        declared = raw.get("fields")
+        if not isinstance(declared, YMap) or not declared:
+            self.err(line, "extract: needs fields: (a mapping of names to types)")
+            return None
+        fields = []
+        for name, kind in declared.items():
+            at = declared.line_of(name)
+            if not self.slot_name(str(name), at):
+                continue
+            if kind not in FIELD_TYPES:
+                self.err(
+                    at,
+                    f"extract: field {name}: type {kind!r}: use one of {', '.join(FIELD_TYPES)}",
+                )
+                continue
+            fields.append((str(name), str(kind)))
+        many = raw.get("many", False)
+        if not isinstance(many, bool):
+            self.err(raw.line_of("many"), "extract: many: true or false")
+            many = False
+        text = raw.get("text", "{text}")
+        value = self.value(text, line, "extract: text") if isinstance(text, str) else None
+        if value is None:
+            if not isinstance(text, str):
+                self.err(raw.line_of("text"), "extract: text: a text or an expression after =")
+            value = "{text}"
+        args: tuple[tuple[str, Arg], ...] = (
+            ("text", value),
+            ("fields", dict(fields)),
+            ("many", many),
+        )
+        return args, tuple(fields), many
+
+    def understand(self, body: YMap) -> tuple[tuple[str, str], ...] | None:
+        """understand: true (the step's choices), or intents {id: what the customer means}."""
+        raw = body.get("understand")
+        line = body.line_of("understand")
+        if "on" not in body:
+            self.err(line, "understand: applies to a step that waits for the customer (on:)")
+            return None
+        if raw is False or raw is None:
+            return None
+        if raw is True:
+            return ()
+        if not isinstance(raw, YMap):
+            self.err(line, "understand: true, or a mapping of intent ids to what they mean")
+            return None
+        out = []
+        for ident, meaning in raw.items():
+            at = raw.line_of(ident)
+            if not NAME.fullmatch(str(ident)) or len(str(ident)) > 64:
+                self.err(at, f"understand: {ident!r} is not an id (letters, digits, _ . -)")
+            elif not isinstance(meaning, str) or not meaning.strip() or len(meaning) > 300:
+                self.err(at, f"understand: {ident}: what it means, in words (up to 300)")
+            else:
+                out.append((str(ident), meaning.strip()))
+        return tuple(out)
 
     def arg(self, raw: Any, line: int, what: str, depth: int = 0) -> Arg | None:
         if depth > 8:
@@ -529,7 +694,8 @@ class FlowReader(Reading):
             call = self.subflow(body, body.line_of("flow"), jump=True)
         shared = {"with": call is not None, "save": call is not None and not call.jump}
         for key in ACTION_KEYS[1:]:
-            if key in body and "action" not in body and not shared.get(key):
+            model = ("answer" in body or "extract" in body) and key != "with"
+            if key in body and "action" not in body and not model and not shared.get(key):
                 self.err(body.line_of(key), f"{key}: belongs to a step with action:")
         return call
 

@@ -86,6 +86,10 @@ STATE_KEYS = (
     "on_error",
     "call",
     "flow",
+    "answer",
+    "extract",
+    "understand",
+    "on_unknown",
 )
 ACTION_KEYS = ("action", "with", "save", "within", "on_done", "on_error")
 BRANCH_KEYS = (
@@ -249,6 +253,13 @@ class ActionCall:
     within: float = 10.0
     done: tuple[Route, ...] = ()
     error: tuple[Route, ...] = ()
+    # A model's step (answer: or extract:, calling the built-in llm.answer or llm.extract):
+    # skipped for on_error: (kind unavailable or budget) when no model may be asked.
+    llm: str | None = None
+    unknown: tuple[Route, ...] = ()  # answer: the documents do not hold it (default on_error:)
+    fields: tuple[tuple[str, str], ...] = ()  # extract: the fields and their types
+    many: bool = False  # extract: a list of records
+    faq: bool = False  # answer: when no model answers, the flow's FAQ does, by keywords
 
 
 @dataclass(frozen=True, slots=True)
@@ -266,6 +277,9 @@ class StateSpec:
     end: bool = False
     action: ActionCall | None = None
     call: SubflowCall | None = None  # call: (then: once it returns) or flow: (a jump)
+    # understand: free text that no branch takes is given to a model, which picks one of the
+    # step's choices (id, what it means) or none: then the step's branches take that choice.
+    understand: tuple[tuple[str, str], ...] | None = None
 
     @property
     def waits(self) -> bool:
