@@ -181,7 +181,6 @@ def make_llm(settings: Settings, clock: Clock, metrics: Metrics) -> Llm | None:
         timeout=settings.llm_timeout,
         concurrency=settings.llm_concurrency,
         top_k=settings.llm_top_k,
-        passage_chars=settings.llm_passage_chars,
         embedding_model=settings.llm_embedding_model,
         prices=settings.llm_prices,
     )

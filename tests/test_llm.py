@@ -339,6 +339,24 @@ async def test_a_model_that_keeps_failing_is_skipped_then_tried_again(
     assert llm.breaker.open(clock.now()) == []
 
 
+async def test_a_429_with_retry_after_skips_that_model_for_that_long(
+    fake: FakeOpenAI, tmp_path: Path, closing: list[Llm]
+) -> None:
+    clock = FakeClock()
+    llm = make(fake, clock, knowledge=Knowledge.load(documents(tmp_path / "docs")))
+    closing.append(llm)
+    fake.fail("primary", 429)  # Retry-After: 7
+    fake.answer("fallback", found("On Fridays."))
+    await answered(llm, clock, "Do you deliver to Lakeside?")
+    fake.seen.clear()
+    await clock.advance(6.0)
+    assert (await answered(llm, clock, "Do you deliver to Lakeside?"))["model"] == "fallback"
+    assert fake.models_tried() == ["fallback"]
+    await clock.advance(1.0)
+    fake.answer("primary", found("On Fridays, from the primary."))
+    assert (await answered(llm, clock, "Do you deliver to Lakeside?"))["model"] == "primary"
+
+
 async def test_calls_in_flight_are_bounded(
     fake: FakeOpenAI, tmp_path: Path, closing: list[Llm]
 ) -> None:
@@ -878,7 +896,7 @@ def test_the_llm_settings_reach_the_model_and_the_engine(tmp_path: Path) -> None
     assert llm is not None
     c = llm.config
     assert c.models == ("anthropic/claude-3-haiku", "openai/gpt-3.5-turbo")
-    assert (c.timeout, c.concurrency, c.top_k, c.passage_chars) == (7.5, 3, 2, 300)
+    assert (c.timeout, c.concurrency, c.top_k) == (7.5, 3, 2)
     assert c.embedding_model == "text-embedding-3-small"
     assert c.prices == {"anthropic/claude-3-haiku": (Decimal("0.25"), Decimal("1.25"))}
     assert str(llm._model._client.base_url) == "http://127.0.0.1:9/v1/"  # type: ignore[attr-defined]

@@ -89,7 +89,18 @@ def _failure(error: Exception) -> ModelFailed:
         if isinstance(body, dict):
             inner = body.get("error", body)
             message = str(inner.get("message", "")) if isinstance(inner, dict) else ""
-        return ModelFailed(kind, f"HTTP {error.status_code} {message}"[:300])
+        return ModelFailed(
+            kind, f"HTTP {error.status_code} {message}"[:300], _retry_after(error.response)
+        )
     if isinstance(error, openai.APIResponseValidationError | ValueError | TypeError):
         return ModelFailed("bad_body", "the body is not a completion")
     return ModelFailed("error", type(error).__name__)
+
+
+def _retry_after(response: Any) -> float | None:
+    """Retry-After in seconds (the HTTP-date form is rare from these APIs and left out)."""
+    try:
+        seconds = float(response.headers.get("retry-after", ""))
+    except (AttributeError, TypeError, ValueError):
+        return None
+    return seconds if 0 < seconds < 86400 else None

@@ -25,10 +25,11 @@ class ModelFailed(Exception):
     status (another non-2xx), bad_body (not the JSON of a completion), bad_answer (an answer that
     breaks the requested schema)."""
 
-    def __init__(self, kind: str, detail: str = "") -> None:
+    def __init__(self, kind: str, detail: str = "", retry_after: float | None = None) -> None:
         super().__init__(f"{kind}: {detail}" if detail else kind)
         self.kind = kind
         self.detail = detail
+        self.retry_after = retry_after  # seconds the server asked to be left alone (429)
 
 
 class ChatModel(Protocol):

@@ -64,7 +64,6 @@ class LlmConfig:
     max_tokens: int = 400
     history: int = 6  # earlier messages of the conversation that go with each call
     top_k: int = 4  # passages that go into an answer's prompt
-    passage_chars: int = 800  # the longest passage
     embedding_model: str | None = None
     # USD per million tokens, (prompt, completion), by model; a model not listed costs 0.
     prices: dict[str, tuple[Decimal, Decimal]] = field(default_factory=dict)
@@ -99,6 +98,12 @@ class Breaker:
             self._open_until[model] = now + self._rest
             return True
         return False
+
+    def hold(self, model: str, now: float, seconds: float) -> None:
+        """The model's server asked to be left alone (429 with Retry-After): skip it that long
+        (at most 5 minutes), then one trial call."""
+        until = now + min(seconds, 300.0)
+        self._open_until[model] = max(self._open_until.get(model, 0.0), until)
 
     def succeeded(self, model: str) -> None:
         self._failures.pop(model, None)
@@ -307,7 +312,10 @@ class Llm:
 
     def _failed(self, model: str, error: ModelFailed, what: str) -> None:
         self._metrics.llm_requests.inc(model, error.kind)
-        opened = self.breaker.failed(model, self._clock.now())
+        now = self._clock.now()
+        opened = self.breaker.failed(model, now)
+        if error.retry_after is not None:
+            self.breaker.hold(model, now, error.retry_after)
         log.warning(
             "llm %s: %s failed (%s)%s%s",
             what,
