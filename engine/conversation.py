@@ -50,6 +50,7 @@ log = logging.getLogger(__name__)
 APOLOGY = "Sorry, something went wrong on our side. Let's start again."
 HANDOFF_APOLOGY = "Sorry, something went wrong on our side. A member of our team will reply here."
 CALL_GRACE = 5.0  # seconds past an action's within: before its timer treats the call as lost
+LLM_ACTIONS = ("llm.answer", "llm.classify", "llm.extract")  # a model's turns (engine.llm)
 
 
 @dataclass(slots=True)
@@ -306,11 +307,11 @@ class ConversationBehaviour:
     def _llm_block(self, convo: Conversation, now: float) -> str | None:
         """Why a model cannot be asked at this step ("unavailable": none is configured;
         "budget": the contact's calls for the UTC day are spent), or None."""
-        if self._calls is None or not self._calls.available("llm.answer"):
+        calls = self._calls
+        if calls is None or not any(calls.available(n) for n in LLM_ACTIONS):
             return "unavailable"
-        if convo.llm_day == _utc_day(now) and convo.llm_calls >= self._llm_daily:
-            return "budget"
-        return None
+        today = convo.llm_calls if convo.llm_day == _utc_day(now) else 0
+        return "budget" if today >= self._llm_daily else None
 
     # --- timers ----------------------------------------------------------------------------
 

@@ -670,6 +670,17 @@ async def test_a_contacts_daily_budget_then_the_other_path_then_a_new_day(
     assert (await s.ask("Do you deliver to Riverton?", 2))[0] == "On Fridays."
 
 
+async def test_a_daily_budget_of_zero_asks_no_model_at_all(
+    fake: FakeOpenAI, tmp_path: Path, opened: list[Any]
+) -> None:
+    s, _llm = await chat(opened, tmp_path, fake, daily=0)
+    fake.answer("primary", found("On Fridays."))
+    await s.ask("hi")
+    assert (await s.ask("Is there a warranty?", 2))[0] == "Five years on every boiler (FAQ)."
+    assert (await s.ask("Do you deliver?", 2))[0] == "No answer now (budget)."
+    assert fake.seen == []
+
+
 async def test_free_text_is_understood_as_a_declared_choice_or_gets_the_ladder(
     fake: FakeOpenAI, tmp_path: Path, opened: list[Any]
 ) -> None:
