@@ -98,5 +98,13 @@ def setup_logging(level: str = "INFO", secrets: Iterable[str] = ()) -> None:
     root.setLevel(max(logging.getLevelName(level), logging.INFO))
     for ours in ("engine", "adapters", "server"):
         logging.getLogger(ours).setLevel(level)
-    for noisy in ("aiohttp.access", "aiosqlite", "statemachine", "asyncio"):
+    for noisy in (
+        "aiohttp.access",
+        "aiosqlite",
+        "statemachine",
+        "asyncio",
+        "httpx",
+        "httpx2",
+        "openai",
+    ):
         logging.getLogger(noisy).setLevel(logging.WARNING)
