@@ -51,6 +51,7 @@ APOLOGY = "Sorry, something went wrong on our side. Let's start again."
 HANDOFF_APOLOGY = "Sorry, something went wrong on our side. A member of our team will reply here."
 CALL_GRACE = 5.0  # seconds past an action's within: before its timer treats the call as lost
 LLM_ACTIONS = ("llm.answer", "llm.classify", "llm.extract")  # a model's turns (engine.llm)
+MIN_TURN = 2.5  # seconds: less left of a turn than this, and its next model call is skipped
 
 
 @dataclass(slots=True)
@@ -202,6 +203,7 @@ class ConversationBehaviour:
             read = self._flow_of(convo).spec.read
             if read is not None:  # blue ticks (and "typing...") ahead of the replies
                 self._delivery.receipt(convo.key, convo.number, message.id, typing=read == "typing")
+            convo.llm_turn_at = None  # a new turn: the customer waits for this message
             effects = self._step(convo, lambda flow: self._run(flow, convo, message), now)
             outcome = "answered"
         if message.answerable:
@@ -311,7 +313,18 @@ class ConversationBehaviour:
         if calls is None or not any(calls.available(n) for n in LLM_ACTIONS):
             return "unavailable"
         today = convo.llm_calls if convo.llm_day == _utc_day(now) else 0
-        return "budget" if today >= self._llm_daily else None
+        if today >= self._llm_daily:
+            return "budget"
+        if convo.llm_turn_at is not None and self._turn_left(convo, now) < MIN_TURN:
+            return "timeout"  # an earlier call of this turn used its time
+        return None
+
+    def _turn_left(self, convo: Conversation, now: float) -> float:
+        """What is left of the turn a model's first call began: the calls of one customer
+        message (understood, then answered) share one LLM_TIMEOUT_S."""
+        assert self._calls is not None and convo.llm_turn_at is not None
+        whole = self._calls.within_of("llm.answer") or 0.0
+        return whole - (now - convo.llm_turn_at)
 
     # --- timers ----------------------------------------------------------------------------
 
@@ -378,6 +391,7 @@ class ConversationBehaviour:
                 return
             self._metrics.timers.inc(timer.kind, "fired")
             convo.timer_due = None
+            convo.llm_turn_at = None
             effects = self._step(convo, lambda f: f.timeout(convo, timer.rung), now)
             timers = self._timers(convo, effects, now)
             if convo.timer_due is None:
@@ -414,6 +428,10 @@ class ConversationBehaviour:
         if self._calls is not None:  # a model's turn bounds its own time (LLM_TIMEOUT_S)
             within = self._calls.within_of(request.name) or within
         if request.name.startswith("llm."):  # one of the contact's model turns for the day
+            if convo.llm_turn_at is None:
+                convo.llm_turn_at = now
+            else:  # a second call for the same message: what the first one left
+                within = max(self._turn_left(convo, now), MIN_TURN)
             day = _utc_day(now)
             if convo.llm_day != day:
                 convo.llm_day, convo.llm_calls = day, 0

@@ -56,6 +56,7 @@ class Conversation:
     # Not stored: set before each step, why a model cannot be asked now ("unavailable": none is
     # configured; "budget": today's calls are spent), or None when it can.
     llm_block: str | None = "unavailable"
+    llm_turn_at: float | None = None  # not stored: when this turn's first model call began
     updated_at: float = 0.0
     step: int = 0  # counts handled events; a timer set at another step is void
     timer_due: float | None = None  # the flow timer (reminders, delays) armed for this step

@@ -322,8 +322,11 @@ def _llm(env: Mapping[str, str]) -> dict[str, Any]:
         if len(model) > 200 or any(c.isspace() for c in model):
             raise ConfigError(f"LLM model {model[:60]!r} is not a model name")
     timeout = _parsed(env, "LLM_TIMEOUT_S", "10", float, least=1.0, bound="at least 1 second")
-    if not timeout <= 120:
-        raise ConfigError(f"LLM_TIMEOUT_S={env['LLM_TIMEOUT_S']!r}: at most 120 seconds")
+    if not 1.0 <= timeout <= 120:  # nan too
+        raise ConfigError(f"LLM_TIMEOUT_S={env['LLM_TIMEOUT_S']!r}: seconds from 1 to 120")
+    knowledge = Path(env.get("KNOWLEDGE_DIR", "flows/knowledge"))
+    if knowledge.exists() and not knowledge.is_dir():
+        raise ConfigError(f"KNOWLEDGE_DIR={str(knowledge)!r} is a file, not a folder")
     return {
         "openai_api_key": _secret(env, "OPENAI_API_KEY"),
         "openai_base_url": base_url,
@@ -335,7 +338,7 @@ def _llm(env: Mapping[str, str]) -> dict[str, Any]:
         "llm_embedding_model": env.get("LLM_EMBEDDING_MODEL"),
         "llm_top_k": _int(env, "LLM_TOP_K", 4, low=1, high=20),
         "llm_passage_chars": _int(env, "LLM_PASSAGE_CHARS", 800, low=200, high=4000),
-        "knowledge_dir": Path(env.get("KNOWLEDGE_DIR", "flows/knowledge")),
+        "knowledge_dir": knowledge,
     }
 
 

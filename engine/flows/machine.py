@@ -1041,7 +1041,11 @@ def _enter(state: StateSpec, faq: Faq | None = None) -> StepFn:
         if call is not None and call.llm is not None and step.llm_block is not None:
             step.skipped = True  # its eventless transition takes on_error:
             step.effects.llm_skipped = step.llm_block
-            why = "no model is configured" if step.llm_block == "unavailable" else "no calls left"
+            why = {
+                "unavailable": "no model is configured",
+                "budget": "no calls left today",
+                "timeout": "no time left in this turn",
+            }.get(step.llm_block, step.llm_block)
             step.result = {"error": {"kind": step.llm_block, "message": why}}
             if fallback is not None:  # the FAQ answers instead, by keywords
                 question = step.argument(dict(call.args)["question"])

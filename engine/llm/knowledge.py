@@ -35,7 +35,8 @@ _HEADING = re.compile(r"^(#{1,6})\s+(.*?)\s*#*\s*$")
 _STOP = (
     "a an and are as at be by can do does for from how i if in is it its me my of on or our so"
     " that the their there this to was we what when where which who why will with you your"
-    " please tell about have has any"
+    " please tell about have has any should could would shall may might must am been being"
+    " hi hello thanks thank just also"
 )
 STOPWORDS = frozenset(_STOP.split())
 

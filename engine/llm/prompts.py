@@ -21,8 +21,8 @@ from .knowledge import Passage
 from .model import Chat, ModelFailed
 
 # A phone number: 7 or more digits, maybe with +, spaces, dots, dashes or brackets between.
-PHONE = re.compile(r"\+?\(?\d(?:[\s().-]{0,2}\d){6,}")
-TAGS = re.compile(r"</?\s*(customer_message|conversation|passage|passages)[^>]*>", re.I)
+PHONE = re.compile(r"\+?\(?\d(?:[\s()./-]{0,3}\d){6,}")
+TAGS = re.compile(r"<\s*/?\s*(customer_message|conversation|passage|passages)[^>]*>", re.I)
 NOT_FOUND = "NOT_FOUND"  # what a plain-text answer is when the passages do not hold it
 MAX_QUESTION = 2000  # characters of the customer's message that go to a model
 MAX_TURN = 500  # characters of each earlier turn
@@ -33,8 +33,7 @@ FIELD_TYPES = {
     "integer": "integer",
     "yesno": "boolean",
     "email": "string",
-    "phone": "string",
-}
+}  # no phone: phone numbers never go to a model (a typed answer, type: phone, reads one)
 
 
 class Redactor:
@@ -44,10 +43,15 @@ class Redactor:
         self._secrets = sorted({s for s in secrets if len(s) >= 6}, key=len, reverse=True)
 
     def __call__(self, text: str) -> str:
+        """Customer text: secrets and phone numbers out."""
+        return PHONE.sub("[number]", self.secrets(text))
+
+    def secrets(self, text: str) -> str:
+        """The business's own documents: secrets out; their phone numbers are theirs to give."""
         for secret in self._secrets:
             if secret in text:
                 text = text.replace(secret, "[secret]")
-        return PHONE.sub("[number]", text)
+        return text
 
 
 def data(text: str, redact: Redactor, limit: int) -> str:
@@ -97,7 +101,7 @@ def answer_prompt(
     json_answer: bool,
 ) -> Chat:
     shown = "\n".join(
-        f'<passage source="{p.source}">\n{redact(p.shown())}\n</passage>' for p in passages
+        f'<passage source="{p.source}">\n{redact.secrets(p.shown())}\n</passage>' for p in passages
     )
     if json_answer:
         form = (
@@ -144,7 +148,7 @@ def read_answer(text: str, *, json_answer: bool) -> tuple[str, bool]:
     return answer, bool(got["found"]) and NOT_FOUND not in answer
 
 
-NONE = "none"  # the classifier's id for "none of these"
+NONE = "_none"  # "none of these"; ids starting with _ are the engine's (like _more), not a flow's
 
 
 def classify_prompt(

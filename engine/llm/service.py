@@ -34,11 +34,13 @@ from .knowledge import Knowledge, Passage
 from .model import Chat, ChatModel, Completion, ModelFailed
 from .prompts import (
     ANSWER_SCHEMA,
+    MAX_QUESTION,
     Redactor,
     Turn,
     answer_prompt,
     classify_prompt,
     classify_schema,
+    data,
     extract_prompt,
     extract_schema,
     read_answer,
@@ -98,6 +100,11 @@ class Breaker:
             self._open_until[model] = now + self._rest
             return True
         return False
+
+    def resting(self, model: str, now: float) -> bool:
+        """True while the model's circuit is open (it will be skipped)."""
+        until = self._open_until.get(model)
+        return until is not None and now < until
 
     def hold(self, model: str, now: float, seconds: float) -> None:
         """The model's server asked to be left alone (429 with Retry-After): skip it that long
@@ -254,9 +261,10 @@ class Llm:
             left = deadline - now
             if left <= 0:
                 break
-            # Half of what is left while other models are still to try (a model that hangs
+            # Half of what is left while other models may still be tried (a model that hangs
             # must leave the next one time), all of it for the last.
-            limit = left / 2 if n < len(models) - 1 else left
+            later = any(not self.breaker.resting(m, now) for m in models[n + 1 :])
+            limit = left / 2 if later else left
             if not self.breaker.allows(model, now):
                 self._metrics.llm_requests.inc(model, "skipped")
                 continue
@@ -380,7 +388,11 @@ class Llm:
         left = deadline - self._clock.now()
         try:
             query = await self._race(
-                self._model.embed(self.config.embedding_model, [question], limit=left / 3),
+                self._model.embed(
+                    self.config.embedding_model,
+                    [data(question, self.redact, MAX_QUESTION)],
+                    limit=left / 3,
+                ),
                 left / 3,
             )
         except ModelFailed as e:
@@ -397,7 +409,7 @@ class Llm:
 
     async def _embed_all(self, knowledge: Knowledge) -> None:
         assert self.config.embedding_model is not None
-        texts = [p.shown() for p in knowledge.passages]
+        texts = [self.redact.secrets(p.shown()) for p in knowledge.passages]
         out: list[list[float]] = []
         try:
             for i in range(0, len(texts), EMBED_BATCH):
