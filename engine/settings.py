@@ -342,6 +342,9 @@ def _llm(env: Mapping[str, str]) -> dict[str, Any]:
     }
 
 
+MAX_PRICE = Decimal(10_000)  # USD per million tokens: far above any model's price
+
+
 def _prices(raw: str) -> dict[str, tuple[Decimal, Decimal]]:
     """LLM_PRICES: `model=prompt/completion` pairs, comma-separated, in USD per million tokens
     (`gpt-4o-mini=0.15/0.60,anthropic/claude-3-haiku=0.25/1.25`)."""
@@ -359,12 +362,14 @@ def _prices(raw: str) -> dict[str, tuple[Decimal, Decimal]]:
             not model.strip()
             or not slash
             or pair is None
-            or any(not p.is_finite() or p < 0 for p in pair)
+            or any(not p.is_finite() or p < 0 or p > MAX_PRICE for p in pair)
         ):
             raise ConfigError(
                 f"LLM_PRICES: {item[:80]!r}: write model=prompt/completion in USD per million"
                 " tokens, like gpt-4o-mini=0.15/0.60"
             )
+        if model.strip() in out:
+            raise ConfigError(f"LLM_PRICES names {model.strip()[:80]!r} twice")
         out[model.strip()] = pair
     return out
 

@@ -972,6 +972,8 @@ def test_the_llm_settings_reach_the_model_and_the_engine(tmp_path: Path) -> None
         ("LLM_DAILY_CALLS", "-1", "LLM_DAILY_CALLS"),
         ("LLM_PRICES", "gpt-4o-mini=cheap", "model=prompt/completion"),
         ("LLM_PRICES", "gpt-4o-mini=0.1/-2", "model=prompt/completion"),
+        ("LLM_PRICES", "m=1e999/1", "model=prompt/completion"),
+        ("LLM_PRICES", "m=1/1,m=2/2", "twice"),
         ("LLM_TOP_K", "50", "LLM_TOP_K"),
         ("LLM_PASSAGE_CHARS", "10", "LLM_PASSAGE_CHARS"),
         ("OPENAI_BASE_URL", "ftp://x", "OPENAI_BASE_URL"),
