@@ -344,13 +344,13 @@ async def test_a_model_that_keeps_failing_is_skipped_then_tried_again(
     got = await answered(llm, clock, "Do you deliver to Lakeside?")
     assert got["model"] == "fallback" and fake.models_tried() == ["fallback"]
     assert llm._metrics.llm_requests.get("primary", "skipped") == 1
-    assert llm.breaker.open(clock.now()) == ["primary"]
+    assert llm.breaker.resting("primary", clock.now())
     await clock.advance(30.0)
     fake.answer("primary", found("On Fridays, from the primary."))
     fake.seen.clear()
     got = await answered(llm, clock, "Do you deliver to Lakeside?")
     assert got["model"] == "primary" and fake.models_tried() == ["primary"]
-    assert llm.breaker.open(clock.now()) == []
+    assert not llm.breaker.resting("primary", clock.now())
 
 
 async def test_a_429_with_retry_after_skips_that_model_for_that_long(
@@ -886,6 +886,29 @@ async def test_a_signed_question_is_answered_from_knowledge_dir_through_the_fall
     models = [m["model"] for m in (await r.json())["messages"] if m["direction"] == "out"]
     assert "fallback" in models and models[0] is None
     assert KEY not in caplog.text
+
+
+async def test_a_reload_reads_the_documents_again(
+    start_app: AppFactory,
+    env: dict[str, str],
+    graph: tuple[FakeGraph, str],
+    fake: FakeOpenAI,
+    tmp_path: Path,
+) -> None:
+    docs = documents(tmp_path / "knowledge")
+    client = await start_app(llm_env(env, fake, docs, LLM_DAILY_CALLS="7"))
+    assert client.app[ENGINE].config.llm_daily_calls == 7  # LLM_DAILY_CALLS reaches the engine
+    fake.answer("primary", found("Yes."))
+    await post_text(client, "wamid.R0", "hi")
+    await post_text(client, "wamid.R1", "Do you sell zeppelins?")
+    await eventually(lambda: len(graph[0].requests) >= 2)  # the greeting, "I couldn't find"
+    assert fake.seen == []  # no document mentions them: not found, no model asked
+    (docs / "zeppelins.md").write_text("# Zeppelins\n\nWe sell zeppelins in three sizes.\n")
+    r = await client.post("/api/flows/reload", headers={"Authorization": f"Bearer {ADMIN}"})
+    assert r.status == 200
+    await post_text(client, "wamid.R2", "Do you sell zeppelins?")
+    await eventually(lambda: fake.seen)
+    assert "We sell zeppelins in three sizes." in fake.seen[0].prompt
 
 
 async def test_llm_timeout_s_bounds_the_turn_then_the_faq_answers(

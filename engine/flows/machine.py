@@ -648,10 +648,6 @@ class Flow:
             return False
         return rung < len(spec.timeout) or (rung == 0 and spec.after is not None)
 
-    def action_of(self, state: str | None) -> ActionCall | None:
-        spec = self.spec.states.get(state) if state is not None else None
-        return spec.action if spec is not None else None
-
     def awaits(self, state: str | None, name: str) -> bool:
         """True when step `state` waits for the end of a call of `name` (a flow changed since
         the call was made may no longer)."""

@@ -116,9 +116,6 @@ class Breaker:
         self._failures.pop(model, None)
         self._open_until.pop(model, None)
 
-    def open(self, now: float) -> list[str]:
-        return sorted(m for m, until in self._open_until.items() if now < until)
-
 
 class Llm:
     def __init__(
