@@ -24,6 +24,7 @@ from .ports import (
     MessageRow,
     Op,
     Pruned,
+    Record,
     Sending,
     StatusWrite,
     TimerWrite,
@@ -59,6 +60,7 @@ class MemoryStore:
         self._statuses: dict[tuple[str, str], StatusWrite] = {}
         self._raw: list[tuple[str, Any, float]] = []
         self._timers: dict[tuple[str, str], TimerWrite] = {}
+        self._records: dict[tuple[str, str], Record] = {}
 
     async def open(self) -> None:
         pass
@@ -215,6 +217,45 @@ class MemoryStore:
         if after is not None:
             rows = [t for t in rows if t.order > after]
         return rows[:limit]
+
+    async def record(self, kind: str, key: str) -> Record | None:
+        found = self._records.get((kind, key))
+        return replace(found, data=_copy(found.data)) if found is not None else None
+
+    async def records(
+        self, kind: str, *, contact: str | None = None, status: str | None = None, limit: int = 50
+    ) -> list[Record]:
+        rows = [
+            r
+            for r in self._records.values()
+            if r.kind == kind
+            and (contact is None or r.contact == contact)
+            and (status is None or r.status == status)
+        ]
+        rows.sort(key=lambda r: (-r.at, r.key))
+        return [replace(r, data=_copy(r.data)) for r in rows[:limit]]
+
+    async def due_records(self, kind: str, before: float, limit: int) -> list[Record]:
+        rows = [
+            r
+            for r in self._records.values()
+            if r.kind == kind and r.due is not None and r.due <= before
+        ]
+        rows.sort(key=lambda r: (r.due or 0.0, r.key))
+        return [replace(r, data=_copy(r.data)) for r in rows[:limit]]
+
+    async def put_records(self, records: Sequence[Record]) -> bool:
+        try:
+            json.dumps([r.data for r in records], ensure_ascii=False).encode()
+        except (TypeError, ValueError) as e:
+            raise StoreRejected(f"{type(e).__name__}: {e}") from e
+        for r in records:
+            stored = self._records.get((r.kind, r.key))
+            if (stored.version if stored is not None else 0) != r.version:
+                return False
+        for r in records:
+            self._records[(r.kind, r.key)] = replace(r, data=_copy(r.data), version=r.version + 1)
+        return True
 
     async def prune(self, *, dedupe_before: float, journal_before: float) -> Pruned:
         old_keys = [k for k, at in self._dedupe.items() if at < dedupe_before]

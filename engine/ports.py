@@ -11,6 +11,10 @@ operations below, each batch one transaction (see `engine.committer`):
   which replies the provider may already have).
 - `Delivered`: what the provider answered to one send.
 
+Actions keep documents of their own (an order, an invoice) as `Record`s: `put_records` writes
+several in one transaction, each only if nobody changed it since it was read (its `version`),
+which is what lets an action that runs twice (a replay after a crash) change things once.
+
 Time is a port too (`Clock`): the engine never reads the system clock or sleeps on its own, so
 tests of retries, outages and expiry move time by hand instead of waiting for it.
 """
@@ -171,7 +175,44 @@ class Pruned:
     raw: int = 0
 
 
-class Store(Protocol):
+@dataclass(frozen=True, slots=True)
+class Record:
+    """A document an action keeps (an order, an invoice), by kind and key. `contact`, `status`
+    and `due` are indexed; `data` is JSON. `version` counts the record's writes (0: never
+    written), so a write can say which version it changes."""
+
+    kind: str
+    key: str
+    data: JSON
+    contact: str = ""
+    status: str = ""
+    due: float | None = None  # when the record next needs attention (a reminder), if ever
+    at: float = 0.0  # when it was first written
+    version: int = 0
+
+
+class Records(Protocol):
+    """Documents kept by actions, in the same store as the conversations."""
+
+    async def record(self, kind: str, key: str) -> Record | None: ...
+
+    async def records(
+        self, kind: str, *, contact: str | None = None, status: str | None = None, limit: int = 50
+    ) -> list[Record]:
+        """The records of `kind` (of `contact`, in `status`), newest first (by `at`, then key)."""
+        ...
+
+    async def due_records(self, kind: str, before: float, limit: int) -> list[Record]:
+        """Records of `kind` whose `due` is at or before `before`, soonest first."""
+        ...
+
+    async def put_records(self, records: Sequence[Record]) -> bool:
+        """Write `records` in one transaction, each only if the stored one is still at its
+        `version` (0: none may be stored). False, and nothing written, when one is not."""
+        ...
+
+
+class Store(Records, Protocol):
     """Durable state. Every `write` is one transaction: all of it is recorded, or none."""
 
     commits: int

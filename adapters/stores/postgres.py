@@ -39,13 +39,22 @@ from engine.ports import (
     MessageRow,
     Op,
     Pruned,
+    Record,
     Sending,
     StatusWrite,
     TimerWrite,
 )
 from engine.records import STATUS_RANK
 
-from .rows import MESSAGE_COLUMNS, conversation, message, message_values
+from .rows import (
+    MESSAGE_COLUMNS,
+    RECORD_COLUMNS,
+    conversation,
+    message,
+    message_values,
+    record,
+    record_data,
+)
 
 MIGRATIONS: list[str] = [
     # 1: every table of SQLite's migrations 1 to 3, in Postgres types
@@ -127,6 +136,23 @@ MIGRATIONS: list[str] = [
     # 2: when a send of an outbox row last left, so a restart knows what may have gone
     """
     ALTER TABLE messages ADD COLUMN sending_at DOUBLE PRECISION;
+    """,
+    # 3: documents that actions keep (orders, invoices)
+    """
+    CREATE TABLE records (
+        kind TEXT NOT NULL,
+        key TEXT NOT NULL,
+        contact TEXT NOT NULL,
+        status TEXT NOT NULL,
+        due DOUBLE PRECISION,
+        at DOUBLE PRECISION NOT NULL,
+        version BIGINT NOT NULL,
+        data TEXT NOT NULL,
+        PRIMARY KEY (kind, key)
+    );
+    CREATE INDEX records_contact ON records (kind, contact, at);
+    CREATE INDEX records_status ON records (kind, status, at);
+    CREATE INDEX records_due ON records (kind, due) WHERE due IS NOT NULL;
     """,
 ]
 
@@ -681,6 +707,58 @@ class PostgresStore:
             )
         return [TimerWrite(r[0], r[1], r[2], r[3], r[4]) for r in rows]
 
+    async def record(self, kind: str, key: str) -> Record | None:
+        rows = await self._fetch(
+            f"SELECT {RECORD_COLUMNS} FROM records WHERE kind = $1 AND key = $2", _t(kind), _t(key)
+        )
+        return record(rows[0]) if rows else None
+
+    async def records(
+        self, kind: str, *, contact: str | None = None, status: str | None = None, limit: int = 50
+    ) -> list[Record]:
+        rows = await self._fetch(
+            f"SELECT {RECORD_COLUMNS} FROM records WHERE kind = $1"
+            " AND ($2::text IS NULL OR contact = $2) AND ($3::text IS NULL OR status = $3)"
+            " ORDER BY at DESC, key LIMIT $4",
+            _t(kind),
+            _t(contact),
+            _t(status),
+            limit,
+        )
+        return [record(r) for r in rows]
+
+    async def due_records(self, kind: str, before: float, limit: int) -> list[Record]:
+        rows = await self._fetch(
+            f"SELECT {RECORD_COLUMNS} FROM records WHERE kind = $1 AND due IS NOT NULL"
+            " AND due <= $2 ORDER BY due, key LIMIT $3",
+            _t(kind),
+            before,
+            limit,
+        )
+        return [record(r) for r in rows]
+
+    async def put_records(self, records: Sequence[Record]) -> bool:
+        async def apply(conn: asyncpg.Connection) -> bool:
+            tx = conn.transaction()
+            await tx.start()
+            try:
+                written = await _put_records(conn, records)
+            except TimeoutError:
+                conn.terminate()
+                raise
+            except BaseException:
+                await tx.rollback()
+                raise
+            await (tx.commit() if written else tx.rollback())
+            return written
+
+        await self._still_held()
+        try:
+            written: bool = await self._run(apply)
+        except REJECTED as e:
+            raise StoreRejected(f"{type(e).__name__}: {e}") from e
+        return written
+
     async def prune(self, *, dedupe_before: float, journal_before: float) -> Pruned:
         """Old dedupe keys, statuses, raw events and handled journal entries, deleted in chunks
         of PRUNE_CHUNK rows so that no one DELETE holds the writer for long."""
@@ -710,6 +788,32 @@ class PostgresStore:
                     break
             counts.append(total)
         return Pruned(*counts)
+
+
+async def _put_records(conn: asyncpg.Connection, records: Sequence[Record]) -> bool:
+    """Each record only if the stored one is still at its version (see Records.put_records)."""
+    for r in records:
+        values = (_t(r.contact), _t(r.status), r.due, r.at, r.version + 1, _t(record_data(r)))
+        if r.version == 0:
+            done = await conn.execute(
+                "INSERT INTO records (contact, status, due, at, version, data, kind, key)"
+                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
+                *values,
+                _t(r.kind),
+                _t(r.key),
+            )
+        else:
+            done = await conn.execute(
+                "UPDATE records SET contact = $1, status = $2, due = $3, at = $4, version = $5,"
+                " data = $6 WHERE kind = $7 AND key = $8 AND version = $9",
+                *values,
+                _t(r.kind),
+                _t(r.key),
+                r.version,
+            )
+        if not done.endswith(" 1"):
+            return False
+    return True
 
 
 @overload

@@ -44,6 +44,7 @@ from engine.ports import (
     MessageRow,
     Op,
     Pruned,
+    Record,
     Store,
     TimerWrite,
 )
@@ -274,6 +275,22 @@ class RedisCachedStore:
 
     async def timers(self, after: tuple[float, str, str] | None, limit: int) -> list[TimerWrite]:
         return await self.inner.timers(after, limit)
+
+    # Records are not cached: an action reads what the store holds.
+
+    async def record(self, kind: str, key: str) -> Record | None:
+        return await self.inner.record(kind, key)
+
+    async def records(
+        self, kind: str, *, contact: str | None = None, status: str | None = None, limit: int = 50
+    ) -> list[Record]:
+        return await self.inner.records(kind, contact=contact, status=status, limit=limit)
+
+    async def due_records(self, kind: str, before: float, limit: int) -> list[Record]:
+        return await self.inner.due_records(kind, before, limit)
+
+    async def put_records(self, records: Sequence[Record]) -> bool:
+        return await self.inner.put_records(records)
 
     async def prune(self, *, dedupe_before: float, journal_before: float) -> Pruned:
         """The store forgets old message ids; Redis's copies of them stop counting too."""

@@ -6,7 +6,7 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
-from engine.ports import ConversationRow, MessageRow
+from engine.ports import ConversationRow, MessageRow, Record
 from engine.records import STATUS_RANK
 
 MESSAGE_COLUMNS = (
@@ -61,3 +61,16 @@ def conversation(r: Iterable[Any]) -> ConversationRow:
     return ConversationRow(
         key, number, flow, state, bool(handoff), updated_at, json.loads(snapshot)
     )
+
+
+RECORD_COLUMNS = "kind, key, contact, status, due, at, version, data"
+
+
+def record(row: Iterable[Any]) -> Record:
+    """A row of RECORD_COLUMNS as a Record."""
+    kind, key, contact, status, due, at, version, data = row
+    return Record(kind, key, json.loads(data), contact, status, due, at, version)
+
+
+def record_data(r: Record) -> str:
+    return json.dumps(r.data, ensure_ascii=False, separators=(",", ":"))

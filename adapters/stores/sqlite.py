@@ -36,13 +36,22 @@ from engine.ports import (
     MessageRow,
     Op,
     Pruned,
+    Record,
     Sending,
     StatusWrite,
     TimerWrite,
 )
 from engine.records import STATUS_RANK
 
-from .rows import MESSAGE_COLUMNS, conversation, message, message_values
+from .rows import (
+    MESSAGE_COLUMNS,
+    RECORD_COLUMNS,
+    conversation,
+    message,
+    message_values,
+    record,
+    record_data,
+)
 
 MIGRATIONS: list[str] = [
     # 1: the first schema
@@ -130,6 +139,23 @@ MIGRATIONS: list[str] = [
     # 4: when a send of an outbox row last left, so a restart knows what may have gone
     """
     ALTER TABLE messages ADD COLUMN sending_at REAL;
+    """,
+    # 5: documents that actions keep (orders, invoices)
+    """
+    CREATE TABLE records (
+        kind TEXT NOT NULL,
+        key TEXT NOT NULL,
+        contact TEXT NOT NULL,
+        status TEXT NOT NULL,
+        due REAL,
+        at REAL NOT NULL,
+        version INTEGER NOT NULL,
+        data TEXT NOT NULL,
+        PRIMARY KEY (kind, key)
+    ) WITHOUT ROWID;
+    CREATE INDEX records_contact ON records (kind, contact, at);
+    CREATE INDEX records_status ON records (kind, status, at);
+    CREATE INDEX records_due ON records (kind, due) WHERE due IS NOT NULL;
     """,
 ]
 
@@ -556,6 +582,72 @@ class SqliteStore:
         return [
             TimerWrite(contact, kind, due, step, rung) for contact, kind, due, step, rung in rows
         ]
+
+    async def record(self, kind: str, key: str) -> Record | None:
+        rows = list(
+            await self.reader.execute_fetchall(
+                f"SELECT {RECORD_COLUMNS} FROM records WHERE kind = ? AND key = ?", (kind, key)
+            )
+        )
+        return record(rows[0]) if rows else None
+
+    async def records(
+        self, kind: str, *, contact: str | None = None, status: str | None = None, limit: int = 50
+    ) -> list[Record]:
+        sql = f"SELECT {RECORD_COLUMNS} FROM records WHERE kind = ?"
+        args: list[Any] = [kind]
+        if contact is not None:
+            sql += " AND contact = ?"
+            args.append(contact)
+        if status is not None:
+            sql += " AND status = ?"
+            args.append(status)
+        rows = await self.reader.execute_fetchall(
+            sql + " ORDER BY at DESC, key LIMIT ?", (*args, limit)
+        )
+        return [record(r) for r in rows]
+
+    async def due_records(self, kind: str, before: float, limit: int) -> list[Record]:
+        rows = await self.reader.execute_fetchall(
+            f"SELECT {RECORD_COLUMNS} FROM records WHERE kind = ? AND due IS NOT NULL"
+            " AND due <= ? ORDER BY due, key LIMIT ?",
+            (kind, before, limit),
+        )
+        return [record(r) for r in rows]
+
+    async def put_records(self, records: Sequence[Record]) -> bool:
+        async with self._lock:
+            conn = self.writer
+            await conn.execute("BEGIN IMMEDIATE")
+            try:
+                written = await self._put_records(conn, records)
+                await conn.execute("COMMIT" if written else "ROLLBACK")
+            except BaseException as e:
+                await _rollback(conn)
+                if isinstance(e, REJECTED):
+                    raise StoreRejected(f"{type(e).__name__}: {e}") from e
+                raise
+            return written
+
+    @staticmethod
+    async def _put_records(conn: aiosqlite.Connection, records: Sequence[Record]) -> bool:
+        for r in records:
+            values = (r.contact, r.status, r.due, r.at, r.version + 1, record_data(r))
+            if r.version == 0:
+                cursor = await conn.execute(
+                    "INSERT INTO records (contact, status, due, at, version, data, kind, key)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                    (*values, r.kind, r.key),
+                )
+            else:
+                cursor = await conn.execute(
+                    "UPDATE records SET contact = ?, status = ?, due = ?, at = ?, version = ?,"
+                    " data = ? WHERE kind = ? AND key = ? AND version = ?",
+                    (*values, r.kind, r.key, r.version),
+                )
+            if cursor.rowcount != 1:
+                return False
+        return True
 
     async def prune(self, *, dedupe_before: float, journal_before: float) -> Pruned:
         """Old dedupe keys, statuses, raw events and handled journal entries, deleted in chunks
