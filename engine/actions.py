@@ -35,7 +35,10 @@ from typing import TYPE_CHECKING, Any
 from .errors import Problem
 
 if TYPE_CHECKING:
+    from zoneinfo import ZoneInfo
+
     from .flows.values import Value
+    from .ports import Records
 
 MODULE = "actions.py"  # the module beside the flows that holds the deployment's actions
 
@@ -59,6 +62,10 @@ class ActionContext:
     state: str
     deadline: float  # Unix seconds: the call is abandoned (kind "timeout") at this time
     attempt: int = 1  # 2 and more: a replay after a crash or restart
+    now: float = 0.0  # Unix seconds, on the engine's clock, when the call was made
+    # The engine's store, for documents the action keeps (orders): changed with
+    # compare-and-set, so a replay finds what the first attempt wrote.
+    records: Records | None = None
 
 
 Fn = Callable[..., Any]
@@ -75,6 +82,9 @@ class ActionDef:
     # Checks of the literal values a flow passes (a built-in's own rules, like http's url).
     check: Callable[[Mapping[str, Any]], list[str]] | None = None
     within: float | None = None  # a built-in that bounds its own time (the model's turn)
+    # An action of a pack (below): it keeps its state in ctx.records only, so `flows test`
+    # runs it for real, on the test's in-memory store, unless the test file says otherwise.
+    in_tests: bool = False
 
     def problems_with(self, args: Mapping[str, Any]) -> list[str]:
         """What is wrong with a flow's `with:` (`args`: its literal values, or expressions)."""
@@ -193,11 +203,28 @@ LLM_EXTRACT = ActionDef(
 BUILTINS = (HTTP, LLM_ANSWER, LLM_CLASSIFY, LLM_EXTRACT)
 
 
+class Pack:
+    """Actions that come as a set, bound to files beside the flows (the ordering package's,
+    bound to data/catalogue.yaml). Naming a pack in actions.py makes its actions known:
+
+        from ordering.actions import ordering  # order.read, order.place, ...
+
+    `load(folder, zone)` gives the actions by name, and the problems of the files they read
+    (each at its file:line, reported like a flow's). A pack's actions keep their state in
+    `ctx.records` only."""
+
+    __action_pack__ = True
+    names: tuple[str, ...] = ()  # its actions: known to the validator even when load fails
+
+    def load(self, folder: Path, zone: ZoneInfo | None) -> tuple[dict[str, Fn], list[Problem]]:
+        raise NotImplementedError
+
+
 def load_actions(
-    folder: Path, provided: Mapping[str, Fn] | None = None
+    folder: Path, provided: Mapping[str, Fn] | None = None, zone: ZoneInfo | None = None
 ) -> tuple[Actions, list[Problem]]:
-    """The built-ins (`provided` maps a built-in's name to its implementation) and the
-    `@action` functions of `folder/actions.py`, if there is one."""
+    """The built-ins (`provided` maps a built-in's name to its implementation), the `@action`
+    functions of `folder/actions.py`, if there is one, and those of the packs it names."""
     actions = Actions()
     for builtin in BUILTINS:
         fn = (provided or {}).get(builtin.name)
@@ -216,6 +243,9 @@ def load_actions(
         return actions, [Problem(str(path), _line_of(e, path), f"cannot import actions: {e!r}")]
     problems = _defined_twice(path)
     for value in vars(module).values():
+        if isinstance(value, Pack):
+            problems.extend(_add_pack(actions, value, folder, zone))
+            continue
         name = getattr(value, "__action_name__", None)
         if name is None or not callable(value):
             continue
@@ -225,6 +255,20 @@ def load_actions(
             continue
         actions.add(define(value, name))
     return actions, problems
+
+
+def _add_pack(actions: Actions, pack: Pack, folder: Path, zone: ZoneInfo | None) -> list[Problem]:
+    fns, problems = pack.load(folder, zone)
+    for name, fn in fns.items():
+        if name in actions.by_name:
+            where = str(folder / MODULE)
+            problems.append(Problem(where, 1, f"action {name!r} is defined twice"))
+            continue
+        actions.add(replace(define(fn, name), in_tests=True))
+    for name in pack.names:  # not loaded (its files have problems, reported): not unknown
+        if name not in actions.by_name:
+            actions.add(ActionDef(name, None, any_params=True, in_tests=True))
+    return problems
 
 
 def _defined_twice(path: Path) -> list[Problem]:

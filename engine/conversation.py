@@ -461,6 +461,8 @@ class ConversationBehaviour:
             state=convo.state or "",
             deadline=self._clock.now() + within,
             attempt=int(call["attempt"]),
+            now=self._clock.now(),
+            records=self._store,
         )
         args = values.from_json(call["args"])
         assert isinstance(args, dict)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import difflib
+import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -31,7 +32,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from .actions import ActionFailed, Actions, Fn
+from .actions import ActionContext, ActionFailed, Actions, Fn
 from .clock import SkippableClock
 from .engine import Engine, EngineConfig
 from .errors import FlowError, Problem
@@ -337,8 +338,22 @@ def fake_actions(
         if name.startswith("llm.") and name not in given:
             out.add(replace(definition, fn=None))
             continue
+        if definition.in_tests and name not in given and definition.fn is not None:
+            out.add(replace(definition, fn=_recorded(name, definition.fn, calls)))
+            continue
         out.add(replace(definition, fn=_fake(name, given.get(name), calls), takes_context=False))
     return out
+
+
+def _recorded(name: str, fn: Fn, calls: list[tuple[str, dict[str, Value]]]) -> Fn:
+    """A pack's action, run for real (on the test's store), its calls recorded."""
+
+    async def real(ctx: ActionContext, **args: Value) -> Any:
+        calls.append((name, args))
+        result = fn(ctx, **args)
+        return await result if inspect.isawaitable(result) else result
+
+    return real
 
 
 def _fake(name: str, how: Any, calls: list[tuple[str, dict[str, Value]]]) -> Fn:
@@ -417,6 +432,11 @@ class Run:
             self.ever.update(o[1:] for o in self.offered)
         return replies
 
+    def real(self, name: str) -> bool:
+        """A pack's action that runs for real in this test."""
+        definition = self.flows.actions.get(name)
+        return definition is not None and definition.in_tests and name not in self.case.actions
+
     def tappable(self, what: str) -> bool:
         """A tap of a button or row some message of this test offered (an old one too: a
         customer may tap a button further up the chat)."""
@@ -461,6 +481,7 @@ async def run_case(flows: Flows, case: Case, zone: ZoneInfo) -> Failure | None:
                 f"action {name!r} was called, and the test declares no result for it"
                 f" (actions: {{{name}: {{returns: ...}}}} or {{fails: kind}})"
                 for name in dict.fromkeys(n for n, _a in run.calls if n not in case.actions)
+                if not run.real(name)
             ]
             if step.expect is not None and not details:
                 details = await check(run, step.expect, replies)

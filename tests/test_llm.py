@@ -837,7 +837,7 @@ async def post_text(client: Any, wamid: str, words: str, phone: str = "155500011
     assert response.status == 200
 
 
-async def test_a_signed_question_is_answered_from_knowledge_dir_through_the_fallback(  # noqa: PLR0917
+async def test_a_signed_question_is_answered_from_knowledge_dir_through_the_fallback(
     start_app: AppFactory,
     env: dict[str, str],
     graph: tuple[FakeGraph, str],

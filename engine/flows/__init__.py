@@ -120,7 +120,7 @@ def load_flows(
     typed answers like "tomorrow 5pm" are read); raise FlowError listing every problem."""
     if not folder.is_dir():
         raise FlowError([Problem(str(folder), 0, "FLOWS_DIR is not a folder")])
-    actions, problems = load_actions(folder, provided)
+    actions, problems = load_actions(folder, provided, zone)
     templates, found_templates = read_templates(folder)
     problems += found_templates
     flows: dict[str, Flow] = {}

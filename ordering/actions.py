@@ -1,0 +1,272 @@
+"""The order flow's actions, bound to the catalogue beside the flows (`data/catalogue.yaml`).
+A flows folder uses them by naming the pack in its actions.py:
+
+    from ordering.actions import ordering
+
+| action         | with                        | gives                                          |
+| -------------- | --------------------------- | ---------------------------------------------- |
+| order.read     | text, draft                 | the draft after the text: draft, summary, ...  |
+| order.add      | draft, sku, quantity        | the same, after one item chosen by the customer|
+| order.place    | draft                       | number, invoice, invoice_text, again           |
+| order.cancel   | draft, reason               | status                                         |
+| order.track    | number                      | found, number, status, text                    |
+| order.recent   | (nothing)                   | orders: [{number, title, description}], count  |
+
+A draft is a record of kind "draft" (its key is made from the call that started it, so a replay
+finds the same one); placing it writes, in one transaction, the draft as placed, the order (kind
+"order", key its number) and the counter of order numbers, each at the version it was read at.
+A replay after a crash, a re-delivered tap or a second tap on Confirm finds the draft placed and
+gives the same order back (`again: true`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import replace
+from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from engine.actions import ActionContext, ActionFailed, Fn, Pack
+from engine.errors import Problem
+from engine.logs import mask
+from engine.ports import Record, Records
+
+from . import texts
+from .catalogue import FILE, Catalogue, CatalogueError, load_catalogue
+from .orders import FIRST_NUMBER, apply_lines, cart_lines, confirmed, priced
+from .parsing import MAX_QUANTITY, Line, read_order
+from .pricing import quote
+
+log = logging.getLogger(__name__)
+
+DRAFT, ORDER, COUNTER = "draft", "order", "counter"
+TRIES = 10  # writes that lost a race are read again and retried this often
+
+
+class Ordering(Pack):
+    """The pack: `load` reads the catalogue and gives the actions bound to it."""
+
+    names = (
+        "order.read",
+        "order.add",
+        "order.place",
+        "order.cancel",
+        "order.track",
+        "order.recent",
+    )
+
+    def load(self, folder: Path, zone: ZoneInfo | None) -> tuple[dict[str, Fn], list[Problem]]:
+        path = folder / FILE
+        if not path.is_file():
+            return {}, [Problem(str(path), 1, f"the order actions need a catalogue at {FILE}")]
+        try:
+            catalogue = load_catalogue(path)
+        except CatalogueError as e:
+            return {}, e.problems
+        return OrderActions(catalogue, zone or ZoneInfo("UTC")).actions(), []
+
+
+ordering = Ordering()
+
+
+class OrderActions:
+    def __init__(self, catalogue: Catalogue, zone: ZoneInfo) -> None:
+        self.catalogue = catalogue
+        self.zone = zone
+
+    def actions(self) -> dict[str, Fn]:
+        out: dict[str, Callable[..., Any]] = {
+            "order.read": self.read,
+            "order.add": self.add,
+            "order.place": self.place,
+            "order.cancel": self.cancel,
+            "order.track": self.track,
+            "order.recent": self.recent,
+        }
+        return out
+
+    # --- the draft -------------------------------------------------------------------------
+
+    async def read(self, ctx: ActionContext, text: str, draft: str = "") -> dict[str, Any]:
+        """The draft after what the customer wrote (a new one when `draft` is not open)."""
+        lines = read_order(str(text), self.catalogue)
+        return await self._change(ctx, str(draft or ""), lines)
+
+    async def add(
+        self, ctx: ActionContext, draft: str, sku: str, quantity: Any = 1
+    ) -> dict[str, Any]:
+        """One item the customer picked (from the candidates of an ambiguous line)."""
+        if sku not in self.catalogue.by_sku:
+            raise ActionFailed(f"no item {sku!r} in the catalogue", "not_found")
+        try:
+            amount = Decimal(str(quantity))
+        except InvalidOperation:
+            amount = Decimal(1)
+        if not 0 < amount <= MAX_QUANTITY:
+            amount = Decimal(1)
+        return await self._change(ctx, str(draft or ""), [Line("item", sku, sku, amount)])
+
+    async def _change(self, ctx: ActionContext, draft: str, lines: list[Line]) -> dict[str, Any]:
+        store = _records(ctx)
+        for _ in range(TRIES):
+            found = await self._open_draft(store, ctx, draft)
+            cart = found.data.get("cart", []) if found.version else []
+            data = {**found.data, **priced(apply_lines(cart, lines), self.catalogue)}
+            if await store.put_records([replace(found, data=data)]):
+                return self._view(found.key, data, lines)
+        raise ActionFailed("the draft kept changing under this call", "conflict")
+
+    async def _open_draft(self, store: Records, ctx: ActionContext, draft: str) -> Record:
+        """The contact's open draft `draft`, or a new one keyed by this call (the same one again
+        on a replay of the call)."""
+        if draft:
+            found = await store.record(DRAFT, draft)
+            if found is not None and found.contact == ctx.contact and found.status == DRAFT:
+                return found
+        key = "d" + ctx.key[:23]
+        found = await store.record(DRAFT, key)
+        if found is not None and found.contact != ctx.contact:
+            raise ActionFailed("a draft of another contact has this call's key", "conflict")
+        if found is not None:
+            return found
+        at = self._iso(ctx.now)
+        data = {"draft": key, "contact": ctx.contact, "status": DRAFT, "created_at": at}
+        return Record(DRAFT, key, data, ctx.contact, DRAFT, at=ctx.now)
+
+    def _view(self, key: str, data: dict[str, Any], lines: list[Line]) -> dict[str, Any]:
+        """What the flow gets back: the draft's key, its summary, and what could not be read."""
+        unknown = [line.text for line in lines if line.kind == "unknown"]
+        bad = [line.text for line in lines if line.kind == "bad"]
+        notes = []
+        if unknown:
+            notes.append(f"I couldn't find: {', '.join(unknown)}.")
+        if bad:
+            notes.append(f"That quantity can't be ordered: {', '.join(bad)}.")
+        by_sku = self.catalogue.by_sku
+        ambiguous = [
+            {
+                "text": line.text,
+                "quantity": line.quantity,
+                "options": [{"sku": s, "name": by_sku[s].name} for s in line.candidates],
+                "question": f'Which one did you mean by "{line.text}"?',
+            }
+            for line in lines
+            if line.kind == "ambiguous"
+        ]
+        count = len(data["lines"])
+        return {
+            "draft": key,
+            "count": count,
+            "empty": count == 0,
+            "summary": self._summary(data) if count else "Your cart is empty.",
+            "total": data["total"],
+            "unknown": unknown,
+            "bad": bad,
+            "ambiguous": ambiguous,
+            "note": " ".join(notes),
+            "understood": sum(1 for line in lines if line.kind in ("item", "remove")),
+        }
+
+    def _summary(self, data: dict[str, Any]) -> str:
+        q = quote(cart_lines(data["cart"]), self.catalogue)
+        return texts.summary(q, self.catalogue.tax_name, self.catalogue.locale)
+
+    # --- placing ---------------------------------------------------------------------------
+
+    async def place(self, ctx: ActionContext, draft: str) -> dict[str, Any]:
+        """The draft placed as an order, once: a second call gives the same order back."""
+        store = _records(ctx)
+        for _ in range(TRIES):
+            found = await store.record(DRAFT, str(draft))
+            if found is None or found.contact != ctx.contact:
+                raise ActionFailed("no such draft", "not_found")
+            if found.status == "placed":
+                order = await store.record(ORDER, str(found.data["number"]))
+                assert order is not None
+                return self._placed(order.data, again=True)
+            if found.status != DRAFT:
+                raise ActionFailed(f"the draft is {found.status}", found.status)
+            if not found.data.get("lines"):
+                raise ActionFailed("the cart is empty", "empty")
+            counter = await store.record(COUNTER, ORDER)
+            number = (int(counter.data["last"]) if counter else FIRST_NUMBER - 1) + 1
+            at = self._iso(ctx.now)
+            today = datetime.fromtimestamp(ctx.now, self.zone).date()
+            data = confirmed(found.data, number, today, self.catalogue.payment_terms_days, at)
+            counted = counter or Record(COUNTER, ORDER, {}, at=ctx.now)
+            writes = [
+                replace(found, status="placed", data={**found.data, "number": number}),
+                replace(counted, data={"last": number}),
+                Record(ORDER, str(number), data, ctx.contact, "confirmed", at=ctx.now),
+            ]
+            if await store.put_records(writes):
+                log.info("order %d placed for %s: %s", number, mask(ctx.contact), data["total"])
+                return self._placed(data, again=False)
+        raise ActionFailed("orders kept being placed under this call", "conflict")
+
+    @staticmethod
+    def _placed(order: dict[str, Any], *, again: bool) -> dict[str, Any]:
+        return {
+            "number": order["number"],
+            "invoice": order["invoice"],
+            "total": texts.money(order["total"], order["currency"], order["locale"]),
+            "due_date": order["due_date"],
+            "invoice_text": texts.invoice(order),
+            "status": order["status"],
+            "again": again,
+        }
+
+    async def cancel(self, ctx: ActionContext, draft: str, reason: str = "") -> dict[str, Any]:
+        """An open draft cancelled (abandoned, or the customer said so); a placed one is left."""
+        store = _records(ctx)
+        for _ in range(TRIES):
+            found = await store.record(DRAFT, str(draft))
+            if found is None or found.contact != ctx.contact:
+                return {"status": "none"}
+            if found.status != DRAFT:
+                return {"status": found.status}
+            data = {**found.data, "status": "cancelled", "reason": str(reason)}
+            if await store.put_records([replace(found, status="cancelled", data=data)]):
+                return {"status": "cancelled"}
+        raise ActionFailed("the draft kept changing under this call", "conflict")
+
+    # --- looking up ------------------------------------------------------------------------
+
+    async def track(self, ctx: ActionContext, number: Any) -> dict[str, Any]:
+        """The status of one of the contact's orders (another contact's is not found)."""
+        key = str(number).strip().lstrip("#")
+        found = await _records(ctx).record(ORDER, key) if key.isdigit() else None
+        if found is None or found.contact != ctx.contact:
+            return {"found": False, "number": key, "status": "", "text": ""}
+        return {
+            "found": True,
+            "number": found.data["number"],
+            "status": found.status,
+            "text": texts.status_line(found.data),
+        }
+
+    async def recent(self, ctx: ActionContext, limit: int = 9) -> dict[str, Any]:
+        """The contact's latest orders, as rows for a list."""
+        found = await _records(ctx).records(ORDER, contact=ctx.contact, limit=int(limit))
+        rows = [
+            {
+                "number": str(r.data["number"]),
+                "title": f"Order {r.data['number']}",
+                "description": texts.status_line(r.data)[:72],
+            }
+            for r in found
+        ]
+        return {"orders": rows, "count": len(rows)}
+
+    def _iso(self, ts: float) -> str:
+        return datetime.fromtimestamp(ts, UTC).astimezone(self.zone).isoformat(timespec="seconds")
+
+
+def _records(ctx: ActionContext) -> Records:
+    if ctx.records is None:
+        raise ActionFailed("this engine keeps no records", "unavailable")
+    return ctx.records

@@ -1,0 +1,196 @@
+"""Reading an order written in free text against a catalogue.
+
+    "<name> x 100, <alias> 20 <unit>s"   two lines: 100 of one item, 20 of another
+    "100 <unit>s <name>"                 the quantity and a unit word before the name
+    "<nmae> 100"                         a typo: matched fuzzily (rapidfuzz)
+    "2 <name with 12mm in it>"           digits inside a name ("12mm") stay part of it
+    "remove <name>"                      takes an item out of the cart
+
+Every name, alias and unit word comes from the catalogue: nothing here knows what a business
+sells. A line is split from the others at new lines, commas (not inside "1,200"), semicolons and
+"and" between two quantities; the quantity is a number on its own ("x 100", "100x", "100"), a
+number word ("two", "a dozen") or, with none, 1. When several numbers could be the quantity,
+the reading whose rest best names an item wins. A line whose best items score within
+`CLOSE` points of each other is ambiguous: the customer is asked which one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+
+import regex
+from rapidfuzz import fuzz
+
+from .catalogue import Catalogue, Item, normal
+
+GOOD = 75.0  # the least score that names an item
+CLOSE = 4.0  # items this close to the best score are candidates too: the line is ambiguous
+MAX_LINES = 50
+MAX_LINE = 200  # characters of one line that are read
+MAX_QUANTITY = Decimal(1_000_000)
+
+_SPLIT = regex.compile(r"[\n;]+|,(?!\d{3}(?!\d))|(?<!\d),")
+_AND = regex.compile(r"\s+(?:and|&|\+)\s+", regex.IGNORECASE)
+_MARKER = regex.compile(r"^\s*(?:[-*•·]+|\d{1,2}[.)])\s+")
+_TIMES = regex.compile(
+    r"(?<![\p{L}\p{N}])[x×*]\s*(\d[\d,]*(?:\.\d+)?)(?![\p{L}\p{N}])|(?<![\p{L}\p{N}.,])(\d[\d,]*(?:\.\d+)?)\s*[x×*](?![\p{L}\p{N}])",
+    regex.IGNORECASE,
+)
+_NUMBER = regex.compile(r"^\d{1,3}(?:,\d{3})+(?:\.\d+)?$|^\d+(?:\.\d+)?$")
+_REMOVE = regex.compile(r"^\s*(?:remove|delete|drop|no more|without|cancel)\b\s*", regex.IGNORECASE)
+_WORDS = {
+    "a": 1, "an": 1, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6,
+    "seven": 7, "eight": 8, "nine": 9, "ten": 10, "eleven": 11, "twelve": 12, "dozen": 12,
+    "fifteen": 15, "twenty": 20, "fifty": 50, "hundred": 100,
+}  # fmt: skip
+_FILLER = frozenset(
+    {
+        "of", "please", "pls", "plz", "i", "want", "need", "would", "like", "send", "me",
+        "give", "us", "the", "some", "more", "for", "also", "kindly", "order", "add", "nos",
+        "no",
+    }
+)  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class Line:
+    """One line of what the customer wrote, read.
+
+    kind: item (sku and quantity known), remove (sku known), ambiguous (candidates: the skus
+    it may name, best first), unknown (nothing in the catalogue is close), or bad (a quantity
+    that cannot be ordered: zero is a remove, past MAX_QUANTITY or negative is bad)."""
+
+    kind: str
+    text: str  # the line as written (trimmed), to name it back
+    sku: str = ""
+    quantity: Decimal = Decimal(0)
+    unit: str = ""  # the unit word written, if any
+    candidates: tuple[str, ...] = ()
+
+
+def split_lines(text: str) -> list[str]:
+    """The order's lines: at new lines, commas, semicolons, and "and" between two quantities."""
+    out: list[str] = []
+    for part in _SPLIT.split(text):
+        halves = _AND.split(part)
+        if len(halves) > 1 and all(_has_quantity(p) for p in halves):
+            out.extend(halves)
+        else:
+            out.append(part)
+    lines = [_MARKER.sub("", p).strip()[:MAX_LINE] for p in out]
+    return [p for p in lines if normal(p)][:MAX_LINES]
+
+
+def _has_quantity(text: str) -> bool:
+    return any(_NUMBER.match(t) or t in _WORDS for t in _tokens(text))
+
+
+def _tokens(text: str) -> list[str]:
+    return [t for t in regex.split(r"[^\p{L}\p{N}.,]+", text.casefold()) if t.strip(".,")]
+
+
+def read_order(text: str, catalogue: Catalogue) -> list[Line]:
+    """Every line of `text`, read against `catalogue`."""
+    return [read_line(line, catalogue) for line in split_lines(text)]
+
+
+def read_line(text: str, catalogue: Catalogue) -> Line:
+    removing = _REMOVE.match(text)
+    body = text[removing.end() :] if removing else text
+    marked = _TIMES.search(body)
+    readings: list[tuple[float, Decimal | None, str, str]] = []  # (score, qty, name, unit)
+    if marked:
+        number = marked.group(1) or marked.group(2)
+        rest = body[: marked.start()] + " " + body[marked.end() :]
+        readings.append(_reading(rest, _quantity(number), catalogue))
+    else:
+        tokens = _tokens(body)
+        for n, token in enumerate(tokens):
+            quantity = _quantity(token) if _NUMBER.match(token) else None
+            if quantity is None and token in _WORDS and not removing:
+                quantity = Decimal(_WORDS[token])
+            if quantity is not None:
+                readings.append(
+                    _reading(" ".join(tokens[:n] + tokens[n + 1 :]), quantity, catalogue)
+                )
+        readings.append(_reading(" ".join(tokens), None, catalogue))
+    # The best name wins; on a tie, the reading with a quantity (the first written).
+    _score_of, quantity, _name, unit = max(readings, key=lambda r: (r[0], r[1] is not None))
+    trimmed = " ".join(text.split())[:60]
+    candidates = _candidates(_name, unit, catalogue)
+    if not candidates:
+        return Line("unknown", trimmed)
+    if len(candidates) > 1:
+        return Line(
+            "ambiguous",
+            trimmed,
+            quantity=quantity or Decimal(1),
+            unit=unit,
+            candidates=tuple(c.sku for c in candidates),
+        )
+    sku = candidates[0].sku
+    if removing or quantity == 0:
+        return Line("remove", trimmed, sku)
+    quantity = Decimal(1) if quantity is None else quantity
+    if not 0 < quantity <= MAX_QUANTITY:
+        return Line("bad", trimmed, sku, quantity, unit)
+    return Line("item", trimmed, sku, quantity, unit)
+
+
+def _quantity(token: str) -> Decimal | None:
+    try:
+        number = Decimal(token.replace(",", ""))
+    except InvalidOperation:
+        return None
+    if not number.is_finite() or number.as_tuple().exponent < -3:  # type: ignore[operator]
+        return None
+    return number
+
+
+def _reading(
+    rest: str, quantity: Decimal | None, catalogue: Catalogue
+) -> tuple[float, Decimal | None, str, str]:
+    """How well `rest` (the line without its quantity) names an item once unit words and filler
+    are out (or with its unit words, when they are the name: a word may be both), with the
+    unit word it held."""
+    units = catalogue.unit_words
+    words = [w for w in normal(rest).split() if w not in _FILLER]
+    unit = next((w for w in words if w in units), "")
+    best: tuple[float, Decimal | None, str, str] = (0.0, quantity, "", unit)
+    for name in dict.fromkeys((" ".join(w for w in words if w not in units), " ".join(words))):
+        if name:
+            score = max((_score(name, item) for item in catalogue.items), default=0.0)
+            if score > best[0]:
+                best = (score, quantity, name, unit if name != " ".join(words) else "")
+    return best
+
+
+def _score(name: str, item: Item) -> float:
+    """How well `name` names `item`: the best of its names, by the mean of rapidfuzz's WRatio
+    (typos, partial names) and token_set_ratio (words in another order, extra words)."""
+    return max((fuzz.WRatio(name, n) + fuzz.token_set_ratio(name, n)) / 2 for n in item.names)
+
+
+def _candidates(name: str, unit: str, catalogue: Catalogue) -> list[Item]:
+    """The item `name` names, or the items it may name (best first); none when nothing is
+    close. An exact name or alias is the item; a unit word only some candidates sell in
+    narrows them."""
+    if not name:
+        return []
+    exact = [i for i in catalogue.items if name in i.names]
+    if exact:
+        return exact[:1]
+    scored = sorted(
+        ((_score(name, i), n, i) for n, i in enumerate(catalogue.items)),
+        key=lambda s: (-s[0], s[1]),
+    )
+    best = scored[0][0] if scored else 0.0
+    if best < GOOD:
+        return []
+    close = [i for s, _n, i in scored if s >= best - CLOSE][:5]
+    if unit and len(close) > 1:
+        selling = [i for i in close if unit in {normal(w) for w in (i.unit, *i.unit_words)}]
+        if selling:
+            close = selling
+    return close

@@ -1,0 +1,149 @@
+"""The order actions on every store backend: drafts, an order placed exactly once however often
+the call is replayed or raced, cancel, track; each contact sees only its own orders."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from engine.actions import ActionContext, ActionFailed
+from engine.ports import Store
+from ordering.actions import OrderActions, ordering
+from ordering.catalogue import load_catalogue
+from tests.test_store import store
+
+__all__ = ["store"]
+
+ROOT = Path(__file__).resolve().parent.parent
+NOW = 1_796_630_400.0  # 2026-12-07T10:00:00Z
+
+
+@pytest.fixture
+def orders() -> OrderActions:
+    catalogue = load_catalogue(ROOT / "flows" / "data" / "catalogue.yaml")
+    return OrderActions(catalogue, ZoneInfo("Asia/Kolkata"))
+
+
+def ctx(store: Store, key: str = "k" * 32, contact: str = "n:1", attempt: int = 1) -> ActionContext:
+    return ActionContext(key, contact, "order", "s", NOW + 10, attempt, NOW, store)
+
+
+async def test_a_draft_is_kept_and_changed_by_what_the_customer_writes(
+    store: Store, orders: OrderActions
+) -> None:
+    first = await orders.read(ctx(store), "Cement x 100, sand 20 bags")
+    assert (first["count"], first["total"], first["note"]) == (2, "7292.50", "")
+    again = await orders.read(ctx(store, attempt=2), "Cement x 100, sand 20 bags")  # a replay
+    assert again == first
+    draft = first["draft"]
+    edited = await orders.read(ctx(store, key="e" * 32), "remove sand\nunobtainium", draft)
+    assert (edited["draft"], edited["count"], edited["total"]) == (draft, 1, "6400.00")
+    assert edited["unknown"] == ["unobtainium"]
+    listed = await store.records("draft", status="draft")
+    assert [r.key for r in listed] == [draft]
+    assert [line["sku"] for line in listed[0].data["lines"]] == ["CEM-OPC53"]
+
+
+async def test_an_order_is_placed_once_however_often_confirm_arrives(
+    store: Store, orders: OrderActions
+) -> None:
+    draft = (await orders.read(ctx(store), "cement 200, tmt bar 12mm 10"))["draft"]
+    # two calls racing (a replay after a restart beside the first), then a third later
+    results = await asyncio.gather(
+        orders.place(ctx(store, key="p" * 32), draft),
+        orders.place(ctx(store, key="p" * 32, attempt=2), draft),
+    )
+    later = await orders.place(ctx(store, key="q" * 32), draft)
+    numbers = {r["number"] for r in [*results, later]}
+    assert numbers == {1001}
+    assert sorted(r["again"] for r in results) == [False, True] and later["again"]
+    placed = await store.records("order")
+    assert len(placed) == 1
+    order = placed[0].data
+    assert (order["subtotal"], order["discount"], order["tax"], order["total"]) == (
+        "14120.00",
+        "706.00",
+        "3364.52",
+        "16778.52",
+    )
+    assert (order["date"], order["due_date"], order["invoice"]) == (
+        "2026-12-07",
+        "2026-12-22",
+        "INV-1001",
+    )
+    assert "Due by 2026-12-22" in later["invoice_text"]
+    # the next draft gets the next number; a change of a placed draft starts a new draft
+    other = await orders.read(ctx(store, key="r" * 32), "sand 1", draft)
+    assert other["draft"] != draft
+    assert (await orders.place(ctx(store, key="s" * 32), other["draft"]))["number"] == 1002
+
+
+async def test_orders_placed_at_once_by_many_contacts_get_distinct_numbers(
+    store: Store, orders: OrderActions
+) -> None:
+    drafts = [
+        (c, (await orders.read(ctx(store, key=f"{c}" * 32, contact=f"n:{c}"), "sand 2"))["draft"])
+        for c in range(6)
+    ]
+    placed = await asyncio.gather(
+        *(orders.place(ctx(store, key="p" * 32, contact=f"n:{c}"), d) for c, d in drafts)
+    )
+    assert sorted(p["number"] for p in placed) == list(range(1001, 1007))
+
+
+async def test_cancel_and_track(store: Store, orders: OrderActions) -> None:
+    draft = (await orders.read(ctx(store), "sand 2"))["draft"]
+    assert await orders.cancel(ctx(store), draft, "changed my mind") == {"status": "cancelled"}
+    with pytest.raises(ActionFailed) as e:
+        await orders.place(ctx(store), draft)
+    assert e.value.kind == "cancelled"
+    kept = await orders.read(ctx(store, key="t" * 32), "sand 3")
+    placed = await orders.place(ctx(store), kept["draft"])
+    assert await orders.cancel(ctx(store), kept["draft"]) == {"status": "placed"}  # too late
+    mine = await orders.track(ctx(store), f"#{placed['number']}")
+    assert mine["found"] and mine["text"] == "Order 1001 (₹133.88) is confirmed."
+    theirs = await orders.track(ctx(store, contact="n:2"), "1001")
+    assert theirs["found"] is False  # another contact's order is not shown
+    with pytest.raises(ActionFailed):
+        await orders.place(ctx(store, contact="n:2"), kept["draft"])
+    recent = await orders.recent(ctx(store))
+    assert recent["orders"] == [
+        {
+            "number": "1001",
+            "title": "Order 1001",
+            "description": "Order 1001 (₹133.88) is confirmed.",
+        }
+    ]
+    assert (await orders.recent(ctx(store, contact="n:2")))["count"] == 0
+
+
+def test_the_pack_reports_a_bad_catalogue_at_its_line(tmp_path: Path) -> None:
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "catalogue.yaml").write_text("currency: XXQ\nitems: []\n")
+    fns, problems = ordering.load(tmp_path, None)
+    assert fns == {}
+    assert next((p.line, p.message) for p in problems) == (
+        1,
+        "currency: 'XXQ' is not an ISO 4217 code",
+    )
+    fns, problems = ordering.load(tmp_path / "nowhere", None)
+    assert "need a catalogue at data/catalogue.yaml" in problems[0].message
+
+
+def test_validate_shows_the_catalogue_problem(tmp_path: Path) -> None:
+    import shutil
+
+    from engine.flows import validate_path
+
+    shutil.copytree(ROOT / "flows", tmp_path / "flows", ignore=shutil.ignore_patterns("tests"))
+    path = tmp_path / "flows" / "data" / "catalogue.yaml"
+    path.write_text(path.read_text().replace('price: "42.50"', 'price: "42.5.0"'))
+    problems: list[Any] = validate_path(tmp_path / "flows")
+    assert [
+        (p.file.endswith("catalogue.yaml"), "'42.5.0' is not a number" in p.message)
+        for p in problems
+    ] == [(True, True)]
