@@ -41,6 +41,7 @@ from adapters.channels.twilio import Channels, TwilioSender
 from adapters.channels.whatsapp import AccessToken, CloudApiSender
 from adapters.http_action import HttpAction
 from adapters.llm.openai_chat import OpenAiChat
+from adapters.orders_api import add_order_routes
 from adapters.prometheus import EngineCollector
 from adapters.stores.postgres import PostgresStore
 from adapters.stores.redis_cache import RedisCachedStore
@@ -157,6 +158,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> web.Applica
 
     app.cleanup_ctx.append(engine_ctx)
     add_routes(app)
+    add_order_routes(app)
     return app
 
 

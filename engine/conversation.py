@@ -75,6 +75,17 @@ class AgentReply:
 
 
 @dataclass(slots=True)
+class Notice:
+    """A message from the business's side that does not take the conversation from the bot
+    (an order's new status, a receipt): `ident` makes it once, however often it is asked for."""
+
+    ident: str
+    text: str | None
+    reply: asyncio.Future[Any] | None = field(default=None)
+    template: TemplateMessage | None = None  # sent alone, or as the text's fallback
+
+
+@dataclass(slots=True)
 class Release:
     """Hand the conversation back to the bot."""
 
@@ -159,6 +170,8 @@ class ConversationBehaviour:
             await self._deliver(actor, message)
         elif isinstance(message, AgentReply):
             await self._agent_reply(actor, message)
+        elif isinstance(message, Notice):
+            await self._notice(actor, message)
         elif isinstance(message, Release):
             await self._release(actor, message)
         elif isinstance(message, Fire):
@@ -602,6 +615,19 @@ class ConversationBehaviour:
                 ],
             },
         )
+
+    async def _notice(self, actor: Actor, item: Notice) -> None:
+        convo = await self._activate(actor, None)
+        now = self._clock.now()
+        messages: list[OutMessage]
+        if item.text is None:
+            assert item.template is not None
+            messages = [item.template]
+        else:
+            messages = fit(TextMessage(item.text, item.template)).messages
+        rows = self._outbound(convo, f"n:{item.ident}", messages, now)
+        await self._commit(convo, rows, now)
+        _answer(item.reply, {"ids": [r.id for r in rows], "types": [r.type for r in rows]})
 
     async def _opt_out(self, actor: Actor, item: OptOut) -> None:
         convo = await self._activate(actor, None)

@@ -32,6 +32,7 @@ from .conversation import (
     Deliver,
     Fire,
     LateFallback,
+    Notice,
     OptOut,
     Release,
 )
@@ -440,6 +441,15 @@ class Engine:
         instead when the 24-hour window has closed."""
         reply = asyncio.get_running_loop().create_future()
         return await self.actors.ask(key, AgentReply(uuid.uuid4().hex, text, reply, template))
+
+    async def notify(
+        self, key: str, ident: str, text: str | None, template: TemplateMessage | None = None
+    ) -> Any:
+        """A message to the contact from the business's side (an order's status, a receipt)
+        that leaves the conversation where it is; `ident` names it, so asking twice sends once.
+        Outside the 24-hour window the template goes, or it is recorded as not sent."""
+        reply = asyncio.get_running_loop().create_future()
+        return await self.actors.ask(key, Notice(ident, text, reply, template))
 
     async def release(self, key: str) -> Any:
         return await self.actors.ask(key, Release(asyncio.get_running_loop().create_future()))

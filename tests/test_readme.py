@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 from engine.flows import load_flows, validate_path
+from ordering.catalogue import load_catalogue
 from tests.support import ROOT
 
 DOCS_DATA = ROOT / "tests" / "payloads" / "docs_data"
@@ -17,6 +18,12 @@ def test_the_flows_in_the_readme_and_the_docs_are_valid(tmp_path: Path) -> None:
     steps validates with the actions.py the docs show beside it."""
     texts = [(ROOT / name).read_text() for name in ("README.md", "docs/flows.md")]
     examples = [e for t in texts for e in re.findall(r"```yaml\n(.*?)```", t, re.S)]
+    catalogues = [e for e in examples if e.startswith("# FLOWS_DIR/data/catalogue.yaml\n")]
+    assert catalogues
+    for n, catalogue in enumerate(catalogues):  # a catalogue, not a flow: it loads
+        (tmp_path / f"catalogue{n}.yaml").write_text(catalogue)
+        assert load_catalogue(tmp_path / f"catalogue{n}.yaml").items
+    examples = [e for e in examples if e not in catalogues]
     (code,) = {
         c for t in texts for c in re.findall(r"```python\n(.*?)```", t, re.S) if "@action" in c
     }

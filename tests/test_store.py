@@ -346,7 +346,7 @@ async def test_sqlite_survives_reopen_and_migrates_once(tmp_path: Path) -> None:
     assert [m.id for m in await again.outbox()] == ["r:1"]
     assert len(await again.unhandled()) == 1
     rows = await again.reader.execute_fetchall("SELECT version FROM schema_version")
-    assert [r[0] for r in rows] == [1, 2, 3, 4]
+    assert [r[0] for r in rows] == [1, 2, 3, 4, 5]
     await again.close()
 
 
@@ -386,7 +386,7 @@ async def test_postgres_write_is_all_or_nothing_and_survives_reopen() -> None:
             assert [m.id for m in await again.outbox()] == ["r:1"]
             assert len(await again.unhandled()) == 2
             versions = await again.pool.fetch("SELECT version FROM schema_version")
-            assert [v[0] for v in versions] == [1, 2]
+            assert [v[0] for v in versions] == [1, 2, 3]
         finally:
             await again.close()
 
@@ -399,7 +399,7 @@ async def test_postgres_one_engine_per_schema_and_no_older_engine_on_a_newer_sch
         await store.pool.execute("INSERT INTO schema_version VALUES (99)")
         await store.close()
         newer = PostgresStore(store.dsn, schema=store.schema)
-        with pytest.raises(ConfigError, match="schema version 99, newer than this engine's 2"):
+        with pytest.raises(ConfigError, match="schema version 99, newer than this engine's 3"):
             await newer.open()
 
 
