@@ -87,7 +87,7 @@ async def api_status(request: web.Request) -> web.Response:
         found = await store.record(ORDER, number) if number.isdigit() else None
         if found is None:
             return _error(404, f"no order {number[:20]!r}")
-        at = datetime.now(UTC).isoformat(timespec="seconds")
+        at = datetime.fromtimestamp(engine.clock.now(), UTC).isoformat(timespec="seconds")
         try:
             after = moved(found.data, status, at, reason.strip())
         except Refused as e:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -124,11 +125,12 @@ async def test_status_moves_forward_and_tells_the_customer(shop: Shop) -> None:
     )
     assert (status, cancelled["reason"]) == (200, "out of stock")
     assert (await shop.post("/api/orders/1001/status", {"status": "delivered"}))[0] == 409
-    assert [h["status"] for h in (await shop.get("/api/orders/1001"))[1]["history"]] == [
-        "confirmed",
-        "shipped",
-        "cancelled",
-    ]
+    history = (await shop.get("/api/orders/1001"))[1]["history"]
+    assert [h["status"] for h in history] == ["confirmed", "shipped", "cancelled"]
+    # on the engine's (fake) clock, which the replies' pacing moved on a little since
+    moved_at = datetime.fromisoformat(history[-1]["at"]).timestamp()
+    assert shop.clock.now() - 60 < moved_at <= shop.clock.now()
+    assert history[-1]["reason"] == "out of stock"
     # the customer asks in the conversation: the status as it is now
     await shop.send(text(PHONE, "w.t1", "menu"))
     await shop.send(button(PHONE, "w.t2", "track", "Track my order"))
