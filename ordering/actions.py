@@ -21,6 +21,7 @@ gives the same order back (`again: true`).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import replace
@@ -93,7 +94,9 @@ class OrderActions:
 
     async def read(self, ctx: ActionContext, text: str, draft: str = "") -> dict[str, Any]:
         """The draft after what the customer wrote (a new one when `draft` is not open)."""
-        lines = read_order(str(text), self.catalogue)
+        # Scoring a line against a large catalogue takes a while (see the README's limits):
+        # off the event loop, so other conversations go on meanwhile.
+        lines = await asyncio.to_thread(read_order, str(text), self.catalogue)
         return await self._change(ctx, str(draft or ""), lines)
 
     async def add(

@@ -88,9 +88,21 @@ class Catalogue:
     discounts: tuple[Discount, ...] = ()
     business: str = ""
     by_sku: dict[str, Item] = field(default_factory=dict, compare=False)
+    # Every normalised name and alias, and the position of the item it names: what the parser
+    # scores a line against, in one pass of rapidfuzz over the list.
+    names: list[str] = field(default_factory=list, compare=False)
+    owners: list[int] = field(default_factory=list, compare=False)
+    exact: dict[str, int] = field(default_factory=dict, compare=False)  # name -> position
+    units: list[frozenset[str]] = field(default_factory=list, compare=False)
 
     def __post_init__(self) -> None:
         self.by_sku.update((i.sku, i) for i in self.items)
+        for n, item in enumerate(self.items):
+            self.names.extend(item.names)
+            self.owners.extend(n for _ in item.names)
+            for name in item.names:
+                self.exact.setdefault(name, n)
+        self.units.append(frozenset(normal(w) for i in self.items for w in (i.unit, *i.unit_words)))
 
     @property
     def places(self) -> int:
@@ -98,8 +110,9 @@ class Catalogue:
         return int(get_currency_precision(self.currency))
 
     @property
-    def unit_words(self) -> frozenset[str]:
-        return frozenset(normal(w) for i in self.items for w in (i.unit, *i.unit_words))
+    def unit_set(self) -> frozenset[str]:
+        """Every unit word of every item, normalised."""
+        return self.units[0] if self.units else frozenset()
 
 
 class CatalogueError(Exception):

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 
 import regex
-from rapidfuzz import fuzz
+from rapidfuzz import fuzz, process
 
 from .catalogue import Catalogue, Item, normal
 
@@ -154,22 +154,37 @@ def _reading(
     """How well `rest` (the line without its quantity) names an item once unit words and filler
     are out (or with its unit words, when they are the name: a word may be both), with the
     unit word it held."""
-    units = catalogue.unit_words
+    units = catalogue.unit_set
     words = [w for w in normal(rest).split() if w not in _FILLER]
     unit = next((w for w in words if w in units), "")
     best: tuple[float, Decimal | None, str, str] = (0.0, quantity, "", unit)
     for name in dict.fromkeys((" ".join(w for w in words if w not in units), " ".join(words))):
         if name:
-            score = max((_score(name, item) for item in catalogue.items), default=0.0)
+            score = max(_scores(name, catalogue).values(), default=0.0)
             if score > best[0]:
                 best = (score, quantity, name, unit if name != " ".join(words) else "")
     return best
 
 
-def _score(name: str, item: Item) -> float:
-    """How well `name` names `item`: the best of its names, by the mean of rapidfuzz's WRatio
-    (typos, partial names) and token_set_ratio (words in another order, extra words)."""
-    return max((fuzz.WRatio(name, n) + fuzz.token_set_ratio(name, n)) / 2 for n in item.names)
+def _scores(name: str, catalogue: Catalogue) -> dict[int, float]:
+    """How well `name` names each item (by position) that it names at all: the best of the
+    item's names, by the mean of rapidfuzz's WRatio (typos, partial names) and token_set_ratio
+    (words in another order, extra words). A mean of GOOD needs both at least 2 x GOOD - 100,
+    so names below that are cut in rapidfuzz's own loop."""
+    cutoff = 2 * GOOD - 100
+    ratio = process.extract(
+        name, catalogue.names, scorer=fuzz.WRatio, limit=None, score_cutoff=cutoff
+    )
+    words = process.extract(
+        name, catalogue.names, scorer=fuzz.token_set_ratio, limit=None, score_cutoff=cutoff
+    )
+    by_words = {i: score for _n, score, i in words}
+    out: dict[int, float] = {}
+    for _n, score, i in ratio:
+        if i in by_words:
+            item = catalogue.owners[i]
+            out[item] = max(out.get(item, 0.0), (score + by_words[i]) / 2)
+    return out
 
 
 def _candidates(name: str, unit: str, catalogue: Catalogue) -> list[Item]:
@@ -178,17 +193,13 @@ def _candidates(name: str, unit: str, catalogue: Catalogue) -> list[Item]:
     narrows them."""
     if not name:
         return []
-    exact = [i for i in catalogue.items if name in i.names]
-    if exact:
-        return exact[:1]
-    scored = sorted(
-        ((_score(name, i), n, i) for n, i in enumerate(catalogue.items)),
-        key=lambda s: (-s[0], s[1]),
-    )
-    best = scored[0][0] if scored else 0.0
+    if name in catalogue.exact:
+        return [catalogue.items[catalogue.exact[name]]]
+    scored = sorted(_scores(name, catalogue).items(), key=lambda s: (-s[1], s[0]))
+    best = scored[0][1] if scored else 0.0
     if best < GOOD:
         return []
-    close = [i for s, _n, i in scored if s >= best - CLOSE][:5]
+    close = [catalogue.items[n] for n, s in scored if s >= best - CLOSE][:5]
     if unit and len(close) > 1:
         selling = [i for i in close if unit in {normal(w) for w in (i.unit, *i.unit_words)}]
         if selling:
