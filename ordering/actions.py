@@ -39,7 +39,7 @@ from engine.ports import Record, Records
 from . import texts
 from .catalogue import FILE, Catalogue, CatalogueError, load_catalogue
 from .orders import FIRST_NUMBER, apply_lines, cart_lines, confirmed, priced
-from .parsing import MAX_QUANTITY, Line, read_order
+from .parsing import MAX_LINES, MAX_QUANTITY, Line, read_order
 from .pricing import quote
 
 log = logging.getLogger(__name__)
@@ -145,6 +145,8 @@ class OrderActions:
         unknown = [line.text for line in lines if line.kind == "unknown"]
         bad = [line.text for line in lines if line.kind == "bad"]
         notes = []
+        if any(line.kind == "skipped" for line in lines):
+            notes.append(f"I read the first {MAX_LINES} lines only.")
         if unknown:
             notes.append(f"I couldn't find: {', '.join(unknown)}.")
         if bad:
@@ -193,8 +195,8 @@ class OrderActions:
                 return self._placed(order.data, again=True)
             if found.status != DRAFT:
                 raise ActionFailed(f"the draft is {found.status}", found.status)
-            if not found.data.get("lines"):
-                raise ActionFailed("the cart is empty", "empty")
+            if not found.data.get("lines") or Decimal(found.data["total"]) <= 0:
+                raise ActionFailed("the cart is empty or costs nothing", "empty")
             counter = await store.record(COUNTER, ORDER)
             number = (int(counter.data["last"]) if counter else FIRST_NUMBER - 1) + 1
             at = self._iso(ctx.now)

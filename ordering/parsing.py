@@ -30,15 +30,25 @@ MAX_LINES = 50
 MAX_LINE = 200  # characters of one line that are read
 MAX_QUANTITY = Decimal(1_000_000)
 
-_SPLIT = regex.compile(r"[\n;]+|,(?!\d{3}(?!\d))|(?<!\d),")
+# A comma between two digits is inside a number ("1,200", "1,5"), not between lines.
+_SPLIT = regex.compile(r"[\n;]+|,(?!\d)|(?<!\d),")
 _AND = regex.compile(r"\s+(?:and|&|\+)\s+", regex.IGNORECASE)
 _MARKER = regex.compile(r"^\s*(?:[-*•·]+|\d{1,2}[.)])\s+")
 _TIMES = regex.compile(
     r"(?<![\p{L}\p{N}])[x×*]\s*(\d[\d,]*(?:\.\d+)?)(?![\p{L}\p{N}])|(?<![\p{L}\p{N}.,])(\d[\d,]*(?:\.\d+)?)\s*[x×*](?![\p{L}\p{N}])",
     regex.IGNORECASE,
 )
-_NUMBER = regex.compile(r"^\d{1,3}(?:,\d{3})+(?:\.\d+)?$|^\d+(?:\.\d+)?$")
-_REMOVE = regex.compile(r"^\s*(?:remove|delete|drop|no more|without|cancel)\b\s*", regex.IGNORECASE)
+_NUMBER = regex.compile(r"^\d{1,3}(?:,\d{3})+(?:\.\d+)?$|^\d+(?:[.,]\d+)?$")
+_GLUED = regex.compile(r"^(\d+(?:[.,]\d+)?)(\p{L}+)$")  # a unit word stuck on: "2kg"
+# What cannot be a quantity however it is read: a minus sign, an exponent, a fraction.
+_UNREADABLE = regex.compile(
+    r"(?<![\p{L}\p{N}])[-−]\d|\d[.,]?\d*e[-+]?\d|\d\s*/\s*\d|[\u00bc-\u00be\u2150-\u215e]"
+    r"|(?<![\p{L}\p{N}])(?:nan|inf|infinity)(?![\p{L}\p{N}])",
+    regex.IGNORECASE,
+)
+_REMOVE = regex.compile(
+    r"^\s*(?:remove|delete|drop|no more|no|without|cancel)\b\s*", regex.IGNORECASE
+)
 _WORDS = {
     "a": 1, "an": 1, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6,
     "seven": 7, "eight": 8, "nine": 9, "ten": 10, "eleven": 11, "twelve": 12, "dozen": 12,
@@ -48,7 +58,6 @@ _FILLER = frozenset(
     {
         "of", "please", "pls", "plz", "i", "want", "need", "would", "like", "send", "me",
         "give", "us", "the", "some", "more", "for", "also", "kindly", "order", "add", "nos",
-        "no",
     }
 )  # fmt: skip
 
@@ -69,7 +78,7 @@ class Line:
     candidates: tuple[str, ...] = ()
 
 
-def split_lines(text: str) -> list[str]:
+def split_lines(text: str, most: int = MAX_LINES) -> list[str]:
     """The order's lines: at new lines, commas, semicolons, and "and" between two quantities."""
     out: list[str] = []
     for part in _SPLIT.split(text):
@@ -79,7 +88,7 @@ def split_lines(text: str) -> list[str]:
         else:
             out.append(part)
     lines = [_MARKER.sub("", p).strip()[:MAX_LINE] for p in out]
-    return [p for p in lines if normal(p)][:MAX_LINES]
+    return [p for p in lines if normal(p)][:most]
 
 
 def _has_quantity(text: str) -> bool:
@@ -91,13 +100,20 @@ def _tokens(text: str) -> list[str]:
 
 
 def read_order(text: str, catalogue: Catalogue) -> list[Line]:
-    """Every line of `text`, read against `catalogue`."""
-    return [read_line(line, catalogue) for line in split_lines(text)]
+    """Every line of `text`, read against `catalogue` (past MAX_LINES: one line "skipped")."""
+    lines = split_lines(text, MAX_LINES + 1)
+    out = [read_line(line, catalogue) for line in lines[:MAX_LINES]]
+    if len(lines) > MAX_LINES:
+        out.append(Line("skipped", f"lines after the {MAX_LINES}th"))
+    return out
 
 
 def read_line(text: str, catalogue: Catalogue) -> Line:
     removing = _REMOVE.match(text)
     body = text[removing.end() :] if removing else text
+    if not removing and _UNREADABLE.search(body):  # never read as 1: named back instead
+        return Line("bad", " ".join(text.split())[:60])
+    body = _unglue(body, catalogue)
     marked = _TIMES.search(body)
     readings: list[tuple[float, Decimal | None, str, str]] = []  # (score, qty, name, unit)
     if marked:
@@ -108,6 +124,8 @@ def read_line(text: str, catalogue: Catalogue) -> Line:
         tokens = _tokens(body)
         for n, token in enumerate(tokens):
             quantity = _quantity(token) if _NUMBER.match(token) else None
+            if quantity is None and _NUMBER.match(token):  # "1.2345": more than 3 decimals
+                return Line("bad", " ".join(text.split())[:60])
             if quantity is None and token in _WORDS and not removing:
                 quantity = Decimal(_WORDS[token])
             if quantity is not None:
@@ -138,9 +156,28 @@ def read_line(text: str, catalogue: Catalogue) -> Line:
     return Line("item", trimmed, sku, quantity, unit)
 
 
+def _unglue(body: str, catalogue: Catalogue) -> str:
+    """ "2<unit>" as "2 <unit>" when the letters are one of the catalogue's unit words; digits
+    with other letters ("12mm") stay whole, as a part of a name."""
+    units = catalogue.unit_set
+
+    def split(m: regex.Match[str]) -> str:
+        glued = _GLUED.match(m.group(0))
+        if glued and normal(glued.group(2)) in units:
+            return f"{glued.group(1)} {glued.group(2)}"
+        return m.group(0)
+
+    return regex.sub(r"(?<![\p{L}\p{N}])\d[\d.,]*\p{L}+", split, body)
+
+
 def _quantity(token: str) -> Decimal | None:
+    """A number as written: "1,200" and "1,200.5" grouped in threes, "1,5" a decimal comma."""
+    if regex.fullmatch(r"\d{1,3}(?:,\d{3})+(?:\.\d+)?", token):
+        token = token.replace(",", "")
+    else:
+        token = token.replace(",", ".")
     try:
-        number = Decimal(token.replace(",", ""))
+        number = Decimal(token)
     except InvalidOperation:
         return None
     if not number.is_finite() or number.as_tuple().exponent < -3:  # type: ignore[operator]

@@ -106,6 +106,19 @@ SUPPLY_CASES = [
     ("cement 0", [("remove", "CEM-OPC53", "0")]),
     ("sand 10000000", [("bad", "SAND-R", "1E+7")]),
     ("CEMENT  X  100!!", [("item", "CEM-OPC53", "1E+2")]),
+    # a unit word stuck to the number; "12mm" is no unit word here, so it stays in the name
+    ("100bags cement, 20cft gitti", [("item", "CEM-OPC53", "1E+2"), ("item", "AGG-20", "2E+1")]),
+    ("sand 1,5", [("item", "SAND-R", "1.5")]),  # a decimal comma; "1,200" groups thousands
+    ("no sand", [("remove", "SAND-R", "0")]),
+    ("cement - 10", [("item", "CEM-OPC53", "1E+1")]),  # a dash between, not a minus
+    # what cannot be a quantity is named back, never read as 1
+    ("sand -5", [("bad", "", "0")]),
+    ("sand x -5", [("bad", "", "0")]),
+    ("sand 1e3", [("bad", "", "0")]),
+    ("NaN sand", [("bad", "", "0")]),
+    ("sand 1/2", [("bad", "", "0")]),
+    ("sand ½", [("bad", "", "0")]),
+    ("sand 1.2345", [("bad", "", "0")]),
 ]
 
 BAKERY_CASES = [
@@ -121,6 +134,8 @@ BAKERY_CASES = [
     ("remove latte", [("remove", "C-LATTE", "0")]),
     ("sourdough 2 and latte 1", [("item", "B-SOUR", "2"), ("item", "C-LATTE", "1")]),
     ("2 stück croissant", [("item", "B-CROI", "2")]),
+    ("2stück croissant", [("item", "B-CROI", "2")]),
+    ("2,5 latte", [("item", "C-LATTE", "2.5")]),
 ]
 
 
@@ -154,6 +169,8 @@ def test_lines_split_at_commas_but_not_inside_numbers() -> None:
     assert split_lines("a,b\nc;d") == ["a", "b", "c", "d"]
     assert split_lines("salt and pepper 2") == ["salt and pepper 2"]  # one quantity: one line
     assert len(split_lines("x 1\n" * 500)) == 50  # at most 50 lines are read
+    read = read_order("sand 1\n" * 60, SUPPLIES)
+    assert len(read) == 51 and read[-1].kind == "skipped"  # ... and the customer is told
 
 
 def test_a_huge_or_hostile_text_is_read_in_bounded_time() -> None:
