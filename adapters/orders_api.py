@@ -4,6 +4,7 @@ order's status, telling the customer. Orders are records the order actions keep 
 from __future__ import annotations
 
 import logging
+import unicodedata
 from dataclasses import replace
 from datetime import UTC, datetime
 from json import loads
@@ -13,6 +14,7 @@ from aiohttp import web
 
 from engine.engine import Ambiguous, NotFound
 from engine.errors import StoreRejected
+from engine.events import scrub
 from engine.logs import mask
 from engine.outbound import TemplateMessage
 from ordering import texts
@@ -67,16 +69,10 @@ async def api_order(request: web.Request) -> web.Response:
 async def api_status(request: web.Request) -> web.Response:
     """{"status": ..., "reason": ...}: forward only (409 otherwise); the customer is told."""
     number = request.match_info["number"]
-    try:
-        data = loads(await request.content.read(MAX_BODY + 1))
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        return _error(400, 'send JSON like {"status": "shipped"}')
-    if not isinstance(data, dict) or not isinstance(data.get("status"), str):
-        return _error(400, 'send JSON like {"status": "shipped"}')
-    reason = data.get("reason", "")
-    if not isinstance(reason, str) or len(reason) > 500:
-        return _error(400, "reason must be a text of at most 500 characters")
-    status = data["status"]
+    asked = await _asked(request)
+    if isinstance(asked, web.Response):
+        return asked
+    status, reason = asked
     if status in {"draft", "confirmed"}:
         return _error(409, f"an order becomes {status} only through the conversation")
     if status == "cancelled" and not reason.strip():
@@ -102,6 +98,24 @@ async def api_status(request: web.Request) -> web.Response:
             told = await _tell(request, found.contact, after)
             return web.json_response({**public(after), "told": told})
     return _error(409, "the order kept changing; try again")
+
+
+async def _asked(request: web.Request) -> tuple[str, str] | web.Response:
+    """The status asked for and its reason (one line, no control characters: the customer
+    reads it), or the 400 that says what is wrong."""
+    try:
+        data = loads(await request.content.read(MAX_BODY + 1))
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return _error(400, 'send JSON like {"status": "shipped"}')
+    if not isinstance(data, dict) or not isinstance(data.get("status"), str):
+        return _error(400, 'send JSON like {"status": "shipped"}')
+    reason = data.get("reason", "")
+    if not isinstance(reason, str) or len(reason) > 500:
+        return _error(400, "reason must be a text of at most 500 characters")
+    if data["status"] not in STATUSES:
+        return _error(400, f"status must be one of {', '.join(STATUSES[2:])}")
+    shown = "".join(" " if unicodedata.category(c) in ("Cc", "Cf") else c for c in scrub(reason))
+    return data["status"], " ".join(shown.split())
 
 
 async def _tell(request: web.Request, contact: str, order: dict[str, Any]) -> bool:

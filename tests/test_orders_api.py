@@ -162,6 +162,11 @@ async def test_listing_filters_and_bad_requests(shop: Shop) -> None:
     for bad in (None, [], {"status": 7}, {"status": "shipped", "reason": ["x"]}):
         assert (await shop.post("/api/orders/1001/status", bad))[0] == 400
     assert (await shop.post("/api/orders/1001/status", {"status": "confirmed"}))[0] == 409
+    assert (await shop.post("/api/orders/1001/status", {"status": "SHIPPED"}))[0] == 400
+    status, cancelled = await shop.post(
+        "/api/orders/1001/status", {"status": "cancelled", "reason": "out\nof\x00 stock\x1b[2J"}
+    )
+    assert (status, cancelled["reason"]) == (200, "out of stock [2J")
     assert (await shop.post("/api/orders/77/status", {"status": "shipped"}))[0] == 404
     r = await shop.client.post("/api/orders/1001/status", data=b"\xff{", headers=AUTH)
     assert r.status == 400
