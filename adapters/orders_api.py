@@ -7,7 +7,6 @@ import logging
 import unicodedata
 from dataclasses import replace
 from datetime import UTC, datetime
-from json import loads
 from typing import Any
 
 from aiohttp import web
@@ -21,12 +20,11 @@ from ordering import texts
 from ordering.actions import DRAFT, ORDER
 from ordering.orders import STATUSES, Refused, moved, public
 
-from .web import ENGINE, _error
+from .web import ENGINE, _error, read_json
 
 log = logging.getLogger(__name__)
 
 TEMPLATE = "order_update"  # templates.yaml: the status outside the 24-hour window
-MAX_BODY = 16 * 1024
 TRIES = 10
 
 
@@ -103,11 +101,10 @@ async def api_status(request: web.Request) -> web.Response:
 async def _asked(request: web.Request) -> tuple[str, str] | web.Response:
     """The status asked for and its reason (one line, no control characters: the customer
     reads it), or the 400 that says what is wrong."""
-    try:
-        data = loads(await request.content.read(MAX_BODY + 1))
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        return _error(400, 'send JSON like {"status": "shipped"}')
-    if not isinstance(data, dict) or not isinstance(data.get("status"), str):
+    data = await read_json(request, '{"status": "shipped"}')
+    if isinstance(data, web.Response):
+        return data
+    if not isinstance(data.get("status"), str):
         return _error(400, 'send JSON like {"status": "shipped"}')
     reason = data.get("reason", "")
     if not isinstance(reason, str) or len(reason) > 500:

@@ -432,22 +432,9 @@ async def api_reply(request: web.Request) -> web.Response:
     key = await _find(request)
     if isinstance(key, web.Response):
         return key
-    try:
-        async with request.app[BODIES].read(request, MAX_API_BODY) as raw:
-            data = loads(raw)
-    except BodyRefused as e:
-        headers = {"Retry-After": str(e.retry_after)} if e.retry_after else None
-        refused = _error(e.status, str(e), headers=headers)
-        refused.force_close()
-        return refused
-    except ClientGone:
-        gone = _error(400, "incomplete body")
-        gone.force_close()
-        return gone
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        return _error(400, 'send JSON like {"text": "..."}')
-    if not isinstance(data, dict):
-        return _error(400, 'send JSON like {"text": "..."}')
+    data = await read_json(request, '{"text": "..."}')
+    if isinstance(data, web.Response):
+        return data
     text = data.get("text")
     template = None
     try:
@@ -467,6 +454,28 @@ async def api_reply(request: web.Request) -> web.Response:
     except StoreRejected as e:
         return _error(422, f"the message could not be stored: {e}")
     return web.json_response(result)
+
+
+async def read_json(request: web.Request, like: str) -> dict[str, Any] | web.Response:
+    """An admin request's JSON object, read within the body budget (MAX_API_BODY, the memory
+    and time limits of every body), or the error to answer; `like` shows what to send."""
+    try:
+        async with request.app[BODIES].read(request, MAX_API_BODY) as raw:
+            data = loads(raw)
+    except BodyRefused as e:
+        headers = {"Retry-After": str(e.retry_after)} if e.retry_after else None
+        refused = _error(e.status, str(e), headers=headers)
+        refused.force_close()
+        return refused
+    except ClientGone:
+        gone = _error(400, "incomplete body")
+        gone.force_close()
+        return gone
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return _error(400, f"send JSON like {like}")
+    if not isinstance(data, dict):
+        return _error(400, f"send JSON like {like}")
+    return data
 
 
 def _template(templates: dict[str, Template], data: Any) -> TemplateMessage:

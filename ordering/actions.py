@@ -38,9 +38,9 @@ from engine.ports import Record, Records
 
 from . import texts
 from .catalogue import FILE, Catalogue, CatalogueError, load_catalogue
-from .orders import FIRST_NUMBER, apply_lines, cart_lines, confirmed, priced
+from .orders import FIRST_NUMBER, apply_lines, cart_lines, confirmed, quote_data
 from .parsing import MAX_LINES, MAX_QUANTITY, Line, read_order
-from .pricing import quote
+from .pricing import Quote, quote
 
 log = logging.getLogger(__name__)
 
@@ -118,9 +118,11 @@ class OrderActions:
         for _ in range(TRIES):
             found = await self._open_draft(store, ctx, draft)
             cart = found.data.get("cart", []) if found.version else []
-            data = {**found.data, **priced(apply_lines(cart, lines), self.catalogue)}
+            cart = apply_lines(cart, lines)
+            q = quote(cart_lines(cart), self.catalogue)
+            data = {**found.data, "cart": cart, **quote_data(q, self.catalogue)}
             if await store.put_records([replace(found, data=data)]):
-                return self._view(found.key, data, lines)
+                return self._view(found.key, q, lines)
         raise ActionFailed("the draft kept changing under this call", "conflict")
 
     async def _open_draft(self, store: Records, ctx: ActionContext, draft: str) -> Record:
@@ -140,7 +142,7 @@ class OrderActions:
         data = {"draft": key, "contact": ctx.contact, "status": DRAFT, "created_at": at}
         return Record(DRAFT, key, data, ctx.contact, DRAFT, at=ctx.now)
 
-    def _view(self, key: str, data: dict[str, Any], lines: list[Line]) -> dict[str, Any]:
+    def _view(self, key: str, q: Quote, lines: list[Line]) -> dict[str, Any]:
         """What the flow gets back: the draft's key, its summary, and what could not be read."""
         unknown = [line.text for line in lines if line.kind == "unknown"]
         bad = [line.text for line in lines if line.kind == "bad"]
@@ -162,23 +164,20 @@ class OrderActions:
             for line in lines
             if line.kind == "ambiguous"
         ]
-        count = len(data["lines"])
+        count = len(q.lines)
+        summary = texts.summary(q, self.catalogue.tax_name, self.catalogue.locale)
         return {
             "draft": key,
             "count": count,
             "empty": count == 0,
-            "summary": self._summary(data) if count else "Your cart is empty.",
-            "total": data["total"],
+            "summary": summary if count else "Your cart is empty.",
+            "total": str(q.total),
             "unknown": unknown,
             "bad": bad,
             "ambiguous": ambiguous,
             "note": " ".join(notes),
             "understood": sum(1 for line in lines if line.kind in ("item", "remove")),
         }
-
-    def _summary(self, data: dict[str, Any]) -> str:
-        q = quote(cart_lines(data["cart"]), self.catalogue)
-        return texts.summary(q, self.catalogue.tax_name, self.catalogue.locale)
 
     # --- placing ---------------------------------------------------------------------------
 

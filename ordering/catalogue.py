@@ -87,13 +87,14 @@ class Catalogue:
     payment_terms_days: int = 0
     discounts: tuple[Discount, ...] = ()
     business: str = ""
-    by_sku: dict[str, Item] = field(default_factory=dict, compare=False)
-    # Every normalised name and alias, and the position of the item it names: what the parser
-    # scores a line against, in one pass of rapidfuzz over the list.
-    names: list[str] = field(default_factory=list, compare=False)
-    owners: list[int] = field(default_factory=list, compare=False)
-    exact: dict[str, int] = field(default_factory=dict, compare=False)  # name -> position
-    units: list[frozenset[str]] = field(default_factory=list, compare=False)
+    # Derived from the items once, for the parser: by sku; every normalised name and alias with
+    # the position of the item it names (scored in one pass of rapidfuzz over the list); the
+    # exact names; every unit word, normalised.
+    by_sku: dict[str, Item] = field(init=False, compare=False, default_factory=dict)
+    names: list[str] = field(init=False, compare=False, default_factory=list)
+    owners: list[int] = field(init=False, compare=False, default_factory=list)
+    exact: dict[str, int] = field(init=False, compare=False, default_factory=dict)
+    unit_words: frozenset[str] = field(init=False, compare=False, default=frozenset())
 
     def __post_init__(self) -> None:
         self.by_sku.update((i.sku, i) for i in self.items)
@@ -102,17 +103,13 @@ class Catalogue:
             self.owners.extend(n for _ in item.names)
             for name in item.names:
                 self.exact.setdefault(name, n)
-        self.units.append(frozenset(normal(w) for i in self.items for w in (i.unit, *i.unit_words)))
+        units = frozenset(normal(w) for i in self.items for w in (i.unit, *i.unit_words))
+        object.__setattr__(self, "unit_words", units)  # frozen: set once, here
 
     @property
     def places(self) -> int:
         """Decimal places of the currency (2 for INR and EUR, 0 for JPY)."""
         return int(get_currency_precision(self.currency))
-
-    @property
-    def unit_set(self) -> frozenset[str]:
-        """Every unit word of every item, normalised."""
-        return self.units[0] if self.units else frozenset()
 
 
 class CatalogueError(Exception):

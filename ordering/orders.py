@@ -15,7 +15,7 @@ from typing import Any
 
 from .catalogue import Catalogue
 from .parsing import Line
-from .pricing import CartLine, Quote, quote
+from .pricing import CartLine, Quote
 
 FLOW = ("draft", "confirmed", "processing", "shipped", "delivered")
 STATUSES = (*FLOW, "cancelled")
@@ -66,10 +66,6 @@ def quote_data(q: Quote, catalogue: Catalogue) -> dict[str, Any]:
         "locale": catalogue.locale,
         "tax_name": catalogue.tax_name,
     }
-
-
-def priced(cart: list[dict[str, str]], catalogue: Catalogue) -> dict[str, Any]:
-    return {"cart": cart, **quote_data(quote(cart_lines(cart), catalogue), catalogue)}
 
 
 def confirmed(

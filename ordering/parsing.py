@@ -159,7 +159,7 @@ def read_line(text: str, catalogue: Catalogue) -> Line:
 def _unglue(body: str, catalogue: Catalogue) -> str:
     """ "2<unit>" as "2 <unit>" when the letters are one of the catalogue's unit words; digits
     with other letters ("12mm") stay whole, as a part of a name."""
-    units = catalogue.unit_set
+    units = catalogue.unit_words
 
     def split(m: regex.Match[str]) -> str:
         glued = _GLUED.match(m.group(0))
@@ -191,7 +191,7 @@ def _reading(
     """How well `rest` (the line without its quantity) names an item once unit words and filler
     are out (or with its unit words, when they are the name: a word may be both), with the
     unit word it held."""
-    units = catalogue.unit_set
+    units = catalogue.unit_words
     words = [w for w in normal(rest).split() if w not in _FILLER]
     unit = next((w for w in words if w in units), "")
     best: tuple[float, Decimal | None, str, str] = (0.0, quantity, "", unit)

@@ -170,4 +170,7 @@ async def test_listing_filters_and_bad_requests(shop: Shop) -> None:
     assert (await shop.post("/api/orders/77/status", {"status": "shipped"}))[0] == 404
     r = await shop.client.post("/api/orders/1001/status", data=b"\xff{", headers=AUTH)
     assert r.status == 400
+    huge = b'{"status": "shipped", "reason": "' + b"x" * (2 << 20) + b'"}'
+    r = await shop.client.post("/api/orders/1001/status", data=io.BytesIO(huge), headers=AUTH)
+    assert r.status == 413  # the admin API's body limit, as for agent replies
     assert (await shop.client.get("/api/orders")).status == 401

@@ -20,8 +20,8 @@ import json
 import logging
 import re
 import time
-from collections.abc import Iterable, Sequence
-from typing import Any, overload
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any, TypeVar, overload
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
@@ -157,6 +157,7 @@ MIGRATIONS: list[str] = [
 ]
 
 SCHEMA = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+T = TypeVar("T")
 HOLD_CHECK = 1.0  # seconds between checks that the advisory lock's session is alive
 PRUNE_CHUNK = 5000  # rows one DELETE removes: pruning never holds the writer for long
 TIMEOUT = 5.0  # seconds a statement may take before the store counts as unavailable
@@ -386,11 +387,24 @@ class PostgresStore:
     # --- writes --------------------------------------------------------------------------------
 
     async def write(self, ops: Sequence[Op]) -> list[Accepted | None]:
-        async def apply(conn: asyncpg.Connection) -> list[Accepted | None]:
+        async with self._lock:
+            results = await self._transaction(lambda conn: self._apply(conn, ops))
+            self.commits += 1
+            return results
+
+    async def _transaction(
+        self,
+        work: Callable[[asyncpg.Connection], Awaitable[T]],
+        keep: Callable[[T], bool] = lambda _result: True,
+    ) -> T:
+        """`work` in one transaction on a pooled session, committed when `keep(result)`, else
+        rolled back; an error caused by what it writes is StoreRejected."""
+
+        async def apply(conn: asyncpg.Connection) -> T:
             tx = conn.transaction()
             await tx.start()
             try:
-                results = await self._apply(conn, ops)
+                result = await work(conn)
             except TimeoutError:
                 # Stalled: a ROLLBACK would wait out one more timeout. Dropping the session
                 # rolls the transaction back on the server's side.
@@ -399,17 +413,15 @@ class PostgresStore:
             except BaseException:
                 await tx.rollback()
                 raise
-            await tx.commit()
-            return results
+            await (tx.commit() if keep(result) else tx.rollback())
+            return result
 
-        async with self._lock:
-            await self._still_held()
-            try:
-                results: list[Accepted | None] = await self._run(apply)
-            except REJECTED as e:
-                raise StoreRejected(f"{type(e).__name__}: {e}") from e
-            self.commits += 1
-            return results
+        await self._still_held()
+        try:
+            result: T = await self._run(apply)
+        except REJECTED as e:
+            raise StoreRejected(f"{type(e).__name__}: {e}") from e
+        return result
 
     async def _apply(self, conn: asyncpg.Connection, ops: Sequence[Op]) -> list[Accepted | None]:
         accepts = [op for op in ops if isinstance(op, Accept)]
@@ -738,26 +750,7 @@ class PostgresStore:
         return [record(r) for r in rows]
 
     async def put_records(self, records: Sequence[Record]) -> bool:
-        async def apply(conn: asyncpg.Connection) -> bool:
-            tx = conn.transaction()
-            await tx.start()
-            try:
-                written = await _put_records(conn, records)
-            except TimeoutError:
-                conn.terminate()
-                raise
-            except BaseException:
-                await tx.rollback()
-                raise
-            await (tx.commit() if written else tx.rollback())
-            return written
-
-        await self._still_held()
-        try:
-            written: bool = await self._run(apply)
-        except REJECTED as e:
-            raise StoreRejected(f"{type(e).__name__}: {e}") from e
-        return written
+        return await self._transaction(lambda conn: _put_records(conn, records), bool)
 
     async def prune(self, *, dedupe_before: float, journal_before: float) -> Pruned:
         """Old dedupe keys, statuses, raw events and handled journal entries, deleted in chunks

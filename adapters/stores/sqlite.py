@@ -17,9 +17,9 @@ import fcntl
 import json
 import os
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 import aiosqlite
 
@@ -158,6 +158,8 @@ MIGRATIONS: list[str] = [
     CREATE INDEX records_due ON records (kind, due) WHERE due IS NOT NULL;
     """,
 ]
+
+T = TypeVar("T")
 
 PROBE_BYTES = 16384  # what readiness writes to prove the store can write
 CHUNK = 500  # rows per multi-row statement (SQLite allows 32766 parameters)
@@ -318,19 +320,29 @@ class SqliteStore:
     # --- writes --------------------------------------------------------------------------------
 
     async def write(self, ops: Sequence[Op]) -> list[Accepted | None]:
+        results = await self._transaction(lambda conn: self._apply(conn, ops))
+        self.commits += 1
+        return results
+
+    async def _transaction(
+        self,
+        work: Callable[[aiosqlite.Connection], Awaitable[T]],
+        keep: Callable[[T], bool] = lambda _result: True,
+    ) -> T:
+        """`work` in one writer transaction, committed when `keep(result)`, else rolled back;
+        an error caused by what it writes is StoreRejected."""
         async with self._lock:
             conn = self.writer
             await conn.execute("BEGIN IMMEDIATE")
             try:
-                results = await self._apply(conn, ops)
-                await conn.execute("COMMIT")
+                result = await work(conn)
+                await conn.execute("COMMIT" if keep(result) else "ROLLBACK")
             except BaseException as e:
                 await _rollback(conn)
                 if isinstance(e, REJECTED):
                     raise StoreRejected(f"{type(e).__name__}: {e}") from e
                 raise
-            self.commits += 1
-            return results
+            return result
 
     async def _apply(self, conn: aiosqlite.Connection, ops: Sequence[Op]) -> list[Accepted | None]:
         accepts = [op for op in ops if isinstance(op, Accept)]
@@ -616,18 +628,7 @@ class SqliteStore:
         return [record(r) for r in rows]
 
     async def put_records(self, records: Sequence[Record]) -> bool:
-        async with self._lock:
-            conn = self.writer
-            await conn.execute("BEGIN IMMEDIATE")
-            try:
-                written = await self._put_records(conn, records)
-                await conn.execute("COMMIT" if written else "ROLLBACK")
-            except BaseException as e:
-                await _rollback(conn)
-                if isinstance(e, REJECTED):
-                    raise StoreRejected(f"{type(e).__name__}: {e}") from e
-                raise
-            return written
+        return await self._transaction(lambda conn: self._put_records(conn, records), bool)
 
     @staticmethod
     async def _put_records(conn: aiosqlite.Connection, records: Sequence[Record]) -> bool:
