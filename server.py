@@ -158,14 +158,18 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> web.Applica
 
     app.cleanup_ctx.append(engine_ctx)
     add_routes(app)
-    add_order_routes(app)
+    add_order_routes(app, ZoneInfo(settings.timezone))
     return app
 
 
 def load_all(settings: Settings, provided: dict[str, Any], llm: Llm | None) -> Flows:
     """The flows, at start and on each reload; with a model, the documents are read again."""
     flows = load_flows(
-        settings.flows_dir, settings.entry_flow, provided, ZoneInfo(settings.timezone)
+        settings.flows_dir,
+        settings.entry_flow,
+        provided,
+        ZoneInfo(settings.timezone),
+        media=Path(settings.media_dir),
     )
     if llm is not None:
         llm.use(knowledge(settings))

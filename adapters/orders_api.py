@@ -1,13 +1,17 @@
-"""The admin API of orders (ADMIN_TOKEN, like the rest of /api/): list, show, and move an
-order's status, telling the customer. Orders are records the order actions keep (ordering)."""
+"""The admin API of orders and invoices (ADMIN_TOKEN, like the rest of /api/): list, show and
+move an order's status; show an invoice, as JSON or PDF; record a payment. The customer is told
+of each. Orders are records the order actions keep (ordering)."""
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import logging
 import unicodedata
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from aiohttp import web
 
@@ -15,23 +19,29 @@ from engine.engine import Ambiguous, NotFound
 from engine.errors import StoreRejected
 from engine.events import scrub
 from engine.logs import mask
-from engine.outbound import TemplateMessage
-from ordering import texts
-from ordering.actions import DRAFT, ORDER
+from ordering import invoices, texts
+from ordering.actions import DRAFT, ORDER, TEMPLATES, pay
 from ordering.orders import STATUSES, Refused, moved, public
 
+from .invoice_pdf import InvoicePdf
 from .web import ENGINE, _error, read_json
 
 log = logging.getLogger(__name__)
 
 TEMPLATE = "order_update"  # templates.yaml: the status outside the 24-hour window
 TRIES = 10
+ZONE = web.AppKey("zone", ZoneInfo)  # TIMEZONE: payments' times and reminders' days
+PDF = web.AppKey("pdf", InvoicePdf)
 
 
-def add_order_routes(app: web.Application) -> None:
+def add_order_routes(app: web.Application, zone: ZoneInfo) -> None:
+    app[ZONE] = zone
+    app[PDF] = InvoicePdf()
     app.router.add_get("/api/orders", api_orders)
     app.router.add_get("/api/orders/{number}", api_order)
     app.router.add_post("/api/orders/{number}/status", api_status)
+    app.router.add_get("/api/invoices/{number}", api_invoice)
+    app.router.add_post("/api/invoices/{number}/payments", api_payment)
 
 
 async def api_orders(request: web.Request) -> web.Response:
@@ -76,7 +86,7 @@ async def api_status(request: web.Request) -> web.Response:
     if status == "cancelled" and not reason.strip():
         return _error(400, "a cancellation needs a reason")
     engine = request.app[ENGINE]
-    store = engine.store
+    store = engine.records
     for _ in range(TRIES):
         found = await store.record(ORDER, number) if number.isdigit() else None
         if found is None:
@@ -89,7 +99,8 @@ async def api_status(request: web.Request) -> web.Response:
         if after is found.data or after == found.data:
             return web.json_response({**public(after), "told": False})
         try:
-            written = await store.put_records([replace(found, status=status, data=after)])
+            due = None if status == "cancelled" else found.due  # no reminders once cancelled
+            written = await store.put_records([replace(found, status=status, data=after, due=due)])
         except StoreRejected as e:
             return _error(422, f"the order could not be stored: {e}")
         if written:
@@ -118,19 +129,94 @@ async def _asked(request: web.Request) -> tuple[str, str] | web.Response:
 async def _tell(request: web.Request, contact: str, order: dict[str, Any]) -> bool:
     """The customer hears of the new status: as text in the 24-hour window, as the
     order_update template outside it (when templates.yaml declares it)."""
-    engine = request.app[ENGINE]
-    template: TemplateMessage | None = None
-    known = engine.flows.templates.get(TEMPLATE)
-    if known is not None:
-        words = texts.STATUS_WORDS.get(order["status"], order["status"])
-        try:
-            template = known.fill({"number": str(order["number"]), "status": words}, None, [])
-        except ValueError as e:
-            log.warning("template %s does not fit an order's status: %s", TEMPLATE, e)
+    words = texts.STATUS_WORDS.get(order["status"], order["status"])
+    template = request.app[ENGINE].template(
+        TEMPLATE, {"number": str(order["number"]), "status": words}
+    )
     ident = f"order:{order['number']}:{order['status']}"
+    return await _notify(request, contact, ident, texts.status_line(order), template)
+
+
+async def _notify(request: web.Request, contact: str, ident: str, text: str, template: Any) -> bool:
     try:
-        await engine.notify(contact, ident, texts.status_line(order), template)
+        await request.app[ENGINE].notify(contact, ident, text, template)
     except Exception:
-        log.exception("order %s: %s was not told of its new status", order["number"], mask(contact))
+        log.exception("%s: %s was not told", ident.split(":", 2)[:2], mask(contact))
         return False
     return True
+
+
+# --- invoices and payments ---------------------------------------------------------------------
+
+
+def _number(raw: str) -> str | None:
+    """An order's number from an invoice's ("INV-1001") or its own ("1001"); None if neither."""
+    key = raw.removeprefix("INV-")
+    return key if key.isdigit() and len(key) <= 18 else None
+
+
+async def api_invoice(request: web.Request) -> web.StreamResponse:
+    """GET /api/invoices/{number}: the invoice as JSON; with .pdf, as its PDF document."""
+    raw = request.match_info["number"]
+    as_pdf = raw.endswith(".pdf")
+    number = _number(raw.removesuffix(".pdf"))
+    found = await request.app[ENGINE].store.record(ORDER, number) if number else None
+    if found is None:
+        return _error(404, f"no invoice {raw[:24]!r}")
+    if not as_pdf:
+        return web.json_response(invoices.public(found.data))
+    render = request.app[PDF]
+    problem = render.problem()
+    if problem is not None:
+        return _error(503, problem)
+    data = await asyncio.to_thread(render, found.data)
+    name = f"{found.data['invoice']}.pdf"
+    return web.Response(
+        body=data,
+        content_type="application/pdf",
+        headers={"Content-Disposition": f'inline; filename="{name}"'},
+    )
+
+
+async def api_payment(request: web.Request) -> web.Response:
+    """{"amount": "2500.00", "reference": "UTR 402913"}: 201 and the invoice after it; the same
+    reference again 200 (counted once); more than is owed 409; the customer gets a receipt."""
+    number = _number(request.match_info["number"])
+    data = await read_json(request, '{"amount": "2500.00", "reference": "UTR 402913"}')
+    if isinstance(data, web.Response):
+        return data
+    if number is None:
+        return _error(404, f"no invoice {request.match_info['number'][:24]!r}")
+    engine = request.app[ENGINE]
+    try:
+        order, new = await pay(
+            engine.records,
+            number,
+            data.get("amount"),
+            data.get("reference"),
+            now=engine.clock.now(),
+            zone=request.app[ZONE],
+        )
+    except LookupError:
+        return _error(404, f"no invoice {request.match_info['number'][:24]!r}")
+    except invoices.BadPayment as e:
+        return _error(400, str(e))
+    except Refused as e:
+        return _error(409, str(e))
+    except StoreRejected as e:
+        return _error(422, f"the payment could not be stored: {e}")
+    reference = invoices.reference_of(data.get("reference"))
+    amount = next(p["amount"] for p in order["payments"] if p["reference"] == reference)
+    told = False
+    if new:
+        params = {
+            "invoice": str(order["invoice"]),
+            "amount": texts.money(amount, order["currency"], order["locale"]),
+            "balance": texts.money(order["balance"], order["currency"], order["locale"]),
+        }
+        template = engine.template(TEMPLATES["receipt"], params)
+        digest = hashlib.sha256(reference.encode()).hexdigest()[:16]
+        text = texts.receipt(order, amount, reference)
+        told = await _notify(request, order["contact"], f"paid:{number}:{digest}", text, template)
+    body = {**invoices.public(order), "duplicate": not new, "told": told}
+    return web.json_response(body, status=201 if new else 200)

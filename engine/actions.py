@@ -35,10 +35,11 @@ from typing import TYPE_CHECKING, Any
 from .errors import Problem
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable
     from zoneinfo import ZoneInfo
 
     from .flows.values import Value
-    from .ports import Records
+    from .ports import Record, Records
 
 MODULE = "actions.py"  # the module beside the flows that holds the deployment's actions
 
@@ -69,6 +70,29 @@ class ActionContext:
 
 
 Fn = Callable[..., Any]
+
+
+@dataclass(frozen=True, slots=True)
+class DueContext:
+    """What a pack's handler of due records (below) gets: the time, the store, and a way to
+    message a contact from the business's side."""
+
+    now: float  # Unix seconds, on the engine's clock
+    records: Records
+    # notify(contact, ident, text, template, params): `ident` names the message, so a second
+    # call with it (a retry after a crash) sends nothing more; outside the 24-hour window the
+    # template of templates.yaml goes with `params`, or the message is recorded as not sent.
+    notify: Callable[[str, str, str, str | None, Mapping[str, str]], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class WhenDue:
+    """A pack's handler of its records of `kind` whose `due` time has come (an unpaid
+    invoice's reminder). The engine calls it on its clock, outside any conversation; it must
+    write the record with its next `due` (or none), else it is called again at the next look."""
+
+    kind: str
+    fn: Callable[[DueContext, Record], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +183,7 @@ class Actions:
 
     by_name: dict[str, ActionDef] = field(default_factory=dict)
     broken: bool = False  # actions.py could not be imported: its names are unknown, not wrong
+    due: dict[str, WhenDue] = field(default_factory=dict)  # packs' handlers, by record kind
 
     def get(self, name: str) -> ActionDef | None:
         return self.by_name.get(name)
@@ -209,22 +234,30 @@ class Pack:
 
         from ordering.actions import ordering  # order.read, order.place, ...
 
-    `load(folder, zone)` gives the actions by name, and the problems of the files they read
-    (each at its file:line, reported like a flow's). A pack's actions keep their state in
-    `ctx.records` only."""
+    `load(folder, zone, media)` gives the actions by name (and any WhenDue handlers of its
+    records), and the problems of the files they read (each at its file:line, reported like a
+    flow's). `media` is the folder of files flows send by name (MEDIA_DIR), where a pack may
+    write the files it makes (an invoice's PDF); None when nothing is to be sent (validation).
+    A pack's actions keep their state in `ctx.records` only."""
 
     __action_pack__ = True
     names: tuple[str, ...] = ()  # its actions: known to the validator even when load fails
 
-    def load(self, folder: Path, zone: ZoneInfo | None) -> tuple[dict[str, Fn], list[Problem]]:
+    def load(
+        self, folder: Path, zone: ZoneInfo | None, media: Path | None = None
+    ) -> tuple[dict[str, Fn | WhenDue], list[Problem]]:
         raise NotImplementedError
 
 
 def load_actions(
-    folder: Path, provided: Mapping[str, Fn] | None = None, zone: ZoneInfo | None = None
+    folder: Path,
+    provided: Mapping[str, Fn] | None = None,
+    zone: ZoneInfo | None = None,
+    media: Path | None = None,
 ) -> tuple[Actions, list[Problem]]:
     """The built-ins (`provided` maps a built-in's name to its implementation), the `@action`
-    functions of `folder/actions.py`, if there is one, and those of the packs it names."""
+    functions of `folder/actions.py`, if there is one, and those of the packs it names
+    (`media`: MEDIA_DIR, where they may write files flows send)."""
     actions = Actions()
     for builtin in BUILTINS:
         fn = (provided or {}).get(builtin.name)
@@ -244,7 +277,7 @@ def load_actions(
     problems = _defined_twice(path)
     for value in vars(module).values():
         if isinstance(value, Pack):
-            problems.extend(_add_pack(actions, value, folder, zone))
+            problems.extend(_add_pack(actions, value, folder, zone, media))
             continue
         name = getattr(value, "__action_name__", None)
         if name is None or not callable(value):
@@ -257,9 +290,18 @@ def load_actions(
     return actions, problems
 
 
-def _add_pack(actions: Actions, pack: Pack, folder: Path, zone: ZoneInfo | None) -> list[Problem]:
-    fns, problems = pack.load(folder, zone)
+def _add_pack(
+    actions: Actions, pack: Pack, folder: Path, zone: ZoneInfo | None, media: Path | None
+) -> list[Problem]:
+    fns, problems = pack.load(folder, zone, media)
     for name, fn in fns.items():
+        if isinstance(fn, WhenDue):
+            if fn.kind in actions.due:
+                where = str(folder / MODULE)
+                problems.append(Problem(where, 1, f"two packs handle records of {fn.kind!r}"))
+            else:
+                actions.due[fn.kind] = fn
+            continue
         if name in actions.by_name:
             where = str(folder / MODULE)
             problems.append(Problem(where, 1, f"action {name!r} is defined twice"))

@@ -90,6 +90,7 @@ def main(
         args.name,
         provided=provided,
         zone=zone,
+        media=Path(os.environ.get("MEDIA_DIR", "").strip() or "var/media"),
     )
 
     async def run() -> int:
@@ -238,9 +239,10 @@ async def chat_command(
     *,
     provided: Mapping[str, Fn] | None = None,
     zone: ZoneInfo | None = None,
+    media: Path | None = None,
 ) -> int:
     try:
-        flows = load_flows(flows_dir, entry, provided, zone)
+        flows = load_flows(flows_dir, entry, provided, zone, media)
     except FlowError as e:
         for p in e.problems:
             print(p, file=sys.stderr)

@@ -81,6 +81,7 @@ class Committer:
         self._closing = False
         # Set while the store cannot write (since the first failure), cleared by a commit.
         self.failure: Failure | None = None
+        self.on_failure: Callable[[], None] = lambda: None  # an outage begins (the engine's watch)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="committer")
@@ -222,6 +223,7 @@ class Committer:
             self.failure.unavailable = isinstance(e, StoreUnavailable)
         else:
             self.failure = Failure(said, now, now, isinstance(e, StoreUnavailable))
+            self.on_failure()
             self._metrics.store_failures.inc()
             log.error(
                 "the store cannot write (%s); webhooks answer 503 and every write waits until "

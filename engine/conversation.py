@@ -42,7 +42,7 @@ from .outbound import (
     refit,
     to_json,
 )
-from .ports import Clock, Commit, ConversationRow, MessageRow, Store, TimerWrite
+from .ports import Clock, Commit, ConversationRow, MessageRow, Records, Store, TimerWrite
 from .records import Conversation
 
 log = logging.getLogger(__name__)
@@ -132,9 +132,11 @@ class ConversationBehaviour:
         clock: Clock,
         handoff_ttl: float,
         calls: Calls | None = None,
+        records: Records | None = None,  # what actions keep records in (default: the store)
         on_timers: Callable[[list[TimerWrite]], None] = lambda writes: None,
         llm_daily_calls: int = 50,
     ) -> None:
+        self._records = records if records is not None else store
         self._on_timers = on_timers
         self._llm_daily = llm_daily_calls
         self._calls = calls
@@ -475,7 +477,7 @@ class ConversationBehaviour:
             deadline=self._clock.now() + within,
             attempt=int(call["attempt"]),
             now=self._clock.now(),
-            records=self._store,
+            records=self._records,
         )
         args = values.from_json(call["args"])
         assert isinstance(args, dict)

@@ -18,7 +18,7 @@ import datetime as dt
 import json
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +38,7 @@ from .conversation import (
 )
 from .delivery import Delivery
 from .directory import Directory
+from .due import DueRunner
 from .errors import StoreRejected, StoreUnavailable
 from .events import (
     Event,
@@ -92,6 +93,7 @@ class EngineConfig:
     send_reconcile: float = 10.0
     send_rate: int = 80  # sends a second per business number
     llm_daily_calls: int = 50  # a contact's model turns per UTC day; then the non-LLM path
+    due_poll: float = 60.0  # seconds between looks for due records (invoice reminders)
 
 
 class NotFound(Exception):
@@ -143,6 +145,17 @@ class Engine:
             busy=lambda: self.overloaded,
         )
         self.calls = Calls(flows.actions, clock, self.metrics, self._call_ended)
+        self.due = DueRunner(
+            store,
+            clock,
+            lambda: self.flows.actions.due,
+            self._notify_due,
+            poll=self.config.due_poll,
+            busy=lambda: self.overloaded,
+        )
+        # The store as actions and the admin API write records through it: the runner of due
+        # records hears of a due time sooner than its next look.
+        self.records = self.due.watched(store)
         behaviour = ConversationBehaviour(
             store=store,
             committer=self.committer,
@@ -152,6 +165,7 @@ class Engine:
             clock=clock,
             handoff_ttl=self.config.handoff_ttl,
             calls=self.calls,
+            records=self.records,
             on_timers=self.timers.note,
             llm_daily_calls=self.config.llm_daily_calls,
         )
@@ -165,6 +179,9 @@ class Engine:
         # the transaction may have committed all the same (its answer lost), leaving events in
         # the journal that no actor was told of. Intake waits until they are looked up.
         self._doubts: set[str] = set()
+        # Set when the store fails or a write is in doubt: the watch probes only then.
+        self._trouble = asyncio.Event()
+        self.committer.on_failure = self._trouble.set
         m = self.metrics
         m.resident.read = lambda: float(self.actors.resident)
         m.mailbox.read = lambda: float(self.actors.depth)
@@ -213,6 +230,7 @@ class Engine:
         # After the journal: a contact's replayed messages are in its mailbox before any timer
         # that fell due while the process was down.
         await self.timers.start()
+        self.due.start()
         self.delivery.start()
         self._pruner = asyncio.create_task(self._prune_forever(), name="pruner")
         self._watcher = asyncio.create_task(self._watch_store(), name="store-watch")
@@ -243,6 +261,7 @@ class Engine:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
         await self.timers.stop()
+        await self.due.stop()
         await self.calls.stop()  # calls in flight stay recorded: made again after the restart
         await self.delivery.stop(grace)
         await self.actors.stop()
@@ -364,6 +383,7 @@ class Engine:
         except StoreUnavailable:
             self.directory.forget(list(op.aliases))
             self._doubts.update(e.event_id for e in op.journal)
+            self._trouble.set()
             raise
         except StoreRejected:
             self.directory.forget(list(op.aliases))
@@ -450,6 +470,28 @@ class Engine:
         Outside the 24-hour window the template goes, or it is recorded as not sent."""
         reply = asyncio.get_running_loop().create_future()
         return await self.actors.ask(key, Notice(ident, text, reply, template))
+
+    def template(self, name: str, params: Mapping[str, str]) -> TemplateMessage | None:
+        """templates.yaml's `name` filled with `params`; None (logged) when it is not declared
+        or they do not fit it."""
+        known = self.flows.templates.get(name)
+        if known is None:
+            log.warning(
+                "no template %s in templates.yaml: outside the 24-hour window the"
+                " message cannot go",
+                name,
+            )
+            return None
+        try:
+            return known.fill(dict(params), None, [])
+        except ValueError as e:
+            log.warning("template %s does not fit: %s", name, e)
+            return None
+
+    async def _notify_due(
+        self, key: str, ident: str, text: str, template: str | None, params: Mapping[str, str]
+    ) -> None:
+        await self.notify(key, ident, text, self.template(template, params) if template else None)
 
     async def release(self, key: str) -> Any:
         return await self.actors.ask(key, Release(asyncio.get_running_loop().create_future()))
@@ -553,8 +595,12 @@ class Engine:
         """While the store cannot write, prove every STORE_PROBE_EVERY seconds whether it can
         (its ping, a write of its own): the first that passes opens intake again at once,
         rather than after the failure is STORE_FAILURE_MEMORY old. Then look up the events of
-        the writes that failed (see `_doubts`)."""
+        the writes that failed (see `_doubts`). With nothing wrong it waits, rather than wake
+        every second for nothing (a virtual clock's long jumps would stop at each)."""
         while True:
+            if self.committer.failure is None and not self._doubts:
+                self._trouble.clear()
+                await self._trouble.wait()
             await self.clock.sleep(STORE_PROBE_EVERY)
             if self.committer.failure is not None:
                 try:

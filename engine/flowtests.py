@@ -12,6 +12,9 @@
           - tap: question
           - wait: 10m
             expect: {text: Still there?}
+          - action: order.pay               # the business's side meanwhile: an action called
+            with: {number: "1001", amount: "50.00", reference: UTR-1}   # outside the chat
+            expect: {result: {status: paid}}
 
 Each test is a new contact on a fresh in-memory store, on a clock that only moves when a step
 says `wait:`, so timers fire exactly when the test says. `python -m engine flows test` runs them
@@ -24,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import difflib
 import inspect
+import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -32,7 +36,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from .actions import ActionContext, ActionFailed, Actions, Fn
+from .actions import ActionContext, ActionFailed, Actions, Fn, to_value
 from .clock import SkippableClock
 from .engine import Engine, EngineConfig
 from .errors import FlowError, Problem
@@ -42,7 +46,7 @@ from .flows.data import plain
 from .flows.source import SourceError, YList, YMap, decode, load
 from .flows.values import Value, to_json, to_plain
 from .memstore import MemoryStore
-from .outbound import ButtonsMessage, ListMessage, OutMessage
+from .outbound import ButtonsMessage, ListMessage, MediaMessage, OutMessage
 from .ports import Outgoing
 from .settings import parse_duration
 
@@ -50,7 +54,7 @@ FOLDER = "tests"  # beside the flows: FLOWS_DIR/tests/*.yaml
 START = "2026-01-05T10:00"  # a Monday morning, in TIMEZONE: the clock's start unless at: says
 FILE_KEYS = ("flow", "at", "timezone", "actions", "tests")
 CASE_KEYS = ("name", "contact", "at", "actions", "steps")
-INPUTS = ("say", "tap", "location", "wait")
+INPUTS = ("say", "tap", "location", "wait", "action")
 EXPECT_KEYS = (
     "text",
     "no_text",
@@ -62,6 +66,8 @@ EXPECT_KEYS = (
     "slots",
     "handoff",
     "action",
+    "result",  # an action: step's: what its action gave (the keys named)
+    "error",  # an action: step's: the kind of its ActionFailed
 )
 NUMBER = "15550000000"  # the business number the tests' contacts write to
 MAX_WAIT = 400 * 86400.0  # the longest wait: a step may take
@@ -262,10 +268,13 @@ def _steps(raw: YMap, err: Callable[[int, str], None]) -> list[Step]:
         if not isinstance(item, YMap):
             err(line, "a step is a mapping like {say: hello, expect: {text: Hi}}")
             continue
-        _keys(item, (*INPUTS, "expect"), "step", err)
+        _keys(item, (*INPUTS, "with", "expect"), "step", err)
         kinds = [k for k in INPUTS if k in item]
         if len(kinds) > 1 or (not kinds and "expect" not in item):
-            err(line, "a step does one of say:, tap:, location:, wait: (and may expect:)")
+            err(line, "a step does one of say:, tap:, location:, wait:, action: (and may expect:)")
+            continue
+        if "with" in item and "action" not in item:
+            err(item.line_of("with"), "with: goes with action:")
             continue
         expect = item.get("expect")
         if expect is not None and not isinstance(expect, YMap):
@@ -274,27 +283,46 @@ def _steps(raw: YMap, err: Callable[[int, str], None]) -> list[Step]:
         if expect is not None:
             _keys(expect, EXPECT_KEYS, "expect", err)
         kind = kinds[0] if kinds else ""
-        value = item.get(kind) if kind else None
-        if kind == "wait":
-            try:
-                value = parse_duration(str(value)[:40])
-            except ValueError as e:
-                err(item.line_of("wait"), f"wait: {e}")
-                continue
-            if value > MAX_WAIT:
-                err(item.line_of("wait"), "wait: at most 400d")
-                continue
-        if kind in ("say", "tap") and not isinstance(value, str):
-            err(item.line_of(kind), f"{kind}: the text the customer sends")
-            continue
-        if kind == "location" and parse_location(str(value)) is None:
-            err(
-                item.line_of("location"),
-                "location: LAT,LNG and an optional name, like 52.37,4.89 Home",
-            )
+        value = _input(kind, item, err)
+        if value is _BAD:
             continue
         out.append(Step(line, kind, value, expect))
     return out
+
+
+_BAD = object()  # a step's input that was reported as wrong
+
+
+def _input(kind: str, item: YMap, err: Callable[[int, str], None]) -> Any:
+    """A step's input, checked: seconds for wait:, (name, args) for action:, else as written."""
+    value = item.get(kind) if kind else None
+    if kind == "wait":
+        try:
+            value = parse_duration(str(value)[:40])
+        except ValueError as e:
+            err(item.line_of("wait"), f"wait: {e}")
+            return _BAD
+        if value > MAX_WAIT:
+            err(item.line_of("wait"), "wait: at most 400d")
+            return _BAD
+    if kind == "action":
+        given = item.get("with", {})
+        if not isinstance(value, str) or not isinstance(given, dict):
+            err(
+                item.line_of("action"), "action: an action's name, with: its parameters (a mapping)"
+            )
+            return _BAD
+        value = (value, plain(given))
+    if kind in ("say", "tap") and not isinstance(value, str):
+        err(item.line_of(kind), f"{kind}: the text the customer sends")
+        return _BAD
+    if kind == "location" and parse_location(str(value)) is None:
+        err(
+            item.line_of("location"),
+            "location: LAT,LNG and an optional name, like 52.37,4.89 Home",
+        )
+        return _BAD
+    return value
 
 
 def parse_location(text: str) -> Location | None:
@@ -333,7 +361,7 @@ def fake_actions(
     """Every action of the flows, answering as the test file says and recording its calls.
     A model's built-ins (llm.answer, llm.classify, llm.extract) answer only when the file says
     what they give; otherwise no model is configured and the flows take their non-LLM paths."""
-    out = Actions()
+    out = Actions(due=actions.due)  # packs' due records are handled for real
     for name, definition in actions.by_name.items():
         if name.startswith("llm.") and name not in given:
             out.add(replace(definition, fn=None))
@@ -389,13 +417,17 @@ class Run:
             store=MemoryStore(),
             sender=self.sender,
             flows=self.flows,
-            config=EngineConfig(send_concurrency=1),
+            # Due records (payment reminders) are looked for at their due times (the engine
+            # hears of every write here): no periodic look to step through on long waits.
+            config=EngineConfig(send_concurrency=1, due_poll=MAX_WAIT),
             clock=self.clock,
         )
         phone = case.contact.get("phone", "15550001234")
         self.customer = Customer(number=NUMBER, phone=phone, name=case.contact.get("name", "Ana"))
         self.key = f"{NUMBER}:{phone}"
         self.count = 0
+        self.result: Value = None  # what the last action: step's action gave
+        self.error: tuple[str, str] | None = None  # or its failure: (kind, message)
         self.offered: list[tuple[str, str, str]] = []  # (kind, id, title) of the last options
         self.ever: set[tuple[str, str]] = set()  # (id, title) of every option offered so far
 
@@ -403,9 +435,13 @@ class Run:
         for _ in range(100):
             await self.engine.actors.wait_idle()
             await self.engine.delivery.wait_empty()
-            if self.engine.calls.in_flight == 0:
+            if self.engine.calls.in_flight == 0 and self.engine.due.idle:
                 await asyncio.sleep(0)
-                if self.engine.calls.in_flight == 0 and self.engine.actors.depth == 0:
+                if (
+                    self.engine.calls.in_flight == 0
+                    and self.engine.actors.depth == 0
+                    and self.engine.due.idle
+                ):
                     return
             await asyncio.sleep(0.001)
 
@@ -413,6 +449,8 @@ class Run:
         before = len(self.sender.sent)
         if step.kind == "wait":
             await self.clock.advance(float(step.value), self.settle)
+        elif step.kind == "action":
+            await self.act(*step.value)
         elif step.kind:
             self.count += 1
             message = Message(
@@ -431,6 +469,30 @@ class Run:
                 self.offered = [("row", r.id, r.title) for s in m.sections for r in s.rows]
             self.ever.update(o[1:] for o in self.offered)
         return replies
+
+    async def act(self, name: str, args: dict[str, Value]) -> None:
+        """An action called from the business's side, outside the conversation (a payment
+        the admin API records): its result or failure is kept for expect: result: / error:."""
+        self.result, self.error = None, None
+        definition = self.flows.actions.get(name)
+        if definition is None:
+            self.error = ("unknown", f"no action {name!r}")
+            return
+        self.count += 1
+        now = self.clock.now()
+        ctx = ActionContext(
+            key=f"test.action.{self.count}",
+            contact=self.key,
+            flow=self.case.flow,
+            state="",
+            deadline=now + 60.0,
+            now=now,
+            records=self.engine.records,
+        )
+        try:
+            self.result = to_value(await definition.call(ctx, args))
+        except ActionFailed as e:
+            self.error = (e.kind, e.message)
 
     def real(self, name: str) -> bool:
         """A pack's action that runs for real in this test."""
@@ -483,16 +545,30 @@ async def run_case(flows: Flows, case: Case, zone: ZoneInfo) -> Failure | None:
                 for name in dict.fromkeys(n for n, _a in run.calls if n not in case.actions)
                 if not run.real(name)
             ]
+            details += _missing_files(replies)
+            if step.kind == "action" and run.error and "error" not in (step.expect or {}):
+                details.append(f"the action failed ({run.error[0]}): {run.error[1]}")
             if step.expect is not None and not details:
                 details = await check(run, step.expect, replies)
             if details:
                 what = f"{step.kind}: {step.value}" if step.kind else "expect"
+                if step.kind == "action":
+                    what = f"action: {step.value[0]}"
                 if step.kind == "wait":
                     what = f"wait: {_seconds(float(step.value))}"
                 return Failure(case.file, step.line, f"{case.name}, step {n} ({what})", details)
     finally:
         await run.engine.close()
     return None
+
+
+def _missing_files(replies: list[OutMessage]) -> list[str]:
+    """A file the flow sends must be in MEDIA_DIR when it is sent (the sender uploads it)."""
+    return [
+        f"the bot sent {m.file!r}, which is not a file in MEDIA_DIR"
+        for m in replies
+        if isinstance(m, MediaMessage) and m.file and not (_media() / m.file).is_file()
+    ]
 
 
 def _seconds(value: float) -> str:
@@ -515,6 +591,20 @@ async def check(run: Run, expect: YMap, replies: list[OutMessage]) -> list[str]:
         out += _slots(expect["slots"], view.get("slots") or {})
     if "action" in expect:
         out += _action(expect["action"], run.calls)
+    if "result" in expect:
+        if run.error is not None:
+            out.append(f"the action failed ({run.error[0]}): {run.error[1]}")
+        elif not isinstance(run.result, dict):
+            out.append(f"the action gave {to_json(run.result)}, not a mapping")
+        else:
+            out += _slots(expect["result"], run.result)
+    if "error" in expect:
+        got = run.error[0] if run.error else None
+        if got != str(expect["error"]):
+            out.append(
+                f"expected the action to fail with {expect['error']!r};"
+                + (f" it failed with {got!r}" if got else f" it gave {to_json(run.result)}")
+            )
     return out
 
 
@@ -727,10 +817,20 @@ def flows_for(
     key = (folder, str(here))
     if key not in cache:
         try:
-            cache[key] = load_flows(folder, _any_flow(folder), provided, here)
+            cache[key] = load_flows(folder, _any_flow(folder), provided, here, _media())
         except FlowError as e:
             cache[key] = e
     return cache[key], here
+
+
+_MEDIA: list[tempfile.TemporaryDirectory[str]] = []
+
+
+def _media() -> Path:
+    """A MEDIA_DIR of this process's tests (the invoices packs write), removed at exit."""
+    if not _MEDIA:
+        _MEDIA.append(tempfile.TemporaryDirectory(prefix="flows-test-media-"))
+    return Path(_MEDIA[0].name)
 
 
 def _any_flow(folder: Path) -> str:

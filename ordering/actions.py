@@ -11,12 +11,21 @@ A flows folder uses them by naming the pack in its actions.py:
 | order.cancel   | draft, reason               | status                                         |
 | order.track    | number                      | found, number, status, text                    |
 | order.recent   | (nothing)                   | orders: [{number, title, description}], count  |
+| order.pay      | number, amount, reference   | status, paid, balance, receipt, again          |
 
 A draft is a record of kind "draft" (its key is made from the call that started it, so a replay
 finds the same one); placing it writes, in one transaction, the draft as placed, the order (kind
 "order", key its number) and the counter of order numbers, each at the version it was read at.
 A replay after a crash, a re-delivered tap or a second tap on Confirm finds the draft placed and
 gives the same order back (`again: true`).
+
+With a PDF renderer (`Ordering(pdf=...)`, the adapters' InvoicePdf), placing also writes the
+invoice as MEDIA_DIR/invoices/INV-<number>.pdf and gives its name (`invoice_file`) for a
+`document:` message. An order's record is due (Record.due) at its next payment reminder; the
+engine hands it to `remind` then, which tells the customer (ordering.invoices has the rules).
+
+`order.pay` records a payment as the admin API's POST /api/invoices/{number}/payments does:
+call it from a flow only with what your payment provider confirmed.
 """
 
 from __future__ import annotations
@@ -31,14 +40,14 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from engine.actions import ActionContext, ActionFailed, Fn, Pack
+from engine.actions import ActionContext, ActionFailed, DueContext, Fn, Pack, WhenDue
 from engine.errors import Problem
 from engine.logs import mask
 from engine.ports import Record, Records
 
-from . import texts
+from . import invoices, texts
 from .catalogue import FILE, Catalogue, CatalogueError, load_catalogue
-from .orders import FIRST_NUMBER, apply_lines, cart_lines, confirmed, quote_data
+from .orders import FIRST_NUMBER, Refused, apply_lines, cart_lines, confirmed, quote_data
 from .parsing import MAX_LINES, MAX_QUANTITY, Line, read_order
 from .pricing import Quote, quote
 
@@ -46,10 +55,21 @@ log = logging.getLogger(__name__)
 
 DRAFT, ORDER, COUNTER = "draft", "order", "counter"
 TRIES = 10  # writes that lost a race are read again and retried this often
+INVOICES = "invoices"  # MEDIA_DIR's folder of invoice PDFs
+# templates.yaml: what outside the 24-hour window says a reminder or a receipt
+TEMPLATES = {
+    "due_soon": "payment_reminder",
+    "overdue": "payment_overdue",
+    "overdue_week": "payment_overdue",
+    "receipt": "payment_received",
+}
+
+Render = Callable[[dict[str, Any]], bytes]  # an order's invoice as a PDF document
 
 
 class Ordering(Pack):
-    """The pack: `load` reads the catalogue and gives the actions bound to it."""
+    """The pack: `load` reads the catalogue and gives the actions bound to it. `pdf` renders an
+    order's invoice (adapters.invoice_pdf.InvoicePdf); without one no PDF is made."""
 
     names = (
         "order.read",
@@ -58,9 +78,15 @@ class Ordering(Pack):
         "order.cancel",
         "order.track",
         "order.recent",
+        "order.pay",
     )
 
-    def load(self, folder: Path, zone: ZoneInfo | None) -> tuple[dict[str, Fn], list[Problem]]:
+    def __init__(self, pdf: Render | None = None) -> None:
+        self.pdf = pdf
+
+    def load(
+        self, folder: Path, zone: ZoneInfo | None, media: Path | None = None
+    ) -> tuple[dict[str, Fn | WhenDue], list[Problem]]:
         path = folder / FILE
         if not path.is_file():
             return {}, [Problem(str(path), 1, f"the order actions need a catalogue at {FILE}")]
@@ -68,25 +94,40 @@ class Ordering(Pack):
             catalogue = load_catalogue(path)
         except CatalogueError as e:
             return {}, e.problems
-        return OrderActions(catalogue, zone or ZoneInfo("UTC")).actions(), []
+        check = getattr(self.pdf, "problem", None)
+        problem = check() if callable(check) else None
+        if problem:  # the flow would promise a PDF it cannot send
+            return {}, [Problem(str(folder / "actions.py"), 1, str(problem))]
+        bound = OrderActions(catalogue, zone or ZoneInfo("UTC"), self.pdf, media)
+        return bound.actions(), []
 
 
 ordering = Ordering()
 
 
 class OrderActions:
-    def __init__(self, catalogue: Catalogue, zone: ZoneInfo) -> None:
+    def __init__(
+        self,
+        catalogue: Catalogue,
+        zone: ZoneInfo,
+        pdf: Render | None = None,
+        media: Path | None = None,
+    ) -> None:
         self.catalogue = catalogue
         self.zone = zone
+        self.pdf = pdf
+        self.media = media
 
-    def actions(self) -> dict[str, Fn]:
-        out: dict[str, Callable[..., Any]] = {
+    def actions(self) -> dict[str, Fn | WhenDue]:
+        out: dict[str, Callable[..., Any] | WhenDue] = {
             "order.read": self.read,
             "order.add": self.add,
             "order.place": self.place,
             "order.cancel": self.cancel,
             "order.track": self.track,
             "order.recent": self.recent,
+            "order.pay": self.pay,
+            "order.remind": WhenDue(ORDER, self.remind),
         }
         return out
 
@@ -191,7 +232,7 @@ class OrderActions:
             if found.status == "placed":
                 order = await store.record(ORDER, str(found.data["number"]))
                 assert order is not None
-                return self._placed(order.data, again=True)
+                return await self._placed(order.data, again=True)
             if found.status != DRAFT:
                 raise ActionFailed(f"the draft is {found.status}", found.status)
             if not found.data.get("lines") or Decimal(found.data["total"]) <= 0:
@@ -205,24 +246,49 @@ class OrderActions:
             writes = [
                 replace(found, status="placed", data={**found.data, "number": number}),
                 replace(counted, data={"last": number}),
-                Record(ORDER, str(number), data, ctx.contact, "confirmed", at=ctx.now),
+                Record(
+                    ORDER,
+                    str(number),
+                    data,
+                    ctx.contact,
+                    "confirmed",
+                    due=invoices.next_reminder(data, self.zone),
+                    at=ctx.now,
+                ),
             ]
             if await store.put_records(writes):
                 log.info("order %d placed for %s: %s", number, mask(ctx.contact), data["total"])
-                return self._placed(data, again=False)
+                return await self._placed(data, again=False)
         raise ActionFailed("orders kept being placed under this call", "conflict")
 
-    @staticmethod
-    def _placed(order: dict[str, Any], *, again: bool) -> dict[str, Any]:
+    async def _placed(self, order: dict[str, Any], *, again: bool) -> dict[str, Any]:
         return {
             "number": order["number"],
             "invoice": order["invoice"],
             "total": texts.money(order["total"], order["currency"], order["locale"]),
             "due_date": order["due_date"],
             "invoice_text": texts.invoice(order),
+            "invoice_file": await self._pdf(order),
             "status": order["status"],
             "again": again,
         }
+
+    async def _pdf(self, order: dict[str, Any]) -> str:
+        """The invoice's PDF in MEDIA_DIR (written once; a replay finds it), by the name a
+        `document:` message takes; "" without a renderer or when it cannot be written (the
+        order stands: the PDF is in the admin API all the same)."""
+        if self.pdf is None or self.media is None:
+            return ""
+        name = f"{INVOICES}/{order['invoice']}.pdf"
+        path = self.media / name
+        if path.is_file():
+            return name
+        try:
+            await asyncio.to_thread(_write, path, self.pdf, order)
+        except Exception as e:
+            log.error("the PDF of invoice %s could not be written: %r", order["invoice"], e)
+            return ""
+        return name
 
     async def cancel(self, ctx: ActionContext, draft: str, reason: str = "") -> dict[str, Any]:
         """An open draft cancelled (abandoned, or the customer said so); a placed one is left."""
@@ -266,8 +332,91 @@ class OrderActions:
         ]
         return {"orders": rows, "count": len(rows)}
 
+    # --- payments --------------------------------------------------------------------------
+
+    async def pay(
+        self, ctx: ActionContext, number: Any, amount: Any, reference: str
+    ) -> dict[str, Any]:
+        """A payment of one of the contact's invoices (the same reference again: once)."""
+        key = str(number).strip().lstrip("#").removeprefix("INV-")
+        found = await _records(ctx).record(ORDER, key) if key.isdigit() else None
+        if found is None or found.contact != ctx.contact:
+            raise ActionFailed(f"no order {key[:20]!r} of this contact", "not_found")
+        try:
+            order, new = await pay(
+                _records(ctx), key, amount, reference, now=ctx.now, zone=self.zone
+            )
+        except (invoices.BadPayment, Refused) as e:
+            raise ActionFailed(str(e), "refused") from None
+        return {
+            "status": invoices.payment_status(order),
+            "paid": order["paid"],
+            "balance": order["balance"],
+            "receipt": texts.receipt(order, amount, invoices.reference_of(reference)),
+            "again": not new,
+        }
+
+    async def remind(self, ctx: DueContext, record: Record) -> None:
+        """An order whose next payment reminder has come: tell the customer, then record it
+        sent and when the next one is (a crash in between sends it again: the same message
+        by its name, which the outbox sends once)."""
+        for _ in range(TRIES):
+            which, after, due = invoices.reminder_now(record.data, self.zone, ctx.now)
+            if which is not None:
+                order = record.data
+                owed = invoices.balance(order)
+                params = {
+                    "invoice": str(order["invoice"]),
+                    "number": str(order["number"]),
+                    "amount": texts.money(owed, order["currency"], order["locale"]),
+                    "due_date": str(order["due_date"]),
+                }
+                text = texts.reminder(order, which, owed)
+                ident = f"remind:{order['number']}:{which}"
+                await ctx.notify(record.contact, ident, text, TEMPLATES[which], params)
+            if await ctx.records.put_records([replace(record, data=after, due=due)]):
+                return
+            again = await ctx.records.record(ORDER, record.key)
+            if again is None:
+                return
+            record = again
+        raise RuntimeError(f"order {record.key} kept changing under its reminder")
+
     def _iso(self, ts: float) -> str:
         return datetime.fromtimestamp(ts, UTC).astimezone(self.zone).isoformat(timespec="seconds")
+
+
+async def pay(
+    store: Records, number: str, amount: Any, reference: Any, *, now: float, zone: ZoneInfo
+) -> tuple[dict[str, Any], bool]:
+    """Record a payment of order `number`'s invoice: the order after it, and whether it is new
+    (the same reference again is not). Raise LookupError (no such order), BadPayment (the
+    amount or reference cannot be read) or Refused (more than is owed, a cancelled order, a
+    reference already used for another amount). Paid in full: no more reminders."""
+    for _ in range(TRIES):
+        found = await store.record(ORDER, number)
+        if found is None:
+            raise LookupError(number)
+        value = invoices.amount_of(amount, found.data)
+        ref = invoices.reference_of(reference)
+        at = datetime.fromtimestamp(now, UTC).astimezone(zone).isoformat(timespec="seconds")
+        after, new = invoices.with_payment(found.data, value, ref, at)
+        if not new:
+            return after, False
+        due = invoices.next_reminder(after, zone)
+        if await store.put_records([replace(found, data=after, due=due)]):
+            log.info("order %s: %s paid (%s)", number, value, after["payment_status"])
+            return after, True
+    raise Refused(f"order {number} kept changing; try again")
+
+
+def _write(path: Path, render: Render, order: dict[str, Any]) -> None:
+    """The PDF written whole or not at all (a reader never finds half of it)."""
+    data = render(order)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    part = path.with_name(f".{path.name}.part")
+    part.write_bytes(data)
+    part.replace(path)
 
 
 def _records(ctx: ActionContext) -> Records:

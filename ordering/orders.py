@@ -65,6 +65,7 @@ def quote_data(q: Quote, catalogue: Catalogue) -> dict[str, Any]:
         "currency": q.currency,
         "locale": catalogue.locale,
         "tax_name": catalogue.tax_name,
+        "business": catalogue.business,
     }
 
 

@@ -81,3 +81,30 @@ def status_line(order: Mapping[str, Any]) -> str:
     if order["status"] == "cancelled" and reason:
         text += f" Reason: {reason}"
     return text
+
+
+def receipt(order: Mapping[str, Any], amount: Decimal | str, reference: str) -> str:
+    """The customer's receipt for one payment, with what is still owed."""
+    cur, loc = order["currency"], order["locale"]
+    text = (
+        f"Thank you! We received {money(amount, cur, loc)} for invoice {order['invoice']}"
+        f" (order {order['number']}, reference {reference})."
+    )
+    left = Decimal(order["total"]) - sum(
+        (Decimal(p["amount"]) for p in order.get("payments", [])), Decimal(0)
+    )
+    if left > 0:
+        return f"{text} Still to pay: {money(left, cur, loc)}."
+    return f"{text} It is paid in full."
+
+
+def reminder(order: Mapping[str, Any], which: str, owed: Decimal | str) -> str:
+    """A payment reminder: `which` is due_soon, overdue or overdue_week (ordering.invoices)."""
+    left = money(owed, order["currency"], order["locale"])
+    what = f"invoice {order['invoice']} for order {order['number']}"
+    if which == "due_soon":
+        return f"A reminder: {what}, {left} to pay, is due on {order['due_date']}."
+    return (
+        f"{what[0].upper()}{what[1:]} was due on {order['due_date']}; {left} is still to pay."
+        " Reply here if you need help with it."
+    )

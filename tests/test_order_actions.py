@@ -4,16 +4,21 @@ the call is replayed or raced, cancel, track; each contact sees only its own ord
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
+from datetime import datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
 
-from engine.actions import ActionContext, ActionFailed
+from engine.actions import ActionContext, ActionFailed, DueContext
 from engine.ports import Store
-from ordering.actions import OrderActions, ordering
+from ordering.actions import OrderActions, ordering, pay
 from ordering.catalogue import load_catalogue
+from ordering.invoices import BadPayment, with_payment
+from ordering.orders import Refused
 from tests.test_store import store
 
 __all__ = ["store"]
@@ -147,3 +152,114 @@ def test_validate_shows_the_catalogue_problem(tmp_path: Path) -> None:
         (p.file.endswith("catalogue.yaml"), "'42.5.0' is not a number" in p.message)
         for p in problems
     ] == [(True, True)]
+
+
+# --- invoices: payments and reminders, on every backend ------------------------------------------
+
+ZONE = ZoneInfo("Asia/Kolkata")
+
+
+async def placed(
+    store: Store, orders: OrderActions, text: str = "Cement x 100, sand 20 bags"
+) -> int:
+    draft = (await orders.read(ctx(store), text))["draft"]
+    return int((await orders.place(ctx(store, key="p" * 32), draft))["number"])
+
+
+async def test_payments_count_once_each_and_never_past_the_total(
+    store: Store, orders: OrderActions
+) -> None:
+    number = await placed(store, orders)  # 7292.50
+    first = await store.record("order", str(number))
+    assert first is not None and first.due is not None  # the first reminder is its due time
+    # eight payments at once: four with one reference (counted once), four others of 1000
+    refs = ["UTR-A"] * 4 + ["UTR-B", "UTR-C", "UTR-D", "UTR-E"]
+    results = await asyncio.gather(
+        *(pay(store, str(number), "1000", r, now=NOW, zone=ZONE) for r in refs)
+    )
+    assert sum(new for _order, new in results) == 5
+    order = await store.record("order", str(number))
+    assert order is not None
+    assert sorted(p["reference"] for p in order.data["payments"]) == [
+        "UTR-A",
+        "UTR-B",
+        "UTR-C",
+        "UTR-D",
+        "UTR-E",
+    ]
+    assert (order.data["paid"], order.data["balance"]) == ("5000.00", "2292.50")
+    assert order.data["payment_status"] == "partly paid" and order.due == first.due
+    with pytest.raises(Refused, match=r"more than the 2292\.50 still owed"):
+        await pay(store, str(number), "2292.51", "UTR-F", now=NOW, zone=ZONE)
+    with pytest.raises(Refused, match="already paid with 1000"):
+        await pay(store, str(number), "999", "UTR-A", now=NOW, zone=ZONE)
+    with pytest.raises(BadPayment):
+        await pay(store, str(number), "0.001", "UTR-G", now=NOW, zone=ZONE)
+    with pytest.raises(LookupError):
+        await pay(store, "999999", "1", "UTR-H", now=NOW, zone=ZONE)
+    done, new = await pay(store, str(number), "2292.50", "UTR-F", now=NOW, zone=ZONE)
+    assert (new, done["payment_status"], done["balance"]) == (True, "paid", "0.00")
+    after = await store.record("order", str(number))
+    assert after is not None and after.due is None  # paid: nothing more is due
+    assert await store.due_records("order", NOW + 400 * 86400, 10) == []
+
+
+class Told:
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, str, str, str | None, dict[str, str]]] = []
+
+    async def __call__(
+        self, contact: str, ident: str, text: str, template: str | None, params: Any
+    ) -> None:
+        self.sent.append((contact, ident, text, template, dict(params)))
+
+
+async def remind_at(store: Store, orders: OrderActions, now: float, told: Told) -> None:
+    for record in await store.due_records("order", now, 10):
+        await orders.remind(DueContext(now=now, records=store, notify=told), record)
+
+
+async def test_reminders_fall_due_once_each_and_stop_when_paid(
+    store: Store, orders: OrderActions
+) -> None:
+    number = await placed(store, orders)  # due 2026-12-22; 10:00 in Kolkata is 04:30Z
+    day_before = datetime(2026, 12, 21, 10, tzinfo=ZONE).timestamp()
+    record = await store.record("order", str(number))
+    assert record is not None and record.due == day_before
+    told = Told()
+    await remind_at(store, orders, day_before - 1, told)
+    assert told.sent == []
+    await remind_at(store, orders, day_before, told)
+    await remind_at(store, orders, day_before + 60, told)  # looked again: not twice
+    [(contact, ident, text, template, params)] = told.sent
+    assert (contact, ident, template) == ("n:1", f"remind:{number}:due_soon", "payment_reminder")
+    assert params == {
+        "invoice": "INV-1001",
+        "number": "1001",
+        "amount": "₹7,292.50",
+        "due_date": "2026-12-22",
+    }
+    assert "is due on 2026-12-22" in text
+    # the engine was down past the overdue day and the week after: only the latest goes
+    week_after = datetime(2026, 12, 29, 10, tzinfo=ZONE).timestamp()
+    await remind_at(store, orders, week_after + 3600, told)
+    assert [s[1] for s in told.sent[1:]] == [f"remind:{number}:overdue_week"]
+    left = await store.record("order", str(number))
+    assert left is not None and left.due is None
+    assert left.data["reminded"] == ["due_soon", "overdue", "overdue_week"]
+
+
+async def test_a_cancelled_or_paid_order_gets_no_reminder_even_if_still_due(
+    store: Store, orders: OrderActions
+) -> None:
+    number = await placed(store, orders, "sand 2")  # 89.25
+    record = await store.record("order", str(number))
+    assert record is not None
+    # paid, while the record still says it is due (a write that raced the reminder's look)
+    paid_data, _ = with_payment(record.data, Decimal("89.25"), "cash", "2026-12-08T10:00:00")
+    assert await store.put_records([replace(record, data=paid_data)])
+    told = Told()
+    await remind_at(store, orders, NOW + 30 * 86400, told)
+    assert told.sent == []
+    after = await store.record("order", str(number))
+    assert after is not None and after.due is None

@@ -114,13 +114,15 @@ def load_flows(
     entry: str,
     provided: Mapping[str, Fn] | None = None,
     zone: ZoneInfo | None = None,
+    media: Path | None = None,
 ) -> Flows:
     """Load and compile every flow in `folder` and the actions beside them (`provided`: the
     built-in actions this process implements; `zone`: the business's time zone, in which
-    typed answers like "tomorrow 5pm" are read); raise FlowError listing every problem."""
+    typed answers like "tomorrow 5pm" are read; `media`: MEDIA_DIR, where action packs may
+    write the files flows send); raise FlowError listing every problem."""
     if not folder.is_dir():
         raise FlowError([Problem(str(folder), 0, "FLOWS_DIR is not a folder")])
-    actions, problems = load_actions(folder, provided, zone)
+    actions, problems = load_actions(folder, provided, zone, media)
     templates, found_templates = read_templates(folder)
     problems += found_templates
     flows: dict[str, Flow] = {}
