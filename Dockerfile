@@ -7,6 +7,10 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
 WORKDIR /app
+# DejaVu Sans: the font embedded in invoice PDFs (so "₹" and "€" print).
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends fonts-dejavu-core \
+    && rm -rf /var/lib/apt/lists/*
 RUN useradd --create-home --uid 10001 engine \
     && mkdir -p /data \
     && chown engine:engine /data
@@ -14,12 +18,14 @@ RUN useradd --create-home --uid 10001 engine \
 COPY pyproject.toml README.md ./
 COPY engine ./engine
 COPY adapters ./adapters
+COPY ordering ./ordering
 COPY server.py ./
 RUN pip install .
 COPY flows ./flows
 
 USER engine
 ENV DATABASE_URL=sqlite:////data/engine.sqlite3 \
+    MEDIA_DIR=/data/media \
     FLOWS_DIR=/app/flows \
     PORT=8080
 VOLUME ["/data"]
