@@ -22,6 +22,7 @@ from engine.due import DueRunner
 from engine.memstore import MemoryStore
 from engine.ports import Record
 from ordering import invoices
+from ordering.actions import Ordering
 from ordering.invoices import BadPayment, amount_of, reminder_now, schedule, with_payment
 from ordering.orders import Refused
 from tests.fakes.clock import FakeClock
@@ -270,3 +271,12 @@ async def test_due_records_reach_their_handler_at_their_time_and_a_failure_is_a_
         assert [k for k, _ in seen[4:]] == ["e"]
         assert any("can be read again" in r.getMessage() for r in caplog.records)
     await runner.stop()
+
+
+def test_a_pack_that_cannot_draw_its_pdfs_is_a_load_problem(tmp_path: Path) -> None:
+    flows = Path(__file__).resolve().parent.parent / "flows"
+    fns, problems = Ordering(pdf=InvoicePdf(font=tmp_path / "none.ttf")).load(flows, None)
+    assert fns == {} and [(Path(p.file).name, p.line) for p in problems] == [("actions.py", 1)]
+    assert "no font file" in problems[0].message
+    fns, problems = Ordering().load(flows, None, tmp_path)  # no renderer: no PDF, no problem
+    assert problems == [] and "order.place" in fns
