@@ -128,7 +128,8 @@ class InvoicePdf:
         rows.append(("Total", m(order["total"])))
         if order.get("payments"):
             rows.append(("Paid", m(invoices.paid(order))))
-            rows.append(("Still to pay", m(max(invoices.balance(order), Decimal(0)))))
+            if order["status"] != "cancelled":
+                rows.append(("Still to pay", m(max(invoices.balance(order), Decimal(0)))))
         for label, value in rows:
             bold = label in ("Total", "Still to pay")
             pdf.set_font(FAMILY, "B" if bold else "", 11 if bold else 10)

@@ -151,7 +151,7 @@ async def _notify(request: web.Request, contact: str, ident: str, text: str, tem
 
 def _number(raw: str) -> str | None:
     """An order's number from an invoice's ("INV-1001") or its own ("1001"); None if neither."""
-    key = raw.removeprefix("INV-")
+    key = raw.upper().removeprefix("INV-")
     return key if key.isdigit() and len(key) <= 18 else None
 
 
@@ -206,7 +206,9 @@ async def api_payment(request: web.Request) -> web.Response:
     except StoreRejected as e:
         return _error(422, f"the payment could not be stored: {e}")
     reference = invoices.reference_of(data.get("reference"))
-    amount = next(p["amount"] for p in order["payments"] if p["reference"] == reference)
+    amount = next(
+        p["amount"] for p in order["payments"] if p["reference"].casefold() == reference.casefold()
+    )
     told = False
     if new:
         params = {

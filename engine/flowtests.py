@@ -478,6 +478,10 @@ class Run:
         if definition is None:
             self.error = ("unknown", f"no action {name!r}")
             return
+        wrong = definition.problems_with(args)
+        if wrong:
+            self.error = ("with", "; ".join(wrong))
+            return
         self.count += 1
         now = self.clock.now()
         ctx = ActionContext(
@@ -493,6 +497,8 @@ class Run:
             self.result = to_value(await definition.call(ctx, args))
         except ActionFailed as e:
             self.error = (e.kind, e.message)
+        except Exception as e:  # the action's own bug: this step fails, the other tests run
+            self.error = ("error", repr(e))
 
     def real(self, name: str) -> bool:
         """A pack's action that runs for real in this test."""
@@ -597,7 +603,7 @@ async def check(run: Run, expect: YMap, replies: list[OutMessage]) -> list[str]:
         elif not isinstance(run.result, dict):
             out.append(f"the action gave {to_json(run.result)}, not a mapping")
         else:
-            out += _slots(expect["result"], run.result)
+            out += _slots(expect["result"], run.result, "result")
     if "error" in expect:
         got = run.error[0] if run.error else None
         if got != str(expect["error"]):
@@ -668,14 +674,14 @@ def _options(replies: list[OutMessage], kind: type) -> list[tuple[str, str]]:
     return []
 
 
-def _slots(wanted: Any, got: dict[str, Any]) -> list[str]:
+def _slots(wanted: Any, got: dict[str, Any], what: str = "slot") -> list[str]:
     if not isinstance(wanted, dict):
-        return ["slots: a mapping of slot names to values"]
+        return [f"{what}s: a mapping of names to values"]
     out = []
     for slot, value in wanted.items():
         have = got.get(slot)
         if not _same(value, have):
-            out.append(f"slot {slot} differs (- expected, + has):")
+            out.append(f"{what} {slot} differs (- expected, + has):")
             out += [
                 "  " + d
                 for d in difflib.ndiff(_lines(_plain(value)), _lines(have))

@@ -20,12 +20,13 @@ A replay after a crash, a re-delivered tap or a second tap on Confirm finds the 
 gives the same order back (`again: true`).
 
 With a PDF renderer (`Ordering(pdf=...)`, the adapters' InvoicePdf), placing also writes the
-invoice as MEDIA_DIR/invoices/INV-<number>.pdf and gives its name (`invoice_file`) for a
+invoice as MEDIA_DIR/invoices/INV-<number>-<draft>.pdf and gives its name (`invoice_file`) for a
 `document:` message. An order's record is due (Record.due) at its next payment reminder; the
 engine hands it to `remind` then, which tells the customer (ordering.invoices has the rules).
 
-`order.pay` records a payment as the admin API's POST /api/invoices/{number}/payments does:
-call it from a flow only with what your payment provider confirmed.
+`order.pay` records a payment as the admin API's POST /api/invoices/{number}/payments does,
+but sends no receipt (it gives its text, for the flow to say): call it from a flow only with
+what your payment provider confirmed.
 """
 
 from __future__ import annotations
@@ -274,17 +275,16 @@ class OrderActions:
         }
 
     async def _pdf(self, order: dict[str, Any]) -> str:
-        """The invoice's PDF in MEDIA_DIR (written once; a replay finds it), by the name a
-        `document:` message takes; "" without a renderer or when it cannot be written (the
-        order stands: the PDF is in the admin API all the same)."""
+        """The invoice's PDF in MEDIA_DIR, by the name a `document:` message takes; "" without
+        a renderer or when it cannot be written (the order stands: the PDF is in the admin API
+        all the same). Written each time, whole, under a name of this order's draft as well as
+        its number: a file left by another store's INV-1001 (a new database, a second engine on
+        the same MEDIA_DIR) is never sent for this one."""
         if self.pdf is None or self.media is None:
             return ""
-        name = f"{INVOICES}/{order['invoice']}.pdf"
-        path = self.media / name
-        if path.is_file():
-            return name
+        name = f"{INVOICES}/{order['invoice']}-{order.get('draft') or 'order'}.pdf"
         try:
-            await asyncio.to_thread(_write, path, self.pdf, order)
+            await asyncio.to_thread(_write, self.media / name, self.pdf, order)
         except Exception as e:
             log.error("the PDF of invoice %s could not be written: %r", order["invoice"], e)
             return ""
@@ -338,7 +338,7 @@ class OrderActions:
         self, ctx: ActionContext, number: Any, amount: Any, reference: str
     ) -> dict[str, Any]:
         """A payment of one of the contact's invoices (the same reference again: once)."""
-        key = str(number).strip().lstrip("#").removeprefix("INV-")
+        key = str(number).strip().lstrip("#").upper().removeprefix("INV-")
         found = await _records(ctx).record(ORDER, key) if key.isdigit() else None
         if found is None or found.contact != ctx.contact:
             raise ActionFailed(f"no order {key[:20]!r} of this contact", "not_found")

@@ -8,11 +8,12 @@ amount above what is still owed is refused, as is any payment of a cancelled ord
 
 Reminders: at REMIND_AT in the business's time zone, the day before the due date, the day after
 it (overdue) and a week after it, each once; none once the invoice is paid or the order
-cancelled, and none dated before the order was placed (payment terms of 0 or 1 day).
+cancelled, and none within 12 hours of the order being placed (payment terms of 0 or 1 day).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal, InvalidOperation
@@ -26,6 +27,8 @@ REMIND_AT = time(10, 0)
 PAID, PARTLY_PAID, UNPAID = "paid", "partly paid", "unpaid"
 MAX_REFERENCE = 100
 MAX_AMOUNT = Decimal(10) ** 15
+AMOUNT = re.compile(r"[0-9]+(\.[0-9]+)?", re.ASCII)  # as text: digits, maybe a point and more
+FIRST_AFTER = 12 * 3600.0  # a reminder this soon after the order was placed is not sent
 
 
 class BadPayment(ValueError):
@@ -58,11 +61,14 @@ def amount_of(value: Any, order: Mapping[str, Any]) -> Decimal:
     """A payment's amount as written ("5000", "2292.50", 100): positive, finite, with no more
     decimals than the currency has."""
     if isinstance(value, bool) or not isinstance(value, str | int | float):
-        raise BadPayment('amount: a decimal number as text, like "2500.00"')
+        raise BadPayment('amount: a decimal number, like "2500.00"')
+    text = str(value).strip()
+    if isinstance(value, str) and not AMOUNT.fullmatch(text):
+        raise BadPayment(f'amount: {text[:30]!r} is not a decimal number like "2500.00"')
     try:
-        amount = Decimal(str(value).strip())
+        amount = Decimal(text)
     except InvalidOperation:
-        raise BadPayment(f"amount: {str(value)[:30]!r} is not a number") from None
+        raise BadPayment(f"amount: {text[:30]!r} is not a number") from None
     if not amount.is_finite() or amount <= 0:
         raise BadPayment("amount: a positive number")
     if amount >= MAX_AMOUNT:
@@ -91,7 +97,7 @@ def with_payment(
     """The order with the payment counted, and whether it is new: the same reference again is
     the same payment (the order back unchanged), unless its amount differs (Refused)."""
     for p in order.get("payments", []):
-        if p["reference"] == reference:
+        if p["reference"].casefold() == reference.casefold():  # "utr 1" is "UTR 1"
             if Decimal(p["amount"]) != amount:
                 raise Refused(
                     f"reference {reference!r} was already paid with {p['amount']}, not {amount}"
@@ -113,7 +119,7 @@ def with_payment(
 
 def schedule(order: Mapping[str, Any], zone: ZoneInfo) -> list[tuple[str, float]]:
     """Every reminder the invoice gets, by name and Unix time, soonest first: none when it is
-    paid or the order cancelled; only those after the order was placed."""
+    paid or the order cancelled; only those at least FIRST_AFTER after it was placed."""
     if order["status"] == "cancelled" or balance(order) <= 0:
         return []
     due = date.fromisoformat(str(order["due_date"]))
@@ -121,7 +127,7 @@ def schedule(order: Mapping[str, Any], zone: ZoneInfo) -> list[tuple[str, float]
     out = []
     for name, days in REMINDERS:
         at = datetime.combine(due + timedelta(days=days), REMIND_AT, zone).timestamp()
-        if at > placed:
+        if at >= placed + FIRST_AFTER:
             out.append((name, at))
     return out
 
@@ -144,6 +150,10 @@ def reminder_now(
     later = [at for _, at in pending if at > now]
     after = {**order, "reminded": [n for n, _ in REMINDERS if n in sent or n in ready]}
     return (ready[-1] if ready else None), after, (later[0] if later else None)
+
+
+def _zero(order: Mapping[str, Any]) -> Decimal:
+    return Decimal(0).quantize(Decimal(1).scaleb(-places(order)))
 
 
 def public(order: Mapping[str, Any]) -> dict[str, Any]:
@@ -169,7 +179,8 @@ def public(order: Mapping[str, Any]) -> dict[str, Any]:
         "tax": order["tax"],
         "total": order["total"],
         "paid": str(paid(order)),
-        "balance": str(max(balance(order), Decimal(0))),
+        # a cancelled order owes nothing (what was paid on it is the business's to refund)
+        "balance": str(max(balance(order), Decimal(0)) if status != "cancelled" else _zero(order)),
         "payments": list(order.get("payments", [])),
         "reminded": list(order.get("reminded", [])),
     }

@@ -341,3 +341,42 @@ def test_a_test_files_timezone_is_the_one_typed_dates_are_read_in(tmp_path: Path
     code, lines = run(folder(tmp_path / "b", bad))
     assert code == 1
     assert any("timezone: 'Mars/Olympus' is not an IANA time zone name" in line for line in lines)
+
+
+def test_an_action_step_calls_from_the_business_side_and_checks_what_it_gave(
+    tmp_path: Path,
+) -> None:
+    tests = """
+    flow: shop
+    actions:
+      create_order: {returns: {id: BP-9, paid: false}}
+    tests:
+      - name: a call that gives what is expected
+        steps:
+          - say: hi
+          - action: create_order
+            with: {qty: 2, at: "2026-12-08"}
+            expect: {result: {id: BP-9}, action: {name: create_order, with: {qty: 2}}}
+      - name: a call whose result differs
+        steps:
+          - action: create_order
+            with: {qty: 2, at: x}
+            expect: {result: {id: BP-1}}
+      - name: a call with a parameter the action does not take
+        steps:
+          - action: create_order
+            with: {qty: 2, when: x}
+      - name: a call expected to fail that does not
+        steps:
+          - action: create_order
+            with: {qty: 2, at: x}
+            expect: {error: refused}
+    """
+    code, lines = run(folder(tmp_path, tests))
+    text = "\n".join(lines)
+    assert code == 1 and "1 passed, 3 failed" in text, text
+    assert "result id differs (- expected, + has):" in text
+    assert "step 1 (action: create_order)" in text
+    assert "the action failed (with): action 'create_order' needs at in with:" in text
+    assert "has no parameter 'when'" in text
+    assert "expected the action to fail with 'refused'; it gave" in text

@@ -68,7 +68,14 @@ ORDER: dict[str, Any] = {
 
 @pytest.mark.parametrize(
     ("written", "amount"),
-    [("5000", "5000"), ("2292.50", "2292.50"), (" 100.5 ", "100.5"), (7292.5, "7292.5"), (1, "1")],
+    [
+        ("5000", "5000"),
+        ("2292.50", "2292.50"),
+        (" 100.5 ", "100.5"),
+        (7292.5, "7292.5"),  # a JSON number
+        (1e2, "100"),
+        (1, "1"),
+    ],
 )
 def test_amounts_read(written: Any, amount: str) -> None:
     assert amount_of(written, ORDER) == Decimal(amount)
@@ -106,6 +113,7 @@ def test_payments_partly_then_in_full_and_the_same_reference_once() -> None:
     )
     same, again = with_payment(order, Decimal("5000"), "UTR 1", "t2")
     assert not again and same == order
+    assert with_payment(order, Decimal("5000"), "utr 1", "t2") == (order, False)
     with pytest.raises(Refused, match="already paid with 5000"):
         with_payment(order, Decimal("50"), "UTR 1", "t2")
     with pytest.raises(Refused, match="more than"):
@@ -133,9 +141,14 @@ def test_reminders_the_day_before_the_day_after_and_a_week_after_at_ten() -> Non
     assert schedule({**ORDER, "status": "cancelled"}, KOLKATA) == []
     paid, _ = with_payment(ORDER, Decimal("7292.50"), "x", "t")
     assert schedule(paid, KOLKATA) == []
-    # terms of a day: "due tomorrow" would come before the order was placed; not sent
+    # terms of a day: "due tomorrow" would come as the order is placed; not sent
     short = {**ORDER, "due_date": "2026-12-08"}
     assert [name for name, _ in schedule(short, KOLKATA)] == ["overdue", "overdue_week"]
+    # placed at 09:59 with terms of two days: "due tomorrow" at 10:00 the next day, not at once
+    early = {**ORDER, "due_date": "2026-12-09", "confirmed_at": "2026-12-07T09:59:00+05:30"}
+    assert schedule(early, KOLKATA)[0] == ("due_soon", _local(8))
+    early = {**early, "due_date": "2026-12-08"}
+    assert [name for name, _ in schedule(early, KOLKATA)] == ["overdue", "overdue_week"]
 
 
 def test_after_downtime_only_the_latest_reminder_goes() -> None:
@@ -177,7 +190,11 @@ def test_the_invoice_pdf_prints_the_rupee_and_every_amount() -> None:
         assert shown in text
     assert "Paid" not in text
     paid, _ = with_payment(ORDER, Decimal("5000"), "UTR 1", "t")
-    assert "₹2,292.50" in _text(render(paid))
+    assert "Still to pay ₹2,292.50" in _text(render(paid))
+    cancelled = {**paid, "status": "cancelled"}
+    assert "Still to pay" not in _text(render(cancelled))
+    assert invoices.public(cancelled)["balance"] == "0.00"
+    assert invoices.public(cancelled)["paid"] == "5000.00"
 
 
 def test_a_euro_invoice_in_german_and_many_lines_over_pages() -> None:

@@ -14,6 +14,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from engine.actions import ActionContext, ActionFailed, DueContext
+from engine.memstore import MemoryStore
 from engine.ports import Store
 from ordering.actions import OrderActions, ordering, pay
 from ordering.catalogue import load_catalogue
@@ -263,3 +264,24 @@ async def test_a_cancelled_or_paid_order_gets_no_reminder_even_if_still_due(
     assert told.sent == []
     after = await store.record("order", str(number))
     assert after is not None and after.due is None
+
+
+async def test_each_store_s_invoice_1001_is_its_own_pdf_on_a_shared_media_dir(
+    store: Store, tmp_path: Path
+) -> None:
+    """A new database numbers from 1001 again: its PDF must not be another's left in MEDIA_DIR."""
+    catalogue = load_catalogue(ROOT / "flows" / "data" / "catalogue.yaml")
+
+    def pdf(order: dict[str, Any]) -> bytes:
+        return f"{order['invoice']} {order['total']}".encode()
+
+    first = OrderActions(catalogue, ZONE, pdf, tmp_path)
+    draft = (await first.read(ctx(store), "Cement x 100"))["draft"]
+    one = await first.place(ctx(store, key="p" * 32), draft)
+    other = MemoryStore()  # another database, the same MEDIA_DIR
+    draft = (await first.read(ctx(other, key="z" * 32), "sand 2"))["draft"]
+    two = await first.place(ctx(other, key="y" * 32), draft)
+    assert one["invoice"] == two["invoice"] == "INV-1001"
+    assert one["invoice_file"] != two["invoice_file"]
+    assert (tmp_path / one["invoice_file"]).read_bytes() == b"INV-1001 6400.00"
+    assert (tmp_path / two["invoice_file"]).read_bytes() == b"INV-1001 89.25"
