@@ -28,7 +28,7 @@ from .web import ENGINE, _error, read_json
 
 log = logging.getLogger(__name__)
 
-TEMPLATE = "order_update"  # templates.yaml: the status outside the 24-hour window
+TEMPLATE = TEMPLATES["status"]  # templates.yaml: the status outside the 24-hour window
 TRIES = 10
 ZONE = web.AppKey("zone", ZoneInfo)  # TIMEZONE: payments' times and reminders' days
 PDF = web.AppKey("pdf", InvoicePdf)

@@ -184,6 +184,20 @@ class Actions:
     by_name: dict[str, ActionDef] = field(default_factory=dict)
     broken: bool = False  # actions.py could not be imported: its names are unknown, not wrong
     due: dict[str, WhenDue] = field(default_factory=dict)  # packs' handlers, by record kind
+    templates: set[str] = field(default_factory=set)  # what packs send outside the window
+
+    def missing_templates(self, declared: Mapping[str, Any], where: str) -> list[Problem]:
+        """A warning for each template a pack sends that templates.yaml (`where`) lacks."""
+        return [
+            Problem(
+                where,
+                1,
+                f"no template {name!r}: the action packs send it outside the 24-hour window,"
+                " and without it those messages cannot go",
+                warning=True,
+            )
+            for name in sorted(self.templates - set(declared))
+        ]
 
     def get(self, name: str) -> ActionDef | None:
         return self.by_name.get(name)
@@ -242,6 +256,9 @@ class Pack:
 
     __action_pack__ = True
     names: tuple[str, ...] = ()  # its actions: known to the validator even when load fails
+    # The templates of templates.yaml its messages outside the 24-hour window go as: one not
+    # declared there is a warning of `flows validate` and at start.
+    templates: tuple[str, ...] = ()
 
     def load(
         self, folder: Path, zone: ZoneInfo | None, media: Path | None = None
@@ -294,6 +311,7 @@ def _add_pack(
     actions: Actions, pack: Pack, folder: Path, zone: ZoneInfo | None, media: Path | None
 ) -> list[Problem]:
     fns, problems = pack.load(folder, zone, media)
+    actions.templates.update(pack.templates)
     for name, fn in fns.items():
         if isinstance(fn, WhenDue):
             if fn.kind in actions.due:

@@ -63,6 +63,7 @@ TEMPLATES = {
     "overdue": "payment_overdue",
     "overdue_week": "payment_overdue",
     "receipt": "payment_received",
+    "status": "order_update",  # the admin API's status moves
 }
 
 Render = Callable[[dict[str, Any]], bytes]  # an order's invoice as a PDF document
@@ -81,6 +82,7 @@ class Ordering(Pack):
         "order.recent",
         "order.pay",
     )
+    templates = tuple(sorted(set(TEMPLATES.values())))
 
     def __init__(self, pdf: Render | None = None) -> None:
         self.pdf = pdf

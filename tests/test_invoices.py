@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import logging
+import shutil
 from dataclasses import replace
 from datetime import datetime
 from decimal import Decimal
@@ -19,6 +20,7 @@ from pypdf import PdfReader
 from adapters.invoice_pdf import FontMissing, InvoicePdf
 from engine.actions import DueContext, WhenDue
 from engine.due import DueRunner
+from engine.flows import validate_path
 from engine.memstore import MemoryStore
 from engine.ports import Record
 from ordering import invoices
@@ -297,3 +299,21 @@ def test_a_pack_that_cannot_draw_its_pdfs_is_a_load_problem(tmp_path: Path) -> N
     assert "no font file" in problems[0].message
     fns, problems = Ordering().load(flows, None, tmp_path)  # no renderer: no PDF, no problem
     assert problems == [] and "order.place" in fns
+
+
+def test_templates_the_pack_sends_are_warned_of_when_templates_yaml_lacks_them(
+    tmp_path: Path,
+) -> None:
+    shipped = Path(__file__).resolve().parent.parent / "flows"
+    assert [p for p in validate_path(shipped) if "no template" in p.message] == []
+    flows = tmp_path / "flows"
+    shutil.copytree(shipped, flows)
+    templates = flows / "templates.yaml"
+    text = templates.read_text()
+    templates.write_text(text[: text.index("# Payment reminders")])
+    missing = [p for p in validate_path(flows) if "no template" in p.message]
+    assert [(p.warning, p.message.split("'")[1]) for p in missing] == [
+        (True, "payment_overdue"),
+        (True, "payment_received"),
+        (True, "payment_reminder"),
+    ]

@@ -62,6 +62,7 @@ def _validate_flows(path: Path, provided: Mapping[str, Fn] | None) -> list[Probl
     templates, found_templates = read_templates(folder)
     if path.is_dir():
         problems += found_templates
+        problems += actions.missing_templates(templates, str(folder / TEMPLATES_FILE))
     outputs = peek_outputs(folder)
     specs: dict[str, FlowSpec] = {}
     for file in files:
@@ -125,6 +126,7 @@ def load_flows(
     actions, problems = load_actions(folder, provided, zone, media)
     templates, found_templates = read_templates(folder)
     problems += found_templates
+    problems += actions.missing_templates(templates, str(folder / TEMPLATES_FILE))
     flows: dict[str, Flow] = {}
     outputs = peek_outputs(folder)
     files = flow_files(folder)
