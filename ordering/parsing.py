@@ -189,13 +189,19 @@ def _reading(
     rest: str, quantity: Decimal | None, catalogue: Catalogue
 ) -> tuple[float, Decimal | None, str, str]:
     """How well `rest` (the line without its quantity) names an item once unit words and filler
-    are out (or with its unit words, when they are the name: a word may be both), with the
-    unit word it held."""
+    are out (or with its unit words, or its filler, when they are the name: a word may be
+    both), with the unit word it held."""
     units = catalogue.unit_words
-    words = [w for w in normal(rest).split() if w not in _FILLER]
+    written = normal(rest).split()
+    words = [w for w in written if w not in _FILLER]
     unit = next((w for w in words if w in units), "")
     best: tuple[float, Decimal | None, str, str] = (0.0, quantity, "", unit)
-    for name in dict.fromkeys((" ".join(w for w in words if w not in units), " ".join(words))):
+    named = (
+        " ".join(w for w in words if w not in units),
+        " ".join(words),
+        " ".join(w for w in written if w not in units),  # an item called "please"
+    )
+    for name in dict.fromkeys(named):
         if name:
             score = max(_scores(name, catalogue).values(), default=0.0)
             if score > best[0]:

@@ -421,3 +421,17 @@ def test_statuses_move_forward_only() -> None:
         moved(cancelled, "delivered", "t4")
     with pytest.raises(Refused, match="unknown status"):
         moved(order, "lost", "t4")
+
+
+def test_an_item_named_like_a_filler_word_is_still_its_name() -> None:
+    """Found by the property test: filler ("please", "need") is dropped before scoring, which
+    left an item of that very name unreadable; its exact name still wins."""
+    items = tuple(
+        Item(f"S{n}", name, "box", Decimal("1.00"), Decimal(0), (), ("box",))
+        for n, name in enumerate(["aaaaaa", "please"])
+    )
+    lines = read_order("aaaaaa 1\nplease 1", Catalogue(items))
+    assert [(x.kind, x.sku, x.quantity) for x in lines] == [
+        ("item", "S0", Decimal(1)),
+        ("item", "S1", Decimal(1)),
+    ]
