@@ -206,9 +206,9 @@ async def api_payment(request: web.Request) -> web.Response:
     except StoreRejected as e:
         return _error(422, f"the payment could not be stored: {e}")
     reference = invoices.reference_of(data.get("reference"))
-    amount = next(
-        p["amount"] for p in order["payments"] if p["reference"].casefold() == reference.casefold()
-    )
+    payment = invoices.payment_of(order, reference)
+    assert payment is not None  # pay() recorded it, now or before
+    amount = payment["amount"]
     told = False
     if new:
         params = {

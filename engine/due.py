@@ -50,7 +50,6 @@ class DueRunner:
         self._noted = math.inf  # the soonest due time written during a look
         self._failing: set[tuple[str, str]] = set()  # records whose handler failed last time
         self._unreadable = False
-        self.handled = 0
 
     def start(self) -> None:
         self._looking = True
@@ -146,7 +145,6 @@ class DueRunner:
             self._failing.add(ident)
             return
         self._failing.discard(ident)
-        self.handled += 1
 
 
 class _Watched:

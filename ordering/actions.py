@@ -354,7 +354,9 @@ class OrderActions:
             "status": invoices.payment_status(order),
             "paid": order["paid"],
             "balance": order["balance"],
-            "receipt": texts.receipt(order, amount, invoices.reference_of(reference)),
+            "receipt": texts.receipt(
+                order, _paid_with(order, reference), invoices.reference_of(reference)
+            ),
             "again": not new,
         }
 
@@ -410,6 +412,12 @@ async def pay(
             log.info("order %s: %s paid (%s)", number, value, after["payment_status"])
             return after, True
     raise Refused(f"order {number} kept changing; try again")
+
+
+def _paid_with(order: dict[str, Any], reference: str) -> str:
+    payment = invoices.payment_of(order, invoices.reference_of(reference))
+    assert payment is not None  # pay() recorded it, now or before
+    return str(payment["amount"])
 
 
 def _write(path: Path, render: Render, order: dict[str, Any]) -> None:

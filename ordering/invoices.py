@@ -21,6 +21,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from .orders import Refused
+from .orders import public as order_view
 
 REMINDERS = (("due_soon", -1), ("overdue", 1), ("overdue_week", 7))  # days from the due date
 REMIND_AT = time(10, 0)
@@ -91,18 +92,24 @@ def reference_of(value: Any) -> str:
     return text
 
 
+def payment_of(order: Mapping[str, Any], reference: str) -> dict[str, Any] | None:
+    """The payment made with `reference`, written in any case ("utr 1" is "UTR 1")."""
+    wanted = reference.casefold()
+    return next((p for p in order.get("payments", []) if p["reference"].casefold() == wanted), None)
+
+
 def with_payment(
     order: Mapping[str, Any], amount: Decimal, reference: str, at: str
 ) -> tuple[dict[str, Any], bool]:
     """The order with the payment counted, and whether it is new: the same reference again is
     the same payment (the order back unchanged), unless its amount differs (Refused)."""
-    for p in order.get("payments", []):
-        if p["reference"].casefold() == reference.casefold():  # "utr 1" is "UTR 1"
-            if Decimal(p["amount"]) != amount:
-                raise Refused(
-                    f"reference {reference!r} was already paid with {p['amount']}, not {amount}"
-                )
-            return dict(order), False
+    p = payment_of(order, reference)
+    if p is not None:
+        if Decimal(p["amount"]) != amount:
+            raise Refused(
+                f"reference {reference!r} was already paid with {p['amount']}, not {amount}"
+            )
+        return dict(order), False
     if order["status"] == "cancelled":
         raise Refused(f"order {order['number']} is cancelled: it takes no payment")
     owed = balance(order)
@@ -168,10 +175,7 @@ def public(order: Mapping[str, Any]) -> dict[str, Any]:
         "date": order["date"],
         "due_date": order["due_date"],
         "currency": order["currency"],
-        "lines": [
-            {k: line[k] for k in ("sku", "name", "quantity", "unit", "price", "line_total")}
-            for line in order.get("lines", [])
-        ],
+        "lines": order_view(order)["lines"],
         "subtotal": order["subtotal"],
         "percent": order["percent"],
         "discount": order["discount"],

@@ -9,6 +9,7 @@ from typing import Any
 
 from babel.numbers import format_currency, format_decimal
 
+from . import invoices
 from .pricing import Quote
 
 STATUS_WORDS = {
@@ -90,9 +91,7 @@ def receipt(order: Mapping[str, Any], amount: Decimal | str, reference: str) -> 
         f"Thank you! We received {money(amount, cur, loc)} for invoice {order['invoice']}"
         f" (order {order['number']}, reference {reference})."
     )
-    left = Decimal(order["total"]) - sum(
-        (Decimal(p["amount"]) for p in order.get("payments", [])), Decimal(0)
-    )
+    left = invoices.balance(order)
     if left > 0:
         return f"{text} Still to pay: {money(left, cur, loc)}."
     return f"{text} It is paid in full."
